@@ -1,0 +1,33 @@
+# CUDA is optional. With nvcc present the CUDA targets build for sm_90a (H100,
+# H200) and sm_100a (B200); without it everything else builds and tests.
+# SIROCCO_HAVE_CUDA tells the rest of the build which case holds.
+
+option(SIROCCO_ENABLE_CUDA "Build the CUDA backend when a CUDA compiler is found" ON)
+set(SIROCCO_HAVE_CUDA OFF)
+if(SIROCCO_ENABLE_CUDA)
+  if(NOT DEFINED CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX} AND EXISTS /usr/local/cuda/bin/nvcc)
+    set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES 90a 100a)
+    endif()
+    enable_language(CUDA)
+    if(CMAKE_VERSION VERSION_LESS 3.26)  # CMake 3.25 knows no nvcc flag for C++20
+      set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+      set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+      list(APPEND CMAKE_CUDA_COMPILE_FEATURES cuda_std_20)
+      set(CMAKE_CUDA20_COMPILE_FEATURES cuda_std_20)
+    endif()
+    set(CMAKE_CUDA_STANDARD 20)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    find_package(CUDAToolkit REQUIRED)
+    set(SIROCCO_HAVE_CUDA ON)
+    message(STATUS "Sirocco: CUDA backend ON (${CMAKE_CUDA_COMPILER_VERSION}, archs ${CMAKE_CUDA_ARCHITECTURES})")
+  else()
+    message(STATUS "Sirocco: no CUDA compiler found; CUDA backend OFF")
+  endif()
+endif()

@@ -1,0 +1,86 @@
+// Element types of checkpoint tensors and their scalar conversions to float.
+//
+// The names are the ones safetensors headers use ("F32", "BF16", "F8_E4M3",
+// ...), so a header string maps to a DType with ParseDType and back with
+// DTypeName. The conversions are bit-exact and table-free; everything here is
+// a pure function, callable from any thread.
+//
+// All multi-byte values are little-endian in files; this module (and the
+// loaders built on it) assume a little-endian host, which is checked at
+// compile time in dtype.cc.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace sirocco::engine {
+
+enum class DType : std::uint8_t {
+  kF32,     // "F32"
+  kF16,     // "F16"     IEEE half
+  kBF16,    // "BF16"    bfloat16
+  kF8E4M3,  // "F8_E4M3" e4m3fn: bias 7, no infinities, S.1111.111 is NaN
+  kF8E5M2,  // "F8_E5M2" the top byte of an IEEE half
+  kF8E8M0,  // "F8_E8M0" unsigned power of two (MX block scales), 0xFF is NaN
+  kI8,      // "I8"
+  kU8,      // "U8"
+  kI16,     // "I16"
+  kU16,     // "U16"
+  kI32,     // "I32"
+  kU32,     // "U32"
+  kI64,     // "I64"
+  kU64,     // "U64"
+  kBool,    // "BOOL"    one byte per element
+  kF64,     // "F64"
+};
+
+// Bytes per element.
+std::size_t DTypeSize(DType dtype);
+
+// The safetensors name, e.g. "BF16". absl::string_view (which Debian's
+// abseil keeps distinct from std::string_view) so that it goes straight
+// into absl::StrCat for error messages.
+absl::string_view DTypeName(DType dtype);
+
+// Inverse of DTypeName; an unknown name is InvalidArgument.
+[[nodiscard]] absl::StatusOr<DType> ParseDType(std::string_view name);
+
+// bfloat16 <-> float. FloatToBf16 rounds to nearest, ties to even; overflow
+// gives infinity; a NaN stays a (quiet) NaN with its sign.
+float Bf16ToFloat(std::uint16_t bits);
+std::uint16_t FloatToBf16(float value);
+
+// IEEE half <-> float, with subnormals, infinities and NaNs. FloatToF16 rounds
+// to nearest, ties to even; magnitudes that round past 65504 become infinity.
+float F16ToFloat(std::uint16_t bits);
+std::uint16_t FloatToF16(float value);
+
+// float8 e4m3fn <-> float. Range +-448, smallest subnormal 2^-9.
+//
+// FloatToF8E4M3 rounds to nearest, ties to even, and SATURATES: any finite
+// value or infinity beyond +-448 becomes +-448, NaN becomes NaN (0x7F with the
+// sign). Saturation is what CUDA's __nv_cvt_float_to_fp8(..., __NV_SATFINITE,
+// __NV_E4M3) does, and it matched torch 2.15's CPU `.to(torch.float8_e4m3fn)`
+// bit for bit on 5M test floats. Some older torch releases produced NaN out
+// of range instead; quantizers clamp first, so real weights never differ.
+float F8E4M3ToFloat(std::uint8_t bits);
+std::uint8_t FloatToF8E4M3(float value);
+
+// float8 e5m2 -> float (exactly F16ToFloat of bits << 8).
+float F8E5M2ToFloat(std::uint8_t bits);
+
+// float8 e8m0 -> float: 2^(bits - 127); 0xFF is NaN.
+float F8E8M0ToFloat(std::uint8_t bits);
+
+// Widens `count` elements of `dtype` at `src` (any alignment) into `dst`.
+// Supported: F32, F16, BF16, F8_E4M3, F8_E5M2, F8_E8M0 and F64 (F64 is
+// rounded to nearest float). Any other dtype is InvalidArgument.
+[[nodiscard]] absl::Status ConvertToFloat32(DType dtype, const void* src, std::size_t count, float* dst);
+
+}  // namespace sirocco::engine

@@ -1,0 +1,85 @@
+// Mistral 4 decoder weights in float32, loaded from a checkpoint and checked
+// tensor by tensor against the config. Accepts what transformers'
+// Mistral4ForCausalLM.save_pretrained writes (stacked experts under `model.`)
+// and the released multimodal layout (`model.language_model.` or
+// `language_model.model.`, experts stored one by one), in f32, bf16, f16 or
+// FP8 e4m3 with per-block (`*_scale_inv`) or per-tensor (`*_scale`) scales.
+//
+// Thread-safety: immutable after loading; share freely.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/config.h"
+
+namespace sirocco::engine {
+
+class Checkpoint;
+
+// A row-major float32 matrix [rows, cols] (nn.Linear layout: [out, in]).
+struct Matrix {
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  std::vector<float> data;
+  const float* ptr() const { return data.data(); }
+  bool empty() const { return data.empty(); }
+};
+
+struct AttentionWeights {
+  Matrix q_proj;              // [heads * qk_head_dim, hidden]   (no q_lora)
+  Matrix q_a_proj;            // [q_lora_rank, hidden]
+  std::vector<float> q_a_norm;  // [q_lora_rank]
+  Matrix q_b_proj;            // [heads * qk_head_dim, q_lora_rank]
+  Matrix kv_a_proj;           // [kv_lora_rank + rope, hidden]
+  std::vector<float> kv_a_norm;  // [kv_lora_rank]
+  Matrix kv_b_proj;           // [heads * (nope + v), kv_lora_rank]
+  Matrix o_proj;              // [hidden, heads * v]
+};
+
+struct MlpWeights {  // SwiGLU: down(silu(gate x) * up x)
+  Matrix gate;  // [inter, hidden]
+  Matrix up;    // [inter, hidden]
+  Matrix down;  // [hidden, inter]
+};
+
+struct MoeWeights {
+  Matrix router;                 // [experts, hidden]
+  std::vector<float> gate_up;    // [experts, 2 * moe_inter, hidden]; gate rows first
+  std::vector<float> down;       // [experts, hidden, moe_inter]
+  MlpWeights shared;             // inter = moe_inter * n_shared_experts; empty if none
+};
+
+struct LayerWeights {
+  std::vector<float> input_norm;  // [hidden]
+  std::vector<float> post_norm;   // [hidden]
+  AttentionWeights attn;
+  bool is_moe = false;
+  MlpWeights dense;               // when !is_moe
+  MoeWeights moe;                 // when is_moe
+};
+
+struct Mistral4Weights {
+  Matrix embed;                   // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+  std::vector<float> final_norm;  // [hidden]
+  Matrix lm_head;                 // [vocab, hidden]; empty when tied
+  const Matrix& head() const { return lm_head.empty() ? embed : lm_head; }
+};
+
+absl::StatusOr<std::unique_ptr<Mistral4Weights>> LoadMistral4Weights(const Checkpoint& checkpoint,
+                                                                     const ModelConfig& config);
+
+// Every tensor name and shape a checkpoint of `config` holds, in the layout
+// save_pretrained writes (stacked experts, prefix `model.`). Used by the model
+// maker and for shape checks of the real config.
+struct TensorSpec {
+  std::string name;
+  std::vector<std::int64_t> shape;
+};
+std::vector<TensorSpec> Mistral4TensorSpecs(const ModelConfig& config);
+
+}  // namespace sirocco::engine

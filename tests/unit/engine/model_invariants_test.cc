@@ -1,0 +1,220 @@
+// Invariants of the forward pass that hold whatever the weights: the same
+// logits however a batch is split, however blocks are scattered, whether a
+// sequence is prefilled at once or decoded token by token, in either
+// attention form and on every kernel backend.
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "gtest/gtest.h"
+#include "tests/unit/engine/test_models.h"
+
+namespace sirocco::engine {
+namespace {
+
+using testing::MakeTestModel;
+using testing::SmallVocabTiny;
+
+// max |a - b| / max |b|: the normalized error the reference checks use.
+double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    diff = std::max(diff, static_cast<double>(std::abs(a[i] - b[i])));
+    scale = std::max(scale, static_cast<double>(std::abs(b[i])));
+  }
+  return diff / std::max(scale, 1e-30);
+}
+
+std::vector<std::int32_t> Tokens(int n, int seed, int vocab) {
+  std::mt19937 rng(static_cast<unsigned>(seed));
+  std::vector<std::int32_t> t(static_cast<std::size_t>(n));
+  for (auto& x : t) x = static_cast<std::int32_t>(rng() % static_cast<unsigned>(vocab));
+  return t;
+}
+
+struct Fixture {
+  std::unique_ptr<Mistral4Model> model;
+  std::unique_ptr<KvPool> pool;
+};
+
+Fixture Make(bool q_lora, kernels::Backend backend = kernels::Backend::kRef) {
+  Fixture f;
+  f.model = MakeTestModel(SmallVocabTiny(q_lora), q_lora ? "inv_q" : "inv_noq", backend);
+  if (f.model) f.pool = *KvPool::Create(f.model->PoolOptions(256, 4));
+  return f;
+}
+
+// Full-prefill logits of one sequence, every position.
+std::vector<float> Prefill(Fixture& f, const std::vector<std::int32_t>& toks, AttentionForm form) {
+  BlockTable bt(f.pool.get());
+  EXPECT_TRUE(bt.Reserve(static_cast<std::int64_t>(toks.size())).ok());
+  ForwardItem item{toks, 0, &bt, true};
+  std::vector<float> logits;
+  EXPECT_TRUE(f.model->Forward({&item, 1}, *f.pool, form, &logits).ok());
+  return logits;
+}
+
+class ModelInvariants : public ::testing::TestWithParam<bool> {};
+
+TEST_P(ModelInvariants, ExpandedEqualsAbsorbed) {
+  Fixture f = Make(GetParam());
+  ASSERT_NE(f.model, nullptr);
+  auto toks = Tokens(40, 1, 512);
+  EXPECT_LT(RelErr(Prefill(f, toks, AttentionForm::kAbsorbed), Prefill(f, toks, AttentionForm::kExpanded)), 1e-5);
+}
+
+TEST_P(ModelInvariants, PrefillThenDecodeEqualsFullPrefill) {
+  Fixture f = Make(GetParam());
+  ASSERT_NE(f.model, nullptr);
+  auto toks = Tokens(37, 2, 512);
+  const auto full = Prefill(f, toks, AttentionForm::kExpanded);
+  for (std::size_t split : {std::size_t{1}, std::size_t{5}, std::size_t{16}, std::size_t{36}}) {
+    BlockTable bt(f.pool.get());
+    ASSERT_TRUE(bt.Reserve(static_cast<std::int64_t>(toks.size())).ok());
+    std::vector<float> got, logits;
+    ForwardItem first{std::span<const std::int32_t>(toks).first(split), 0, &bt, true};
+    ASSERT_TRUE(f.model->Forward({&first, 1}, *f.pool, AttentionForm::kExpanded, &logits).ok());
+    got = logits;
+    for (std::size_t i = split; i < toks.size(); ++i) {
+      ForwardItem step{std::span<const std::int32_t>(toks).subspan(i, 1), static_cast<std::int64_t>(i), &bt, true};
+      ASSERT_TRUE(f.model->Forward({&step, 1}, *f.pool, AttentionForm::kAbsorbed, &logits).ok());
+      got.insert(got.end(), logits.begin(), logits.end());
+    }
+    EXPECT_LT(RelErr(got, full), 1e-5) << "split at " << split;
+  }
+}
+
+TEST_P(ModelInvariants, ChunkedPrefillEqualsFullPrefill) {
+  Fixture f = Make(GetParam());
+  ASSERT_NE(f.model, nullptr);
+  auto toks = Tokens(45, 3, 512);
+  const auto full = Prefill(f, toks, AttentionForm::kExpanded);
+  for (AttentionForm form : {AttentionForm::kExpanded, AttentionForm::kAbsorbed}) {
+    BlockTable bt(f.pool.get());
+    ASSERT_TRUE(bt.Reserve(45).ok());
+    std::vector<float> got, logits;
+    for (std::size_t begin = 0; begin < toks.size(); begin += 13) {
+      const std::size_t len = std::min<std::size_t>(13, toks.size() - begin);
+      ForwardItem chunk{std::span<const std::int32_t>(toks).subspan(begin, len), static_cast<std::int64_t>(begin),
+                        &bt, true};
+      ASSERT_TRUE(f.model->Forward({&chunk, 1}, *f.pool, form, &logits).ok());
+      got.insert(got.end(), logits.begin(), logits.end());
+    }
+    EXPECT_LT(RelErr(got, full), 1e-5);
+  }
+}
+
+TEST_P(ModelInvariants, BatchedEqualsOneByOne) {
+  Fixture f = Make(GetParam());
+  ASSERT_NE(f.model, nullptr);
+  const std::vector<std::vector<std::int32_t>> seqs = {Tokens(1, 4, 512), Tokens(23, 5, 512), Tokens(9, 6, 512),
+                                                       Tokens(40, 7, 512)};
+  for (AttentionForm form : {AttentionForm::kExpanded, AttentionForm::kAbsorbed}) {
+    std::vector<float> alone;
+    for (const auto& s : seqs) {
+      auto l = Prefill(f, s, form);
+      alone.insert(alone.end(), l.begin(), l.end());
+    }
+    std::vector<BlockTable> tables;
+    tables.reserve(seqs.size());
+    std::vector<ForwardItem> items;
+    for (const auto& s : seqs) {
+      tables.emplace_back(f.pool.get());
+      ASSERT_TRUE(tables.back().Reserve(static_cast<std::int64_t>(s.size())).ok());
+      items.push_back(ForwardItem{s, 0, &tables.back(), true});
+    }
+    std::vector<float> batched;
+    ASSERT_TRUE(f.model->Forward(items, *f.pool, form, &batched).ok());
+    EXPECT_LT(RelErr(batched, alone), 1e-5);
+  }
+}
+
+TEST_P(ModelInvariants, BatchedDecodeEqualsOneByOne) {
+  Fixture f = Make(GetParam());
+  ASSERT_NE(f.model, nullptr);
+  // Three sequences at different lengths each decode one more token, together.
+  const std::vector<std::vector<std::int32_t>> seqs = {Tokens(6, 8, 512), Tokens(19, 9, 512), Tokens(33, 10, 512)};
+  std::vector<float> expected;
+  for (const auto& s : seqs) {
+    auto l = Prefill(f, s, AttentionForm::kExpanded);
+    expected.insert(expected.end(), l.end() - 512, l.end());
+  }
+  std::vector<BlockTable> tables;
+  tables.reserve(seqs.size());
+  std::vector<ForwardItem> steps;
+  std::vector<float> logits;
+  for (const auto& s : seqs) {
+    tables.emplace_back(f.pool.get());
+    ASSERT_TRUE(tables.back().Reserve(static_cast<std::int64_t>(s.size())).ok());
+    ForwardItem pre{std::span<const std::int32_t>(s).first(s.size() - 1), 0, &tables.back(), false};
+    ASSERT_TRUE(f.model->Forward({&pre, 1}, *f.pool, AttentionForm::kExpanded, &logits).ok());
+    steps.push_back(ForwardItem{std::span<const std::int32_t>(s).last(1), static_cast<std::int64_t>(s.size()) - 1,
+                                &tables.back(), false});
+  }
+  ASSERT_TRUE(f.model->Forward(steps, *f.pool, AttentionForm::kAbsorbed, &logits).ok());
+  EXPECT_LT(RelErr(logits, expected), 1e-5);
+}
+
+TEST_P(ModelInvariants, FragmentedBlocksEqualContiguous) {
+  Fixture f = Make(GetParam());
+  ASSERT_NE(f.model, nullptr);
+  auto toks = Tokens(30, 11, 512);
+  const auto contiguous = Prefill(f, toks, AttentionForm::kExpanded);
+  // Scatter: take every block, shuffle, and hand out a non-monotonic subset.
+  auto all = *f.pool->Allocate(f.pool->num_free());
+  std::mt19937 rng(3);
+  std::shuffle(all.begin(), all.end(), rng);
+  std::vector<BlockId> mine(all.begin(), all.begin() + 8), rest(all.begin() + 8, all.end());
+  f.pool->Free(rest);
+  // One table holds the scattered blocks; rerunning the same tokens rewrites
+  // the same entries, so both forms can use it in turn.
+  BlockTable bt(f.pool.get());
+  bt.Adopt(mine);
+  for (AttentionForm form : {AttentionForm::kExpanded, AttentionForm::kAbsorbed}) {
+    ForwardItem item{toks, 0, &bt, true};
+    std::vector<float> logits;
+    ASSERT_TRUE(f.model->Forward({&item, 1}, *f.pool, form, &logits).ok());
+    EXPECT_LT(RelErr(logits, contiguous), 1e-5);
+  }
+}
+
+TEST_P(ModelInvariants, EveryBackendMatchesReference) {
+  Fixture ref = Make(GetParam(), kernels::Backend::kRef);
+  ASSERT_NE(ref.model, nullptr);
+  auto toks = Tokens(33, 12, 512);
+  const auto expected = Prefill(ref, toks, AttentionForm::kExpanded);
+  for (kernels::Backend b : kernels::AvailableBackends()) {
+    if (b == kernels::Backend::kRef) continue;
+    Fixture other = Make(GetParam(), b);
+    ASSERT_NE(other.model, nullptr);
+    for (AttentionForm form : {AttentionForm::kExpanded, AttentionForm::kAbsorbed}) {
+      EXPECT_LT(RelErr(Prefill(other, toks, form), expected), 1e-5) << kernels::BackendName(b);
+    }
+  }
+}
+
+TEST_P(ModelInvariants, BadInputIsAnErrorNotACrash) {
+  Fixture f = Make(GetParam());
+  ASSERT_NE(f.model, nullptr);
+  BlockTable bt(f.pool.get());
+  ASSERT_TRUE(bt.Reserve(4).ok());
+  std::vector<float> logits;
+  std::vector<std::int32_t> bad = {1, 512};
+  ForwardItem oov{bad, 0, &bt, false};
+  EXPECT_EQ(f.model->Forward({&oov, 1}, *f.pool, AttentionForm::kExpanded, &logits).code(),
+            absl::StatusCode::kInvalidArgument);
+  std::vector<std::int32_t> many(9, 3);
+  ForwardItem too_long{many, 0, &bt, false};
+  EXPECT_EQ(f.model->Forward({&too_long, 1}, *f.pool, AttentionForm::kExpanded, &logits).code(),
+            absl::StatusCode::kInvalidArgument);
+  ForwardItem empty{{}, 0, &bt, false};
+  EXPECT_EQ(f.model->Forward({&empty, 1}, *f.pool, AttentionForm::kExpanded, &logits).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+INSTANTIATE_TEST_SUITE_P(QLora, ModelInvariants, ::testing::Bool(),
+                         [](const auto& p) { return p.param ? "q_lora" : "no_q_lora"; });
+
+}  // namespace
+}  // namespace sirocco::engine

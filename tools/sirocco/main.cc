@@ -1,0 +1,111 @@
+// `sirocco`: the command-line entry point. Each subcommand parses its flags
+// into the engine's typed options here, in main, and nowhere else.
+//
+//   sirocco make-model --preset NAME|--config FILE --seed N --out DIR [--dtype bf16|f16|f32] [--config-only]
+//   sirocco logits     --model DIR --tokens 1,22,333 --out FILE.npy [--incremental]
+//   sirocco generate   --model DIR --tokens 1,22,333 --max-tokens N [sampling flags]
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "tools/sirocco/commands.h"
+
+namespace sirocco::tools {
+namespace {
+
+constexpr const char* kUsage = R"(sirocco: disaggregated serving of Mistral Small 4-class models
+
+Usage:
+  sirocco make-model (--preset NAME | --config FILE) --out DIR [--seed N] [--dtype bf16|f16|f32]
+                     [--config-only]
+      Writes a checkpoint with seeded random weights. Presets: tiny, tiny-noqlora, small,
+      mistral-small-4 (119B: only with --config-only, which writes config.json alone).
+  sirocco logits --model DIR --tokens 1,22,333 --out FILE.npy [--incremental]
+                 [--attention expanded|absorbed] [--backend ref|avx2]
+      Writes float32 logits [n_tokens, vocab] of every position as a NumPy .npy file. Without
+      --incremental the sequence is one prefill; with it the first token is prefilled and each
+      next one decoded against the cache.
+  sirocco generate --model DIR --tokens 1,22,333 --max-tokens N [--temperature T] [--top-p P]
+                   [--top-k K] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
+                   [--frequency-penalty F] [--seed S] [--logprobs N] [--stop-token-ids 2,3]
+                   [--ignore-eos] [--attention expanded|absorbed] [--backend ref|avx2]
+      Prints one JSON object: {"token_ids": [...], "finish_reason": "stop"|"length", ...}.
+      Defaults: temperature 0 (greedy), top-p 1, top-k 0 (off), min-p 0, penalties off.
+)";
+
+}  // namespace
+
+absl::StatusOr<Flags> Flags::Parse(int argc, char** argv, int first,
+                                   const std::vector<std::string>& boolean_flags) {
+  Flags f;
+  for (int i = first; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.rfind("--", 0) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
+    }
+    std::string name = arg.substr(2);
+    std::string value;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    } else if (std::find(boolean_flags.begin(), boolean_flags.end(), name) != boolean_flags.end()) {
+      value = "true";
+    } else {
+      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+      value = argv[++i];
+    }
+    f.values_[name] = value;
+  }
+  return f;
+}
+
+std::optional<std::string> Flags::Get(const std::string& name) {
+  auto it = values_.find(name);
+  if (it == values_.end()) return std::nullopt;
+  used_.insert(name);
+  return it->second;
+}
+
+absl::Status Flags::CheckAllUsed() const {
+  for (const auto& [name, value] : values_) {
+    if (!used_.contains(name)) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace sirocco::tools
+
+int main(int argc, char** argv) {
+  using namespace sirocco::tools;
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
+      std::string(argv[1]) == "help") {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  absl::Status status;
+  if (command == "make-model") {
+    status = RunMakeModel(argc, argv);
+  } else if (command == "logits") {
+    status = RunLogits(argc, argv);
+  } else if (command == "generate") {
+    status = RunGenerate(argc, argv);
+  } else {
+    std::fprintf(stderr, "sirocco: unknown command '%s'\n\n%s", command.c_str(), kUsage);
+    return 2;
+  }
+  if (!status.ok()) {
+    std::fprintf(stderr, "sirocco %s: %s\n", command.c_str(), std::string(status.message()).c_str());
+    return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  }
+  return 0;
+}
