@@ -149,7 +149,7 @@ SamplerState::SamplerState(const SamplingParams& params, std::span<const std::in
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   SIROCCO_CHECK(ids.empty() || ids.front() >= 0, "negative prompt token id");
   seen_.reserve(ids.size());
-  for (std::int32_t id : ids) seen_.push_back(SeenToken{id, true, 0});
+  for (std::int32_t id : ids) seen_.push_back(SeenToken{id, 0});
 }
 
 void SamplerState::Observe(std::int32_t generated_token) {
@@ -160,7 +160,7 @@ void SamplerState::Observe(std::int32_t generated_token) {
   if (it != seen_.end() && it->token == generated_token) {
     ++it->output_count;
   } else {
-    seen_.insert(it, SeenToken{generated_token, false, 1});
+    seen_.insert(it, SeenToken{generated_token, 1});
   }
 }
 

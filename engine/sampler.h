@@ -98,10 +98,10 @@ class SamplerState {
   std::uint64_t seed() const { return seed_; }
 
  private:
-  // A token seen in the prompt or the output, with what the penalties need.
+  // A token seen in the prompt or the output; output_count 0 means the
+  // prompt only, which the repetition penalty counts and the others do not.
   struct SeenToken {
     std::int32_t token;
-    bool in_prompt;
     std::int32_t output_count;
   };
 
