@@ -67,8 +67,9 @@ std::uint16_t FloatToF16(float value);
 // value or infinity beyond +-448 becomes +-448, NaN becomes NaN (0x7F with the
 // sign). Saturation is what CUDA's __nv_cvt_float_to_fp8(..., __NV_SATFINITE,
 // __NV_E4M3) does, and it matched torch 2.15's CPU `.to(torch.float8_e4m3fn)`
-// bit for bit on 5M test floats. Some older torch releases produced NaN out
-// of range instead; quantizers clamp first, so real weights never differ.
+// bit for bit on 5M test floats. Other torch versions may map out-of-range
+// values to NaN instead; quantizers clamp before casting, so this only
+// matters for values a checkpoint should not contain.
 float F8E4M3ToFloat(std::uint8_t bits);
 std::uint8_t FloatToF8E4M3(float value);
 

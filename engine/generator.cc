@@ -53,8 +53,10 @@ absl::StatusOr<std::vector<GenerateOutput>> Generate(const Mistral4Model& model,
   }
 
   std::vector<float> logits;
+  SamplerScratch scratch;  // shared by every request: sampling is sequential here
   auto sample = [&](Running& run, const float* row) {
-    SampleResult s = run.sampler.Sample(std::span<const float>(row, static_cast<std::size_t>(c.vocab_size)));
+    SampleResult s =
+        run.sampler.Sample(std::span<const float>(row, static_cast<std::size_t>(c.vocab_size)), scratch);
     run.sampler.Observe(s.token);
     run.all.push_back(s.token);
     run.out.tokens.push_back(s.token);

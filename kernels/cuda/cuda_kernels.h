@@ -1,0 +1,159 @@
+// The CUDA backend: the ops of kernels.h on device memory, one launcher per
+// op. Each launcher checks shapes once on the host, enqueues its kernels on
+// `stream` and returns; it never synchronises and never allocates.
+//
+// Contract shared by every launcher:
+//   * Every pointer is device memory (cudaMalloc or managed), row-major
+//     float32 unless a Bf16 type says otherwise, with the same leading
+//     dimension conventions as kernels.h. The ops compute exactly the
+//     functions documented there; the CPU reference (Backend::kRef) is the spec
+//     (tests/gpu/cuda_ops_test.cc checks every op against it).
+//   * A launcher returns InvalidArgument for shapes it rejects (before touching
+//     the device), Unimplemented for shapes outside what the kernels support,
+//     and Internal when the launch itself fails. Errors raised while a kernel
+//     runs surface at the next synchronisation (see device_memory.h).
+//   * Kernels never abort or trap: device-side data (block ids, positions,
+//     ctx_lens) is trusted as the CPU backends trust it.
+//   * Launchers are thread-safe; a Blas object is used by one thread at a time.
+//
+// Includers need no CUDA headers: Stream is the same type as cudaStream_t.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+struct CUstream_st;    // cudaStream_t is CUstream_st*
+struct cublasContext;  // cublasHandle_t is cublasContext*
+
+namespace sirocco::kernels::cuda {
+
+using Stream = CUstream_st*;  // nullptr: the legacy default stream
+
+// Whether a CUDA device can be used: the driver loads and reports at least one
+// device. False (never an error) without a driver, e.g. on CI machines.
+bool CudaDeviceAvailable();
+
+// bfloat16 as raw bits (the upper half of a float32), layout-compatible with
+// __nv_bfloat16.
+struct Bf16 {
+  std::uint16_t bits;
+};
+
+// ---------------------------------------------------------------------------
+// Elementwise and row-wise ops: the same arguments as the KernelTable entries
+// of the same name, plus the stream. Aliasing rules are those of kernels.h.
+
+[[nodiscard]] absl::Status RmsNorm(int rows, int dim, const float* x, int ldx, const float* w, float eps, float* y,
+                                   int ldy, Stream stream);
+// pos: [ceil(rows / rows_per_pos)] device int32; inv_freq: [dim / 2] device.
+[[nodiscard]] absl::Status RopeInterleaved(int rows, int rows_per_pos, int dim, float* x, int ldx,
+                                           const std::int32_t* pos, const float* inv_freq, float attn_factor,
+                                           Stream stream);
+[[nodiscard]] absl::Status SiluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out,
+                                   int ldo, Stream stream);
+[[nodiscard]] absl::Status Axpy(int n, float alpha, const float* x, float* y, Stream stream);
+[[nodiscard]] absl::Status Softmax(int rows, int n, float* x, int ldx, Stream stream);
+
+// ---------------------------------------------------------------------------
+// Router: kernels::RouterParams with device pointers. num_experts <= 2048.
+struct RouterParams {
+  int num_tokens = 0;
+  int num_experts = 0;
+  int num_groups = 1;
+  int topk_group = 1;
+  int top_k = 1;
+  bool normalize = true;
+  float scaling = 1.0f;
+  const float* logits = nullptr;        // [num_tokens, num_experts]
+  std::int32_t* expert_ids = nullptr;   // [num_tokens, top_k]
+  float* expert_weights = nullptr;      // [num_tokens, top_k]
+};
+[[nodiscard]] absl::Status RouteTopk(const RouterParams& p, Stream stream);
+
+// ---------------------------------------------------------------------------
+// Absorbed MLA attention over the paged latent cache: kernels::MlaAttentionParams
+// with device pointers, plus what a GPU launch needs to know on the host.
+//
+// The context of each query is cut into tiles of 32 entries; tiles are dealt
+// round-robin to `num_splits` blocks per (query, head group), each keeping an
+// online softmax, and a second kernel merges the splits. The split count is
+// chosen on the host from max_ctx_len (ctx_lens lives on the device), so
+// max_ctx_len only tunes parallelism: a query longer than it is still computed
+// exactly, just with fewer blocks per tile.
+// Supported: kv_rank + rope_dim <= 576.
+struct MlaAttentionParams {
+  int num_queries = 0;
+  int num_heads = 0;
+  int kv_rank = 0;
+  int rope_dim = 0;
+  int block_size = 0;
+  int max_ctx_len = 0;                          // host-side bound used to pick the split count, >= 1
+  const float* q_lat = nullptr;                 // [num_queries, num_heads, kv_rank]
+  const float* q_rope = nullptr;                // [num_queries, num_heads, rope_dim]
+  const float* cache = nullptr;                 // [num_blocks, block_size, kv_rank + rope_dim]
+  const std::int32_t* const* block_tables = nullptr;  // [num_queries] device pointers -> device block ids
+  const std::int32_t* ctx_lens = nullptr;       // [num_queries], each >= 1
+  float scale = 1.0f;
+  float* out = nullptr;                         // [num_queries, num_heads, kv_rank]
+  // Scratch for the split partials, at least MlaAttentionWorkspaceBytes(*this)
+  // bytes (0 when one split suffices; then it may be null).
+  void* workspace = nullptr;
+  std::size_t workspace_bytes = 0;
+};
+// Depends only on num_queries, num_heads, kv_rank and max_ctx_len.
+std::size_t MlaAttentionWorkspaceBytes(const MlaAttentionParams& p);
+[[nodiscard]] absl::Status MlaAttention(const MlaAttentionParams& p, Stream stream);
+
+// ---------------------------------------------------------------------------
+// Expanded causal attention for one sequence (prefill): kernels::AttentionParams
+// with device pointers. Supported: qk_dim <= 320, v_dim <= 320.
+struct AttentionParams {
+  int num_queries = 0;
+  int num_keys = 0;  // >= q_offset + num_queries
+  int q_offset = 0;
+  int num_heads = 0;
+  int qk_dim = 0;
+  int v_dim = 0;
+  const float* q = nullptr;  // [num_queries, num_heads, qk_dim]
+  const float* k = nullptr;  // [num_keys, num_heads, qk_dim]
+  const float* v = nullptr;  // [num_keys, num_heads, v_dim]
+  float scale = 1.0f;
+  float* out = nullptr;      // [num_queries, num_heads, v_dim]
+};
+[[nodiscard]] absl::Status Attention(const AttentionParams& p, Stream stream);
+
+// ---------------------------------------------------------------------------
+// Dense products through cuBLAS. A Blas owns one cuBLAS handle; create one per
+// worker thread. The float32 products use full float32 arithmetic (TF32 is
+// never enabled), so they match the CPU backends to rounding.
+class Blas {
+ public:
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<Blas>> Create();
+  ~Blas();
+  Blas(const Blas&) = delete;
+  Blas& operator=(const Blas&) = delete;
+
+  // C[m,n] = sum_k A[m,k] B[n,k] + beta C[m,n]; C is not read when beta == 0.
+  [[nodiscard]] absl::Status GemmNt(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta,
+                                    float* c, int ldc, Stream stream);
+  // C[m,n] = sum_k A[m,k] B[k,n] + beta C[m,n].
+  [[nodiscard]] absl::Status GemmNn(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta,
+                                    float* c, int ldc, Stream stream);
+  // gemm_nt on bf16 inputs with float32 accumulation (tensor cores), storing
+  // float32 or bf16 (rounded to nearest even).
+  [[nodiscard]] absl::Status GemmNtBf16(int m, int n, int k, const Bf16* a, int lda, const Bf16* b, int ldb,
+                                        float beta, float* c, int ldc, Stream stream);
+  [[nodiscard]] absl::Status GemmNtBf16(int m, int n, int k, const Bf16* a, int lda, const Bf16* b, int ldb,
+                                        float beta, Bf16* c, int ldc, Stream stream);
+
+ private:
+  explicit Blas(cublasContext* handle) : handle_(handle) {}
+
+  cublasContext* handle_;
+};
+
+}  // namespace sirocco::kernels::cuda
