@@ -8,47 +8,13 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/atomic_file.h"
 #include "engine/mistral4_weights.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
 
 namespace sirocco::engine {
 namespace {
-
-ModelConfig TinyBase() {
-  ModelConfig c;
-  c.vocab_size = 131072;
-  c.hidden_size = 128;
-  c.intermediate_size = 256;
-  c.moe_intermediate_size = 64;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 4;
-  c.n_shared_experts = 1;
-  c.n_routed_experts = 16;
-  c.routed_scaling_factor = 1.0;
-  c.kv_lora_rank = 64;
-  c.q_lora_rank = 96;
-  c.qk_rope_head_dim = 32;
-  c.qk_nope_head_dim = 32;
-  c.v_head_dim = 48;
-  c.n_group = 4;
-  c.topk_group = 2;
-  c.num_experts_per_tok = 4;
-  c.first_k_dense_replace = 1;
-  c.norm_topk_prob = true;
-  c.max_position_embeddings = 4096;
-  c.rms_norm_eps = 1e-6;
-  c.rope.type = RopeConfig::Type::kYarn;
-  c.rope.theta = 10000.0;
-  c.rope.factor = 256.0;  // = max_position_embeddings / original
-  c.rope.original_max_position_embeddings = 16;
-  c.rope.beta_fast = 32.0;
-  c.rope.beta_slow = 1.0;
-  c.rope.mscale = 1.0;
-  c.rope.mscale_all_dim = 1.0;
-  c.rope.llama_4_scaling_beta = 0.1;
-  return c;
-}
 
 ModelConfig RealConfig() {
   ModelConfig c;
@@ -82,6 +48,31 @@ ModelConfig RealConfig() {
   c.rope.mscale = 1.0;
   c.rope.mscale_all_dim = 1.0;
   c.rope.llama_4_scaling_beta = 0.1;
+  return c;
+}
+
+// Every feature of the real model at small width; rope as the release but
+// with original_max_position_embeddings 16, so the llama-4 query scale moves
+// within a short prompt.
+ModelConfig TinyBase() {
+  ModelConfig c = RealConfig();
+  c.hidden_size = 128;
+  c.intermediate_size = 256;
+  c.moe_intermediate_size = 64;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 4;
+  c.n_routed_experts = 16;
+  c.kv_lora_rank = 64;
+  c.q_lora_rank = 96;
+  c.qk_rope_head_dim = 32;
+  c.qk_nope_head_dim = 32;
+  c.v_head_dim = 48;
+  c.n_group = 4;
+  c.topk_group = 2;
+  c.first_k_dense_replace = 1;
+  c.max_position_embeddings = 4096;
+  c.rope.factor = 256.0;  // = max_position_embeddings / original
+  c.rope.original_max_position_embeddings = 16;
   return c;
 }
 
@@ -131,11 +122,7 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
 }
 
 absl::Status WriteText(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
-  return absl::OkStatus();
+  return WriteFileAtomically(path, {text});
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/atomic_file.h"
 
 namespace sirocco::engine {
 namespace {
@@ -220,37 +221,6 @@ absl::StatusOr<std::string> ReadAll(const std::string& path) {
   return contents;
 }
 
-// Writes `parts` to a temporary sibling, flushes and renames it over `path`.
-absl::Status WriteAtomically(const std::string& path, std::initializer_list<std::string_view> parts) {
-  static std::atomic<unsigned> counter{0};
-  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot create ", tmp));
-  absl::Status status;
-  for (std::string_view part : parts) {
-    while (status.ok() && !part.empty()) {
-      const ssize_t n = ::write(fd, part.data(), part.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        status = absl::ErrnoToStatus(errno, absl::StrCat(path, ": write failed"));
-      } else {
-        part.remove_prefix(static_cast<std::size_t>(n));
-      }
-    }
-  }
-  if (status.ok() && ::fsync(fd) != 0) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat(path, ": fsync failed"));
-  }
-  if (::close(fd) != 0 && status.ok()) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat(path, ": close failed"));
-  }
-  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat(path, ": rename failed"));
-  }
-  if (!status.ok()) ::unlink(tmp.c_str());
-  return status;
-}
-
 }  // namespace
 
 int64_t NpyArray::numel() const {
@@ -294,7 +264,7 @@ absl::Status WriteNpy(const std::string& path, std::span<const int64_t> shape, c
     break;
   }
   const std::string_view body(reinterpret_cast<const char*>(data), static_cast<std::size_t>(*numel) * sizeof(float));
-  return WriteAtomically(path, {preamble, dict, body});
+  return WriteFileAtomically(path, {preamble, dict, body});
 }
 
 absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {

@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/atomic_file.h"
 #include "nlohmann/json.hpp"
 
 namespace sirocco::engine {
@@ -110,71 +111,6 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
   if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read failed"));
   return std::move(contents).str();
 }
-
-// Writes a file under a temporary name in the same directory and renames it
-// into place only after all bytes are flushed, so readers see either the old
-// file or the complete new one.
-class AtomicFile {
- public:
-  static absl::StatusOr<AtomicFile> Create(const std::string& path) {
-    static std::atomic<unsigned> counter{0};
-    std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot create ", tmp));
-    }
-    return AtomicFile(path, std::move(tmp), fd);
-  }
-
-  AtomicFile(AtomicFile&& other) noexcept
-      : path_(std::move(other.path_)), tmp_(std::move(other.tmp_)), fd_(std::exchange(other.fd_, -1)) {}
-  AtomicFile& operator=(AtomicFile&&) = delete;
-  ~AtomicFile() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-      ::unlink(tmp_.c_str());
-    }
-  }
-
-  absl::Status Write(const void* data, std::size_t size) {
-    const auto* p = static_cast<const char*>(data);
-    while (size > 0) {
-      const ssize_t n = ::write(fd_, p, size);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return absl::ErrnoToStatus(errno, absl::StrCat(path_, ": write failed"));
-      }
-      p += n;
-      size -= static_cast<std::size_t>(n);
-    }
-    return absl::OkStatus();
-  }
-
-  absl::Status Commit() {
-    if (::fsync(fd_) != 0) {
-      return absl::ErrnoToStatus(errno, absl::StrCat(path_, ": fsync failed"));
-    }
-    const int fd = std::exchange(fd_, -1);
-    if (::close(fd) != 0) {
-      const int error = errno;
-      ::unlink(tmp_.c_str());
-      return absl::ErrnoToStatus(error, absl::StrCat(path_, ": close failed"));
-    }
-    if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
-      const int error = errno;
-      ::unlink(tmp_.c_str());
-      return absl::ErrnoToStatus(error, absl::StrCat(path_, ": rename from ", tmp_, " failed"));
-    }
-    return absl::OkStatus();
-  }
-
- private:
-  AtomicFile(std::string path, std::string tmp, int fd) : path_(std::move(path)), tmp_(std::move(tmp)), fd_(fd) {}
-
-  std::string path_;
-  std::string tmp_;
-  int fd_;
-};
 
 // The Hugging Face shard name, "model-00001-of-00003.safetensors".
 std::string ShardName(std::size_t number, std::size_t count) {

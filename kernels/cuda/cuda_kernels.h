@@ -59,7 +59,7 @@ struct Bf16 {
 [[nodiscard]] absl::Status Softmax(int rows, int n, float* x, int ldx, Stream stream);
 
 // ---------------------------------------------------------------------------
-// Router: kernels::RouterParams with device pointers. num_experts <= 2048.
+// Router: kernels::RouterParams with device pointers. num_experts <= 1024.
 struct RouterParams {
   int num_tokens = 0;
   int num_experts = 0;
