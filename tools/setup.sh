@@ -4,7 +4,8 @@
 #
 #   tools/setup.sh          Debian packages for the build and the tests
 #   tools/setup.sh --venv   also the Python environment (.venv) for the live
-#                           reference checks: torch, transformers, safetensors, numpy
+#                           reference checks: torch, transformers, safetensors, numpy,
+#                           mistral-common, tiktoken
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,8 @@ PACKAGES=(
   nlohmann-json3-dev     # config.json, safetensors headers
   libopenblas-dev        # dense products on CPU (cblas_sgemm)
   libgtest-dev libgmock-dev libbenchmark-dev
+  libpcre2-dev           # the tokenizer's Unicode pre-split regex (JIT)
+  python3 python3-pip    # fetches the tokenizer files from PyPI
 )
 
 missing=()
@@ -28,6 +31,31 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Tokenizer files: the tekken vocabularies that mistral-common ships in its
+# wheel (Apache-2.0), taken from PyPI at set-up and never committed. The
+# tokenizer tests and the embedded default model use them.
+TEKKEN_DIR=third_party/tekken
+MISTRAL_COMMON_VERSION=1.13.1
+if [[ ! -f "$TEKKEN_DIR/.mistral-common-$MISTRAL_COMMON_VERSION" ]]; then
+  PY="${PYTHON:-python3}"
+  tmp="$(mktemp -d)"
+  "$PY" -m pip download -q --disable-pip-version-check --no-deps -d "$tmp" "mistral-common==$MISTRAL_COMMON_VERSION"
+  mkdir -p "$TEKKEN_DIR"
+  "$PY" - "$tmp" "$TEKKEN_DIR" <<'PYEOF'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "mistral_common-*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        base = os.path.basename(name)
+        if name.startswith("mistral_common/data/tekken_") and base.endswith(".json"):
+            with open(os.path.join(sys.argv[2], base), "wb") as out:
+                out.write(z.read(name))
+PYEOF
+  rm -rf "$tmp"
+  touch "$TEKKEN_DIR/.mistral-common-$MISTRAL_COMMON_VERSION"
+  echo "setup: tokenizer files in $TEKKEN_DIR: $(ls "$TEKKEN_DIR" | tr '\n' ' ')"
+fi
+
 if [[ "${1:-}" == "--venv" ]]; then
   PY="${PYTHON:-python3}"
   if [[ ! -x .venv/bin/python ]]; then
@@ -36,6 +64,7 @@ if [[ "${1:-}" == "--venv" ]]; then
   # Versions the reference goldens were produced with; newer ones are checked
   # live by tests/reference/mistral4_reference.py check.
   .venv/bin/pip install -q --disable-pip-version-check \
-    "torch>=2.6" "transformers==5.24.0" "safetensors>=0.4" "numpy>=1.26"
+    "torch>=2.6" "transformers==5.24.0" "safetensors>=0.4" "numpy>=1.26" \
+    "mistral-common==$MISTRAL_COMMON_VERSION" "tiktoken>=0.7"
   .venv/bin/python -c "import torch, transformers; print('venv: torch', torch.__version__, 'transformers', transformers.__version__)"
 fi
