@@ -81,8 +81,8 @@ inline absl::Status CheckMatrix(const char* op, const char* name, int rows, int 
     return Invalid(op, std::string(name) + " has negative shape " + std::to_string(rows) + "x" + std::to_string(cols));
   }
   if (ld < cols || ld < 1) {
-    return Invalid(op, std::string(name) + " leading dimension " + std::to_string(ld) + " < width " +
-                           std::to_string(cols));
+    return Invalid(op,
+                   std::string(name) + " leading dimension " + std::to_string(ld) + " < width " + std::to_string(cols));
   }
   if (rows > 0 && cols > 0 && ptr == nullptr) return Invalid(op, std::string(name) + " is null");
   return absl::OkStatus();
@@ -95,6 +95,7 @@ inline absl::Status CheckPointer(const char* op, const char* name, const void* p
 
 inline bool Aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
-inline int CeilDiv(int a, int b) { return (a + b - 1) / b; }
+// Host and device: launchers size grids with it, kernels count tiles.
+__host__ __device__ constexpr int CeilDiv(int a, int b) { return (a + b - 1) / b; }
 
 }  // namespace sirocco::kernels::cuda::internal

@@ -68,9 +68,9 @@ struct RouterParams {
   int top_k = 1;
   bool normalize = true;
   float scaling = 1.0f;
-  const float* logits = nullptr;        // [num_tokens, num_experts]
-  std::int32_t* expert_ids = nullptr;   // [num_tokens, top_k]
-  float* expert_weights = nullptr;      // [num_tokens, top_k]
+  const float* logits = nullptr;       // [num_tokens, num_experts]
+  std::int32_t* expert_ids = nullptr;  // [num_tokens, top_k]
+  float* expert_weights = nullptr;     // [num_tokens, top_k]
 };
 [[nodiscard]] absl::Status RouteTopk(const RouterParams& p, Stream stream);
 
@@ -84,21 +84,21 @@ struct RouterParams {
 // chosen on the host from max_ctx_len (ctx_lens lives on the device), so
 // max_ctx_len only tunes parallelism: a query longer than it is still computed
 // exactly, just with fewer blocks per tile.
-// Supported: kv_rank + rope_dim <= 576.
+// Supported: kv_rank <= 512 and kv_rank + rope_dim <= 576.
 struct MlaAttentionParams {
   int num_queries = 0;
   int num_heads = 0;
   int kv_rank = 0;
   int rope_dim = 0;
   int block_size = 0;
-  int max_ctx_len = 0;                          // host-side bound used to pick the split count, >= 1
-  const float* q_lat = nullptr;                 // [num_queries, num_heads, kv_rank]
-  const float* q_rope = nullptr;                // [num_queries, num_heads, rope_dim]
-  const float* cache = nullptr;                 // [num_blocks, block_size, kv_rank + rope_dim]
+  int max_ctx_len = 0;                                // host-side bound used to pick the split count, >= 1
+  const float* q_lat = nullptr;                       // [num_queries, num_heads, kv_rank]
+  const float* q_rope = nullptr;                      // [num_queries, num_heads, rope_dim]
+  const float* cache = nullptr;                       // [num_blocks, block_size, kv_rank + rope_dim]
   const std::int32_t* const* block_tables = nullptr;  // [num_queries] device pointers -> device block ids
-  const std::int32_t* ctx_lens = nullptr;       // [num_queries], each >= 1
+  const std::int32_t* ctx_lens = nullptr;             // [num_queries], each >= 1
   float scale = 1.0f;
-  float* out = nullptr;                         // [num_queries, num_heads, kv_rank]
+  float* out = nullptr;  // [num_queries, num_heads, kv_rank]
   // Scratch for the split partials, at least MlaAttentionWorkspaceBytes(*this)
   // bytes (0 when one split suffices; then it may be null).
   void* workspace = nullptr;
@@ -122,7 +122,7 @@ struct AttentionParams {
   const float* k = nullptr;  // [num_keys, num_heads, qk_dim]
   const float* v = nullptr;  // [num_keys, num_heads, v_dim]
   float scale = 1.0f;
-  float* out = nullptr;      // [num_queries, num_heads, v_dim]
+  float* out = nullptr;  // [num_queries, num_heads, v_dim]
 };
 [[nodiscard]] absl::Status Attention(const AttentionParams& p, Stream stream);
 
@@ -145,10 +145,10 @@ class Blas {
                                     float* c, int ldc, Stream stream);
   // gemm_nt on bf16 inputs with float32 accumulation (tensor cores), storing
   // float32 or bf16 (rounded to nearest even).
-  [[nodiscard]] absl::Status GemmNtBf16(int m, int n, int k, const Bf16* a, int lda, const Bf16* b, int ldb,
-                                        float beta, float* c, int ldc, Stream stream);
-  [[nodiscard]] absl::Status GemmNtBf16(int m, int n, int k, const Bf16* a, int lda, const Bf16* b, int ldb,
-                                        float beta, Bf16* c, int ldc, Stream stream);
+  [[nodiscard]] absl::Status GemmNtBf16(int m, int n, int k, const Bf16* a, int lda, const Bf16* b, int ldb, float beta,
+                                        float* c, int ldc, Stream stream);
+  [[nodiscard]] absl::Status GemmNtBf16(int m, int n, int k, const Bf16* a, int lda, const Bf16* b, int ldb, float beta,
+                                        Bf16* c, int ldc, Stream stream);
 
  private:
   explicit Blas(cublasContext* handle) : handle_(handle) {}

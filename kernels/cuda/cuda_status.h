@@ -29,9 +29,9 @@ inline absl::Status CublasStatus(cublasStatus_t st, const char* what) {
 }  // namespace sirocco::kernels::cuda::internal
 
 // Returns from the enclosing function when `expr` (an absl::Status) is not OK.
-#define SIROCCO_CUDA_RETURN_IF_ERROR(expr)                                 \
-  do {                                                                     \
+#define SIROCCO_CUDA_RETURN_IF_ERROR(expr)                                          \
+  do {                                                                              \
     if (::absl::Status sirocco_cuda_status_ = (expr); !sirocco_cuda_status_.ok()) { \
-      return sirocco_cuda_status_;                                         \
-    }                                                                      \
+      return sirocco_cuda_status_;                                                  \
+    }                                                                               \
   } while (false)

@@ -32,8 +32,8 @@ int RowThreads(int n) { return std::min(256, std::max(kWarpSize, CeilDiv(n, kWar
 // One block per row. y may alias x: every element is read for the sum before
 // the barrier inside BlockSum, and afterwards each thread rewrites only the
 // elements it reads.
-__global__ void RmsNormKernel(int dim, const float* x_base, int ldx, const float* __restrict__ w,
-                              float eps, float* y_base, int ldy) {
+__global__ void RmsNormKernel(int dim, const float* x_base, int ldx, const float* __restrict__ w, float eps,
+                              float* y_base, int ldy) {
   __shared__ float scratch[kWarpSize];
   const std::int64_t r = blockIdx.x;
   const float* x = RowPtr(x_base, r, ldx);
@@ -95,7 +95,8 @@ __global__ void SiluMulKernel(int rows, int n, const float* gate, int ldg, const
   }
 }
 
-__global__ void AxpyKernel(int n, float alpha, const float* __restrict__ x, float* __restrict__ y) {
+// x may alias y (y = (1 + alpha) y), so no __restrict__.
+__global__ void AxpyKernel(int n, float alpha, const float* x, float* y) {
   const int stride = gridDim.x * blockDim.x;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] += alpha * x[i];
 }
@@ -142,8 +143,7 @@ absl::Status RopeInterleaved(int rows, int rows_per_pos, int dim, float* x, int 
                              const float* inv_freq, float attn_factor, Stream stream) {
   constexpr const char* kOp = "cuda::RopeInterleaved";
   if (dim < 2 || dim % 2 != 0 || dim > kRopeMaxDim) {
-    return Invalid(kOp, "dim must be even and in [2, " + std::to_string(kRopeMaxDim) + "], got " +
-                            std::to_string(dim));
+    return Invalid(kOp, "dim must be even and in [2, " + std::to_string(kRopeMaxDim) + "], got " + std::to_string(dim));
   }
   if (rows_per_pos < 1) return Invalid(kOp, "rows_per_pos must be >= 1");
   SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "x", rows, dim, x, ldx));
@@ -153,7 +153,7 @@ absl::Status RopeInterleaved(int rows, int rows_per_pos, int dim, float* x, int 
   const int blocks = CeilDiv(rows, kRopeWarpsPerBlock);
   const std::size_t smem = sizeof(float) * kRopeWarpsPerBlock * dim;
   RopeKernel<<<blocks, kRopeWarpsPerBlock * kWarpSize, smem, stream>>>(rows, rows_per_pos, dim, x, ldx, pos, inv_freq,
-                                                                      attn_factor);
+                                                                       attn_factor);
   return LaunchStatus(kOp);
 }
 

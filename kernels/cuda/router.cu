@@ -62,8 +62,9 @@ __global__ void RouteTopkKernel(RouterParams p) {
   // as bytes after all the warps' floats.
   float* scores = router_smem + warp * (num_experts + num_groups);
   float* group_scores = scores + num_experts;
-  unsigned char* flags = reinterpret_cast<unsigned char*>(router_smem + kRouterWarpsPerBlock * (num_experts + num_groups)) +
-                         warp * (num_experts + num_groups);
+  unsigned char* flags =
+      reinterpret_cast<unsigned char*>(router_smem + kRouterWarpsPerBlock * (num_experts + num_groups)) +
+      warp * (num_experts + num_groups);
   unsigned char* kept = flags;
   unsigned char* chosen = flags + num_groups;
 
@@ -170,8 +171,8 @@ absl::Status RouteTopk(const RouterParams& p, Stream stream) {
   if (p.topk_group < 1) return Invalid(kOp, "topk_group must be >= 1");
   const int selectable = std::min(p.topk_group, p.num_groups) * (p.num_experts / p.num_groups);
   if (p.top_k < 1 || p.top_k > selectable) {
-    return Invalid(kOp, "top_k (" + std::to_string(p.top_k) + ") must be in [1, experts in the kept groups = " +
-                            std::to_string(selectable) + "]");
+    return Invalid(kOp, "top_k (" + std::to_string(p.top_k) +
+                            ") must be in [1, experts in the kept groups = " + std::to_string(selectable) + "]");
   }
   if (p.num_tokens == 0) return absl::OkStatus();
   SIROCCO_CUDA_RETURN_IF_ERROR(CheckPointer(kOp, "logits", p.logits));
