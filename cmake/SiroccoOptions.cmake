@@ -28,3 +28,10 @@ function(sirocco_target name)
   target_link_libraries(${name} PRIVATE sirocco_warnings)
   target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
 endfunction()
+
+# Registers a GoogleTest binary with ctest, one ctest entry per case. A case
+# that calls GTEST_SKIP is reported by ctest as skipped, never as passed.
+function(sirocco_add_gtest target)
+  gtest_discover_tests(${target} DISCOVERY_TIMEOUT 60
+    PROPERTIES SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" ${ARGN})
+endfunction()
