@@ -71,7 +71,7 @@ KvPoolOptions Mistral4Model::PoolOptions(std::int64_t num_blocks, std::int64_t b
 }
 
 absl::Status Mistral4Model::Forward(std::span<const ForwardItem> items, KvPool& pool, AttentionForm form,
-                                    std::vector<float>* logits) const {
+                                    std::vector<float>* logits, const LayerDoneFn& on_layer_done) const {
   const ModelConfig& c = config_;
   if (pool.entry_dim() != c.kv_entry_dim() || pool.num_layers() != c.num_hidden_layers) {
     return absl::InvalidArgumentError("KV pool layout does not match the model");
@@ -124,6 +124,7 @@ absl::Status Mistral4Model::Forward(std::span<const ForwardItem> items, KvPool& 
     float* h = Data(b.h, static_cast<std::size_t>(T * H));
     k_.rms_norm(I(T), I(H), x, I(H), lw.input_norm.data(), static_cast<float>(c.rms_norm_eps), h, I(H));
     Attention(l, b, pool, form);
+    if (on_layer_done) on_layer_done(l);
     // x += attn · o_proj^T
     k_.gemm_nt(I(T), I(H), I(c.num_attention_heads * c.v_head_dim), b.attn.data(),
                I(c.num_attention_heads * c.v_head_dim), lw.attn.o_proj.ptr(), I(lw.attn.o_proj.cols), 1.0f, x, I(H));

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -50,10 +51,15 @@ class Mistral4Model {
                                                                     std::unique_ptr<Mistral4Weights> weights,
                                                                     const ModelOptions& options);
 
+  // Called on the engine thread as soon as layer `layer`'s KV of every item
+  // is in the pool, while later layers still compute: a prefill worker posts
+  // that layer's transfer from here.
+  using LayerDoneFn = std::function<void(std::int64_t layer)>;
+
   // Runs the items as one batch. `logits` receives, item by item, one row of
   // vocab_size floats per token (all_logits) or for the last token.
   absl::Status Forward(std::span<const ForwardItem> items, KvPool& pool, AttentionForm form,
-                       std::vector<float>* logits) const;
+                       std::vector<float>* logits, const LayerDoneFn& on_layer_done = nullptr) const;
 
   const ModelConfig& config() const { return config_; }
   const kernels::KernelTable& kernels() const { return k_; }

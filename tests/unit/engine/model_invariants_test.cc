@@ -194,6 +194,41 @@ TEST_P(ModelInvariants, EveryBackendMatchesReference) {
   }
 }
 
+// The per-layer hook fires once per layer, in order, and when it fires that
+// layer's KV for every token is already in the pool (a prefill worker posts
+// the layer's transfer from it).
+TEST_P(ModelInvariants, LayerHookSeesThatLayersKv) {
+  Fixture f = Make(GetParam());
+  ASSERT_NE(f.model, nullptr);
+  auto toks = Tokens(9, 13, 512);
+  BlockTable bt(f.pool.get());
+  ASSERT_TRUE(bt.Reserve(9).ok());
+  const std::int64_t entry = f.pool->entry_dim(), layers = f.model->config().num_hidden_layers;
+  // Poison every entry so "written" is observable.
+  for (std::int64_t l = 0; l < layers; ++l) {
+    for (std::int64_t t = 0; t < 9; ++t) {
+      std::fill_n(f.pool->entry(l, bt.block(t / 4), t % 4), entry, std::nanf(""));
+    }
+  }
+  std::vector<std::int64_t> seen;
+  auto hook = [&](std::int64_t layer) {
+    seen.push_back(layer);
+    for (std::int64_t t = 0; t < 9; ++t) {
+      const float* e = f.pool->entry(layer, bt.block(t / 4), t % 4);
+      EXPECT_TRUE(std::all_of(e, e + entry, [](float v) { return std::isfinite(v); })) << layer << "/" << t;
+      if (layer + 1 < layers) {
+        EXPECT_TRUE(std::isnan(f.pool->entry(layer + 1, bt.block(t / 4), t % 4)[0])) << "next layer already written";
+      }
+    }
+  };
+  ForwardItem item{toks, 0, &bt, false};
+  std::vector<float> logits;
+  ASSERT_TRUE(f.model->Forward({&item, 1}, *f.pool, AttentionForm::kExpanded, &logits, hook).ok());
+  std::vector<std::int64_t> expected(static_cast<std::size_t>(layers));
+  for (std::int64_t l = 0; l < layers; ++l) expected[static_cast<std::size_t>(l)] = l;
+  EXPECT_EQ(seen, expected);
+}
+
 TEST_P(ModelInvariants, BadInputIsAnErrorNotACrash) {
   Fixture f = Make(GetParam());
   ASSERT_NE(f.model, nullptr);
