@@ -1,0 +1,122 @@
+// The router's view of its workers and the policy that picks them. Pure logic:
+// no gRPC, no threads of its own. The router's discovery and health loops feed
+// it (Upsert, ReportLoad, MarkUnhealthy) and request handlers ask it for a
+// decode and a prefill worker.
+//
+// Policy:
+//   * decode: among healthy, non-draining decode-capable workers whose last
+//     reported free blocks cover the request, the one with the most free
+//     blocks after subtracting what the router has already sent it since the
+//     last report, ties broken by fewer running+waiting, then by id;
+//   * prefill: among healthy, non-draining prefill-capable workers not in the
+//     caller's exclusion set (workers that already failed this request), the
+//     one with the fewest queued prefill tokens (reported + sent since), ties
+//     by fewer running+waiting, then by id. `PrefillScorer` is the seam for
+//     prefix-aware routing: a scorer may prefer a worker that holds a prefix.
+//
+// Thread-safety: not thread-safe; the router guards it with one mutex.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace sirocco::router {
+
+struct WorkerId {
+  std::string address;  // host:port, unique per worker
+  friend auto operator<=>(const WorkerId&, const WorkerId&) = default;
+};
+
+enum class WorkerRole : std::uint8_t { kPrefill, kDecode, kBoth };
+
+struct WorkerLoad {
+  std::int64_t free_blocks = 0;
+  std::int64_t total_blocks = 0;
+  std::int64_t block_size = 16;
+  std::int64_t running = 0;
+  std::int64_t waiting = 0;
+  std::int64_t prefill_tokens_queued = 0;
+  bool draining = false;
+};
+
+struct WorkerState {
+  WorkerId id;
+  WorkerRole role = WorkerRole::kBoth;
+  WorkerLoad load;
+  bool healthy = false;        // true after the first successful load report
+  absl::Time last_report = absl::InfinitePast();
+  // Work sent since the last report, so bursts spread instead of piling onto
+  // the worker that looked best a moment ago.
+  std::int64_t blocks_in_flight = 0;
+  std::int64_t prefill_tokens_in_flight = 0;
+};
+
+// Extra preference for a prefill worker (larger is better); the default
+// scorer returns 0 for everyone.
+using PrefillScorer = std::function<double(const WorkerState&, std::int64_t prompt_tokens)>;
+
+class WorkerPool {
+ public:
+  // Adds a worker (unhealthy until its first report) or updates its role.
+  void Upsert(const WorkerId& id, WorkerRole role);
+  // Removes workers not in `present` (a DNS re-resolution dropped them).
+  void Retain(const std::set<WorkerId>& present);
+  void ReportLoad(const WorkerId& id, const WorkerLoad& load, absl::Time now);
+  void MarkUnhealthy(const WorkerId& id);
+  // Workers whose last report is older than `max_age` count as unhealthy.
+  void ExpireStale(absl::Time now, absl::Duration max_age);
+
+  // UNAVAILABLE when no decode worker is healthy; RESOURCE_EXHAUSTED when
+  // none has room for `blocks_needed`.
+  absl::StatusOr<WorkerId> PickDecode(std::int64_t blocks_needed);
+  absl::StatusOr<WorkerId> PickPrefill(std::int64_t prompt_tokens, const std::set<WorkerId>& exclude);
+  // Forget what a finished dispatch added to the in-flight estimates.
+  void DoneDecode(const WorkerId& id, std::int64_t blocks);
+  void DonePrefill(const WorkerId& id, std::int64_t prompt_tokens);
+
+  void set_prefill_scorer(PrefillScorer scorer) { scorer_ = std::move(scorer); }
+  std::vector<WorkerState> Snapshot() const;
+  std::optional<WorkerState> Find(const WorkerId& id) const;
+
+ private:
+  std::map<WorkerId, WorkerState> workers_;
+  PrefillScorer scorer_;
+};
+
+// Admission control: at most `max_in_flight` requests and `max_queued_tokens`
+// prompt tokens in the system; beyond that RESOURCE_EXHAUSTED with a retry
+// hint proportional to the overload.
+struct AdmissionLimits {
+  std::int64_t max_in_flight = 256;
+  std::int64_t max_queued_tokens = 1 << 20;
+  absl::Duration base_retry = absl::Milliseconds(100);
+};
+
+struct Admission {
+  bool admitted = false;
+  absl::Duration retry_after;  // when refused
+};
+
+class AdmissionController {
+ public:
+  explicit AdmissionController(AdmissionLimits limits) : limits_(limits) {}
+  Admission TryAdmit(std::int64_t prompt_tokens);
+  void Release(std::int64_t prompt_tokens);
+  std::int64_t in_flight() const { return in_flight_; }
+  std::int64_t queued_tokens() const { return queued_tokens_; }
+
+ private:
+  AdmissionLimits limits_;
+  std::int64_t in_flight_ = 0;
+  std::int64_t queued_tokens_ = 0;
+};
+
+}  // namespace sirocco::router
