@@ -16,6 +16,10 @@ PACKAGES=(
   libopenblas-dev        # dense products on CPU (cblas_sgemm)
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev           # the tokenizer's Unicode pre-split regex (JIT)
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  grpc-proto             # grpc.health.v1 proto
+  prometheus-cpp-dev     # metrics registry and exposition (+ civetweb HTTP)
+  libucx-dev ucx-utils   # KV transfer (RMA over shm/RDMA, messages over TCP); ucx_perftest
   python3 python3-pip    # fetches the tokenizer files from PyPI
 )
 
@@ -65,6 +69,6 @@ if [[ "${1:-}" == "--venv" ]]; then
   # live by tests/reference/mistral4_reference.py check.
   .venv/bin/pip install -q --disable-pip-version-check \
     "torch>=2.6" "transformers==5.24.0" "safetensors>=0.4" "numpy>=1.26" \
-    "mistral-common==$MISTRAL_COMMON_VERSION" "tiktoken>=0.7"
+    "mistral-common==$MISTRAL_COMMON_VERSION" "tiktoken>=0.7" fastapi pydantic-settings
   .venv/bin/python -c "import torch, transformers; print('venv: torch', torch.__version__, 'transformers', transformers.__version__)"
 fi

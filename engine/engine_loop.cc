@@ -1,0 +1,391 @@
+#include "engine/engine_loop.h"
+
+#include <type_traits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "engine/check.h"
+#include "engine/status_macros.h"
+
+namespace sirocco::engine {
+namespace {
+
+StreamEvent TokenEvent(SampleResult sample) {
+  StreamEvent e;
+  e.type = StreamEvent::Type::kToken;
+  e.sample = std::move(sample);
+  return e;
+}
+
+StreamEvent EndEvent(ExitReason reason, absl::Status status) {
+  StreamEvent e;
+  e.type = StreamEvent::Type::kEnd;
+  e.reason = reason;
+  e.status = std::move(status);
+  return e;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- RequestStream
+
+std::vector<StreamEvent> RequestStream::Drain() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<StreamEvent> out(std::make_move_iterator(events_.begin()), std::make_move_iterator(events_.end()));
+  events_.clear();
+  return out;
+}
+
+bool RequestStream::Wait(std::chrono::steady_clock::duration timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, timeout, [&] { return !events_.empty(); });
+}
+
+bool RequestStream::ended() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ended_;
+}
+
+void RequestStream::Push(StreamEvent event) {
+  bool was_empty;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    SIROCCO_CHECK(!ended_, "event pushed after the end of a stream");
+    ended_ = event.type == StreamEvent::Type::kEnd;
+    was_empty = events_.empty();
+    events_.push_back(std::move(event));
+  }
+  cv_.notify_all();
+  if (was_empty && on_ready_) on_ready_();
+}
+
+// ---------------------------------------------------------------- EngineLoop: callers' side
+
+absl::StatusOr<std::unique_ptr<EngineLoop>> EngineLoop::Create(const EngineOptions& options) {
+  if (options.model == nullptr) return absl::InvalidArgumentError("EngineOptions.model is null");
+  const ModelConfig& c = options.model->config();
+  SIROCCO_ASSIGN_OR_RETURN(auto pool, KvPool::Create(options.model->PoolOptions(options.num_blocks, options.block_size)));
+  SchedulerOptions so;
+  so.max_tokens_per_step = options.max_tokens_per_step;
+  so.max_seqs_per_step = options.max_seqs_per_step;
+  so.max_waiting = options.max_waiting;
+  so.max_model_len = options.max_model_len > 0 ? options.max_model_len : c.max_position_embeddings;
+  if (so.max_model_len > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("EngineOptions.max_model_len (", so.max_model_len,
+                                                   ") exceeds the model's context length ",
+                                                   c.max_position_embeddings));
+  }
+  so.vocab_size = c.vocab_size;
+  so.eos_token_ids = c.eos_token_ids;
+  SIROCCO_ASSIGN_OR_RETURN(auto scheduler, Scheduler::Create(so, pool.get()));
+  std::unique_ptr<EngineLoop> loop(new EngineLoop(options, std::move(pool), std::move(scheduler)));
+  loop->PublishStats();
+  {
+    std::lock_guard<std::mutex> lock(loop->stats_mu_);
+    loop->stats_.running = true;
+  }
+  EngineLoop* raw = loop.get();
+  std::lock_guard<std::mutex> lock(loop->join_mu_);
+  loop->thread_ = std::thread([raw] { raw->Run(); });
+  return loop;
+}
+
+EngineLoop::EngineLoop(const EngineOptions& options, std::unique_ptr<KvPool> pool,
+                       std::unique_ptr<Scheduler> scheduler)
+    : options_(options), model_(*options.model), pool_(std::move(pool)), scheduler_(std::move(scheduler)) {}
+
+EngineLoop::~EngineLoop() { Stop(StopMode::kCancel); }
+
+absl::Status EngineLoop::Enqueue(Command cmd, bool new_work) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return absl::UnavailableError("engine stopped");
+    if (new_work && stop_.has_value()) return absl::UnavailableError("engine draining: not taking new requests");
+    commands_.push_back(std::move(cmd));
+  }
+  cv_.notify_one();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<RequestStream>> EngineLoop::Submit(RequestId id, RequestSpec spec,
+                                                                  std::function<void()> on_ready) {
+  SIROCCO_RETURN_IF_ERROR(scheduler_->ValidateRequest(spec));  // immutable state only
+  auto stream = std::make_shared<RequestStream>(id, std::move(on_ready));
+  SIROCCO_RETURN_IF_ERROR(Enqueue(AddCmd{id, std::move(spec), stream}, /*new_work=*/true));
+  return stream;
+}
+
+void EngineLoop::Cancel(RequestId id) { (void)Enqueue(CancelCmd{id}, /*new_work=*/false); }
+
+absl::Status EngineLoop::Reserve(ReserveSpec spec, ReserveDone done) {
+  return Enqueue(ReserveCmd{std::move(spec), std::move(done)}, /*new_work=*/true);
+}
+
+absl::StatusOr<std::shared_ptr<RequestStream>> EngineLoop::Decode(ReservationId reservation, RequestId id,
+                                                                  std::int32_t first_token, DecodeSpec spec,
+                                                                  std::function<void()> on_ready) {
+  auto stream = std::make_shared<RequestStream>(id, std::move(on_ready));
+  SIROCCO_RETURN_IF_ERROR(Enqueue(DecodeCmd{reservation, id, first_token, std::move(spec), stream}, false));
+  return stream;
+}
+
+absl::Status EngineLoop::WriteKv(ReservationId reservation, KvWriter write, std::function<void(absl::Status)> done) {
+  return Enqueue(WriteKvCmd{reservation, std::move(write), std::move(done)}, /*new_work=*/false);
+}
+
+absl::Status EngineLoop::TransferDone(RequestId id, absl::Status result) {
+  return Enqueue(TransferDoneCmd{id, std::move(result)}, /*new_work=*/false);
+}
+
+void EngineLoop::Stop(StopMode mode) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stop_.has_value() || mode == StopMode::kCancel) stop_ = mode;
+  }
+  cv_.notify_all();
+  std::lock_guard<std::mutex> lock(join_mu_);
+  if (thread_.joinable()) thread_.join();
+}
+
+EngineStats EngineLoop::Stats() const {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  return stats_;
+}
+
+// ---------------------------------------------------------------- EngineLoop: the engine thread
+
+void EngineLoop::Run() {
+  std::optional<SchedTime> drain_deadline;
+  for (;;) {
+    std::vector<Command> commands;
+    std::optional<StopMode> stop;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      commands.swap(commands_);
+      stop = stop_;
+    }
+    for (Command& cmd : commands) {
+      Apply(cmd);
+      EmitExits();  // before the next command may reuse an id that just exited
+    }
+
+    const SchedTime now = SchedClock::now();
+    scheduler_->Expire(now);
+    EmitExits();
+    if (stop.has_value()) {
+      if (!drain_deadline) drain_deadline = now + options_.drain_timeout;
+      if (*stop == StopMode::kCancel || scheduler_->idle() || now >= *drain_deadline) break;
+    }
+
+    // schedule → run → postprocess
+    StepPlan plan = scheduler_->Schedule(now);
+    if (!plan.empty()) RunStep(plan);
+    EmitExits();
+    PublishStats();
+
+    if (plan.empty()) {  // nothing runnable: sleep until a command, a stop or a timer
+      std::optional<SchedTime> wake = scheduler_->NextExpiry();
+      if (drain_deadline && (!wake || *drain_deadline < *wake)) wake = drain_deadline;
+      std::unique_lock<std::mutex> lock(mu_);
+      auto woken = [&] { return !commands_.empty() || stop_ != stop; };
+      if (wake) {
+        cv_.wait_until(lock, *wake, woken);
+      } else {
+        cv_.wait(lock, woken);
+      }
+    }
+  }
+
+  // Refuse what is still queued, then end everything in flight.
+  std::vector<Command> rest;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    rest.swap(commands_);
+  }
+  const absl::Status stopped = absl::UnavailableError("engine stopped");
+  for (Command& cmd : rest) Reject(cmd, stopped);
+  scheduler_->CancelAll(stopped);
+  EmitExits();
+  SIROCCO_CHECK(live_.empty(), "a request outlived the engine");
+  SIROCCO_CHECK(pool_->num_free() == pool_->num_blocks(), "KV blocks leaked");
+  PublishStats();
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  stats_.running = false;
+}
+
+void EngineLoop::Apply(Command& command) {
+  const SchedTime now = SchedClock::now();
+  std::visit(
+      [&](auto& c) {
+        using T = std::decay_t<decltype(c)>;
+        if constexpr (std::is_same_v<T, AddCmd>) {
+          if (live_.contains(c.id)) {
+            c.stream->Push(EndEvent(ExitReason::kFailed, absl::AlreadyExistsError(absl::StrCat(
+                                                              "request ", c.id.value, " already exists"))));
+            return;
+          }
+          if (absl::Status st = scheduler_->AddRequest(c.id, std::move(c.spec), now); !st.ok()) {
+            c.stream->Push(EndEvent(ExitReason::kFailed, std::move(st)));
+            return;
+          }
+          const Scheduler::Sequence* s = scheduler_->Find(c.id);
+          Live& live = live_[c.id];
+          live.stream = std::move(c.stream);
+          live.sampler.emplace(s->sampling, s->prompt());
+        } else if constexpr (std::is_same_v<T, CancelCmd>) {
+          (void)scheduler_->Cancel(c.id);  // NOT_FOUND: already gone
+        } else if constexpr (std::is_same_v<T, ReserveCmd>) {
+          c.done(scheduler_->Reserve(c.spec, now));
+        } else if constexpr (std::is_same_v<T, DecodeCmd>) {
+          const Reservation* r = scheduler_->FindReservation(c.reservation);
+          absl::Status st;
+          if (r == nullptr) {
+            st = absl::NotFoundError(absl::StrCat("reservation ", c.reservation.value, " is unknown or expired"));
+          } else if (r->request != c.id) {
+            st = absl::InvalidArgumentError(absl::StrCat("reservation ", c.reservation.value, " is for request ",
+                                                         r->request.value, ", not ", c.id.value));
+          } else if (live_.contains(c.id)) {
+            st = absl::AlreadyExistsError(absl::StrCat("request ", c.id.value, " already exists"));
+          }
+          if (st.ok()) {
+            live_[c.id].stream = c.stream;  // before MarkKvArrived: it may exit at once
+            st = scheduler_->MarkKvArrived(c.reservation, c.first_token, c.spec, now);
+            if (!st.ok()) live_.erase(c.id);
+          }
+          if (!st.ok()) {
+            c.stream->Push(EndEvent(ExitReason::kFailed, std::move(st)));
+            return;
+          }
+          if (const Scheduler::Sequence* s = scheduler_->Find(c.id)) {
+            Live& live = live_[c.id];
+            live.sampler.emplace(s->sampling, s->prompt());
+            live.sampler->Observe(c.first_token);
+          }
+        } else if constexpr (std::is_same_v<T, TransferDoneCmd>) {
+          (void)scheduler_->OnTransferDone(c.id, c.result);  // a cancelled request may be gone
+        } else if constexpr (std::is_same_v<T, WriteKvCmd>) {
+          const Reservation* r = scheduler_->FindReservation(c.reservation);
+          absl::Status st = r == nullptr ? absl::NotFoundError(absl::StrCat("reservation ", c.reservation.value,
+                                                                            " is unknown or expired"))
+                                         : c.write(*pool_, r->blocks);
+          if (c.done) c.done(std::move(st));
+        }
+      },
+      command);
+}
+
+void EngineLoop::Reject(Command& command, const absl::Status& why) {
+  std::visit(
+      [&](auto& c) {
+        using T = std::decay_t<decltype(c)>;
+        if constexpr (std::is_same_v<T, AddCmd> || std::is_same_v<T, DecodeCmd>) {
+          c.stream->Push(EndEvent(ExitReason::kFailed, why));
+        } else if constexpr (std::is_same_v<T, ReserveCmd>) {
+          c.done(why);
+        } else if constexpr (std::is_same_v<T, WriteKvCmd>) {
+          if (c.done) c.done(why);
+        }
+      },
+      command);
+}
+
+void EngineLoop::RunStep(StepPlan& plan) {
+  const std::size_t vocab = static_cast<std::size_t>(model_.config().vocab_size);
+  std::vector<ForwardItem> items;
+  items.reserve(plan.decode.size() + plan.prefill.size());
+  for (const DecodeItem& d : plan.decode) {
+    const Scheduler::Sequence* s = scheduler_->Find(d.id);
+    items.push_back(ForwardItem{std::span<const std::int32_t>(s->tokens).subspan(static_cast<std::size_t>(d.pos), 1),
+                                d.pos, &s->blocks, false});
+  }
+  std::vector<LayerKvWritten> kv_written;  // prefill role: what each layer's hook reports
+  for (const PrefillChunk& c : plan.prefill) {
+    const Scheduler::Sequence* s = scheduler_->Find(c.id);
+    items.push_back(ForwardItem{std::span<const std::int32_t>(s->tokens).subspan(static_cast<std::size_t>(c.start),
+                                                                                 static_cast<std::size_t>(c.len)),
+                                c.start, &s->blocks, false});
+    if (s->prefill_only && options_.on_layer_kv_written) {
+      kv_written.push_back(LayerKvWritten{c.id, 0, c.start, c.start + c.len, &s->blocks, pool_.get()});
+    }
+  }
+  Mistral4Model::LayerDoneFn on_layer_done;
+  if (!kv_written.empty()) {
+    on_layer_done = [&](std::int64_t layer) {
+      for (LayerKvWritten& w : kv_written) {
+        w.layer = layer;
+        options_.on_layer_kv_written(w);
+      }
+    };
+  }
+
+  // One call when every item can run in one form; else decode absorbed apart.
+  const std::size_t num_decode = plan.decode.size();
+  const bool split = !plan.decode.empty() && !plan.prefill.empty() && options_.prefill_form != AttentionForm::kAbsorbed;
+  const std::span<const ForwardItem> all(items);
+  absl::Status st;
+  const float* decode_rows = nullptr;
+  const float* prefill_rows = nullptr;
+  if (split) {
+    st = model_.Forward(all.first(num_decode), *pool_, AttentionForm::kAbsorbed, &decode_logits_);
+    if (st.ok()) st = model_.Forward(all.subspan(num_decode), *pool_, options_.prefill_form, &logits_, on_layer_done);
+    decode_rows = decode_logits_.data();
+    prefill_rows = logits_.data();
+  } else {
+    const AttentionForm form = plan.prefill.empty() ? AttentionForm::kAbsorbed : options_.prefill_form;
+    st = model_.Forward(all, *pool_, form, &logits_, on_layer_done);
+    decode_rows = logits_.data();
+    prefill_rows = logits_.data() + num_decode * vocab;
+  }
+  if (!st.ok()) {
+    scheduler_->OnStepFailed(plan, st);
+    return;
+  }
+  ++steps_;
+  for (std::size_t i = 0; i < plan.decode.size(); ++i) {
+    Sample(plan.decode[i].id, decode_rows + i * vocab, &plan.decode[i].token);
+  }
+  for (std::size_t i = 0; i < plan.prefill.size(); ++i) {
+    if (plan.prefill[i].samples) Sample(plan.prefill[i].id, prefill_rows + i * vocab, &plan.prefill[i].token);
+  }
+  scheduler_->OnStepDone(plan);
+}
+
+void EngineLoop::Sample(RequestId id, const float* row, std::int32_t* token) {
+  auto it = live_.find(id);
+  SIROCCO_CHECK(it != live_.end() && it->second.sampler.has_value(), "scheduled request without engine state");
+  Live& live = it->second;
+  SampleResult r =
+      live.sampler->Sample(std::span<const float>(row, static_cast<std::size_t>(model_.config().vocab_size)), scratch_);
+  live.sampler->Observe(r.token);
+  *token = r.token;
+  ++tokens_sampled_;
+  if (scheduler_->Find(id)->prefill_only) {
+    live.held = std::move(r);  // reported once the transfer is complete
+  } else {
+    live.stream->Push(TokenEvent(std::move(r)));
+  }
+}
+
+void EngineLoop::EmitExits() {
+  for (Exit& e : scheduler_->TakeExits()) {
+    auto it = live_.find(e.id);
+    SIROCCO_CHECK(it != live_.end(), "exit of a request the engine does not know");
+    Live& live = it->second;
+    if (e.reason == ExitReason::kPrefillDone && live.held.has_value()) {
+      live.stream->Push(TokenEvent(std::move(*live.held)));
+    }
+    live.stream->Push(EndEvent(e.reason, std::move(e.status)));
+    live_.erase(it);
+  }
+}
+
+void EngineLoop::PublishStats() {
+  SchedulerStats s = scheduler_->Stats();
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  stats_.scheduler = s;
+  stats_.steps = steps_;
+  stats_.tokens_sampled = tokens_sampled_;
+}
+
+}  // namespace sirocco::engine
