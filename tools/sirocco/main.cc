@@ -18,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "tools/sirocco/commands.h"
+#include "tools/sirocco/text_commands.h"
 
 namespace sirocco::tools {
 namespace {
@@ -40,6 +41,13 @@ Usage:
                    [--ignore-eos] [--attention expanded|absorbed] [--backend ref|avx2]
       Prints one JSON object: {"token_ids": [...], "finish_reason": "stop"|"length", ...}.
       Defaults: temperature 0 (greedy), top-p 1, top-k 0 (off), min-p 0, penalties off.
+  sirocco tokenize --tokenizer FILE (--text STRING | --chat REQUEST.json)
+      Prints {"ids": [...], "text": ...}: --text encodes plain text without BOS/EOS; --chat
+      renders a mistral-common ChatCompletionRequest JSON as the file's instruct version does.
+  sirocco detokenize --tokenizer FILE --ids 1,2,3 [--special ignore|keep|raise]
+      Prints the decoded text.
+  sirocco make-tekken --base tekken_240911.json --version v7|v11|v13|v15 --out FILE
+      Writes the tekken file of a version mistral-common ships no file for.
 )";
 
 }  // namespace
@@ -99,6 +107,12 @@ int main(int argc, char** argv) {
     status = RunLogits(argc, argv);
   } else if (command == "generate") {
     status = RunGenerate(argc, argv);
+  } else if (command == "tokenize") {
+    status = RunTokenize(argc, argv);
+  } else if (command == "detokenize") {
+    status = RunDetokenize(argc, argv);
+  } else if (command == "make-tekken") {
+    status = RunMakeTekken(argc, argv);
   } else {
     std::fprintf(stderr, "sirocco: unknown command '%s'\n\n%s", command.c_str(), kUsage);
     return 2;
