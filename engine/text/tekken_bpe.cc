@@ -13,9 +13,6 @@ namespace sirocco::text {
 namespace {
 
 constexpr std::int32_t kNoRank = std::numeric_limits<std::int32_t>::max();
-// Pieces up to this many bytes merge by array scan (cache-friendly, no heap);
-// longer ones by heap.
-constexpr std::size_t kScanMaxBytes = 32;
 
 // Pair-table slots pack three ranks of kRankBits each.
 constexpr int kRankBits = 20;
@@ -170,7 +167,7 @@ std::int32_t BpeRanks::Find(std::string_view bytes) const {
 void BpeRanks::Encode(std::string_view piece, std::int32_t id_offset, std::vector<std::int32_t>* out) const {
   if (const std::int32_t rank = Find(piece); rank >= 0) {
     out->push_back(rank + id_offset);
-  } else if (piece.size() <= kScanMaxBytes) {
+  } else if (piece.size() <= BpeRanks::kScanMaxBytes) {
     MergeByScan(piece, id_offset, out);
   } else {
     MergeByHeap(piece, id_offset, out);
@@ -182,9 +179,9 @@ void BpeRanks::Encode(std::string_view piece, std::int32_t id_offset, std::vecto
 // lowest-ranked pair.
 void BpeRanks::MergeByScan(std::string_view piece, std::int32_t id_offset, std::vector<std::int32_t>* out) const {
   const std::size_t n = piece.size();
-  SIROCCO_CHECK(n > 0 && n <= kScanMaxBytes, "MergeByScan: piece size");
-  std::int32_t part_rank[kScanMaxBytes];
-  std::int32_t pair_rank[kScanMaxBytes];
+  SIROCCO_CHECK(n > 0 && n <= BpeRanks::kScanMaxBytes, "MergeByScan: piece size");
+  std::int32_t part_rank[BpeRanks::kScanMaxBytes];
+  std::int32_t pair_rank[BpeRanks::kScanMaxBytes];
   auto pair_of = [&](std::int32_t left, std::int32_t right) {
     const std::int32_t r = PairRank(left, right);
     return r < 0 ? kNoRank : r;
