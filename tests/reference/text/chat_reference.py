@@ -6,14 +6,19 @@ Every request in chats/requests.jsonl is rendered with
     ChatCompletionRequest.model_validate_json(TEXT))`
 for every tokenizer file: the two the package ships (tekken_240718 and
 tekken_240911, both v3) and the v7/v11/v13/v15 files built from
-tekken_240911.json plus each version's special tokens (engine/text/data/
-tekken_versions.json, built as engine/text/tekken_file.h builds them). The result is either the ids
-and the text (Tokenized.text: the ids decoded with special tokens kept) or the
-exception mistral-common raised (class and message). The goldens are
-committed; tests/unit/text/instruct_golden_test.cc checks Sirocco against them
-without Python.
+tekken_240911.json plus each version's special tokens
+(engine/text/data/tekken_versions.json; strings_reference.build_derived, the
+Python twin of engine/text/tekken_file.h). The result is either the ids and
+the text (Tokenized.text: the ids decoded with special tokens kept) or the
+exception mistral-common raised: its class and message, and for pydantic's
+ValidationError the location and type of the first error. The requests are
+hand-written (every message kind, both reasoning efforts and none, images,
+tool calls, prefixes, and the rejections) plus a seeded generator of mixed
+conversations; Sirocco must give the same ids and text, or the same rejection.
+The goldens are committed; tests/unit/text/instruct_golden_test.cc checks
+Sirocco against them without Python.
 
-    generate               write chats/requests.jsonl and chats/golden.jsonl
+    generate               write chats/requests.jsonl and chats/golden.json
     check [--sirocco BIN]  re-render everything with mistral-common and compare
                            with the goldens; with --sirocco, also run
                            `BIN tokenize --tokenizer FILE --chat REQUEST.json`
