@@ -171,6 +171,8 @@ class EngineLoop {
   void Stop(StopMode mode = StopMode::kDrain);
 
   EngineStats Stats() const;
+  // The KV pool (for registration with a transfer agent; the engine thread owns its contents).
+  const KvPool& pool() const { return *pool_; }
 
  private:
   struct AddCmd {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The two entry points of a fresh checkout (see README.md):
-#   tools/dev.sh run    build, make the embedded default model if absent, generate
+#   tools/dev.sh run    build, then run the local cluster (sirocco up) on the embedded
+#                       default model, made on first run; Ctrl-C stops it
 #   tools/dev.sh test   build and run every test (ctest), failing on any failure
 # Environment: BUILD_DIR (default build), SIROCCO_SANITIZE (address|thread),
 # JOBS (default: all cores).
@@ -17,12 +18,11 @@ cmake --build "$BUILD_DIR" -j "$JOBS"
 
 case "${1:-}" in
   run)
-    MODEL_DIR="${MODEL_DIR:-models/tiny}"
-    if [[ ! -f "$MODEL_DIR/config.json" ]]; then
-      "$BUILD_DIR/tools/sirocco" make-model --preset tiny --seed 0 --out "$MODEL_DIR"
-    fi
-    "$BUILD_DIR/tools/sirocco" generate --model "$MODEL_DIR" --tokens 1,1010,1784,1278,9005 \
-      --max-tokens 32 --temperature 0.7 --top-p 0.95 --seed 1
+    # The local disaggregated cluster on the embedded default model (made on
+    # first run): a router, one prefill and one decode worker on loopback.
+    # Talk to it from another terminal: build/tools/sirocco chat "Hello"
+    exec "$BUILD_DIR/tools/sirocco" up --port "${PORT:-50051}" --prefill 1 --decode 1 \
+      --model "${MODEL_DIR:-models/tiny}"
     ;;
   test)
     ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" --timeout 900

@@ -18,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "tools/sirocco/commands.h"
+#include "tools/sirocco/cluster_commands.h"
 #include "tools/sirocco/text_commands.h"
 
 namespace sirocco::tools {
@@ -26,6 +27,11 @@ namespace {
 constexpr const char* kUsage = R"(sirocco: disaggregated serving of Mistral Small 4-class models
 
 Usage:
+  sirocco up [--port P] [--colocated K | --prefill N --decode M] [--model DIR]
+      Starts a local cluster (router + workers as separate processes) on loopback with the
+      embedded default model (made on first run if absent), prints the endpoint; Ctrl-C stops it.
+  sirocco chat [--target HOST:PORT] [--reasoning-effort none|high] [--max-tokens N] "prompt"
+      Streams a chat answer from a running router, reasoning and answer printed apart.
   sirocco make-model (--preset NAME | --config FILE) --out DIR [--seed N] [--dtype bf16|f16|f32]
                      [--config-only]
       Writes a checkpoint with seeded random weights. Presets: tiny, tiny-noqlora, small,
@@ -113,6 +119,10 @@ int main(int argc, char** argv) {
     status = RunDetokenize(argc, argv);
   } else if (command == "make-tekken") {
     status = RunMakeTekken(argc, argv);
+  } else if (command == "up") {
+    status = RunUp(argc, argv);
+  } else if (command == "chat") {
+    status = RunChat(argc, argv);
   } else {
     std::fprintf(stderr, "sirocco: unknown command '%s'\n\n%s", command.c_str(), kUsage);
     return 2;

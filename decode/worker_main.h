@@ -1,0 +1,35 @@
+// The shared main() of sirocco-prefill and sirocco-decode: flags → options →
+// model, engine, gRPC server (Worker + health + reflection), metrics endpoint;
+// runs until SIGTERM/SIGINT, then drains (health NOT_SERVING, new calls
+// UNAVAILABLE, in-flight Prefill/Decode calls finish) and exits 0.
+//
+// Flags (--name=value or --name value):
+//   --role prefill|decode|both   default: the binary's own role
+//   --model DIR                  checkpoint folder (config.json + safetensors); default models/tiny
+//   --listen HOST:PORT           gRPC address; default 0.0.0.0:50061 (port 0: any free port)
+//   --port-file PATH             write the bound gRPC port there once serving
+//   --metrics-port N             Prometheus /metrics, /healthz, /readyz; default 9464; -1: off; 0: any
+//   --metrics-port-file PATH     write the bound metrics port there
+//   --worker-id ID               default: role@host:port
+//   --auth-token TOKEN           worker API token; default $SIROCCO_WORKER_TOKEN; empty: no check
+//   --num-blocks N               KV pool blocks; default 1024
+//   --block-size N               tokens per block; default 16
+//   --max-tokens-per-step N      default 512
+//   --max-seqs-per-step N        default 64
+//   --max-waiting N              queued requests before refusing; default 0 (no limit)
+//   --kernels ref|avx2           default avx2
+//   --drain-grace-s N            longest wait for in-flight calls after SIGTERM; default 25
+//   --ucx-host IP                where the KV transfer agent listens; default 127.0.0.1
+//   --ucx-transports cma-tcp|tcp|shm|default   UCX_TLS profile; default cma-tcp
+//   --reservation-ttl-ms N       Reserve's ttl_ms 0 means this; default 30000
+//
+// Thread-safety: call once, from main.
+#pragma once
+
+#include "decode/worker_service.h"
+
+namespace sirocco::decode {
+
+int WorkerMain(int argc, char** argv, WorkerRole default_role);
+
+}  // namespace sirocco::decode

@@ -1,0 +1,4 @@
+// sirocco-prefill: the prefill worker (see decode/worker_main.h for flags).
+#include "decode/worker_main.h"
+
+int main(int argc, char** argv) { return sirocco::decode::WorkerMain(argc, argv, sirocco::decode::WorkerRole::kPrefill); }
