@@ -25,6 +25,11 @@ case "${1:-}" in
       --model "${MODEL_DIR:-models/tiny}"
     ;;
   test)
+    if [[ "${SIROCCO_SANITIZE:-}" == "thread" ]]; then
+      # Debian's gRPC, abseil, protobuf and UCX are not built with TSan; see
+      # tools/tsan.supp for what that hides and what it cannot.
+      export TSAN_OPTIONS="suppressions=$PWD/tools/tsan.supp ${TSAN_OPTIONS:-}"
+    fi
     ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" --timeout 900
     ;;
   *)
