@@ -52,17 +52,7 @@ class DisaggTest : public ::testing::Test {
   }
 
   static std::vector<std::int32_t> Reference(const std::vector<std::int32_t>& prompt, int max_tokens) {
-    auto model = engine::Mistral4Model::Load(*model_dir_, engine::ModelOptions{kernels::Backend::kRef});
-    EXPECT_TRUE(model.ok()) << model.status();
-    auto pool = *engine::KvPool::Create((*model)->PoolOptions(128, 8));
-    engine::GenerateRequest g;
-    g.prompt = prompt;
-    g.sampling.temperature = 0.0f;
-    g.stop.max_tokens = max_tokens;
-    g.stop.ignore_eos = true;
-    auto out = engine::Generate(**model, *pool, {&g, 1}, engine::GeneratorOptions{engine::AttentionForm::kAbsorbed, 0});
-    EXPECT_TRUE(out.ok()) << out.status();
-    return out.ok() ? (*out)[0].tokens : std::vector<std::int32_t>{};
+    return GreedyReference(*model_dir_, prompt, max_tokens, 128, 8);
   }
 
   static wv1::Load GetLoad(WorkerProcess& w) {

@@ -19,7 +19,9 @@
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 
+#include "engine/generator.h"
 #include "engine/model_maker.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "sirocco/worker/v1/worker.grpc.pb.h"
@@ -186,6 +188,24 @@ inline sirocco::worker::v1::SamplingParams Greedy() {
   s.set_seed(1);
   s.set_logprobs(-1);
   return s;
+}
+
+// engine::Generate on the same checkpoint, greedy, in the engine loop's form:
+// what every worker topology must reproduce token for token.
+inline std::vector<std::int32_t> GreedyReference(const std::string& model_dir, const std::vector<std::int32_t>& prompt,
+                                                 int max_tokens, std::int64_t pool_blocks, std::int64_t block_size) {
+  auto model = engine::Mistral4Model::Load(model_dir, engine::ModelOptions{kernels::Backend::kRef});
+  EXPECT_TRUE(model.ok()) << model.status();
+  if (!model.ok()) return {};
+  auto pool = *engine::KvPool::Create((*model)->PoolOptions(pool_blocks, block_size));
+  engine::GenerateRequest g;
+  g.prompt = prompt;
+  g.sampling.temperature = 0.0f;
+  g.stop.max_tokens = max_tokens;
+  g.stop.ignore_eos = true;
+  auto out = engine::Generate(**model, *pool, {&g, 1}, engine::GeneratorOptions{engine::AttentionForm::kAbsorbed, 0});
+  EXPECT_TRUE(out.ok()) << out.status();
+  return out.ok() ? (*out)[0].tokens : std::vector<std::int32_t>{};
 }
 
 }  // namespace sirocco::integration
