@@ -14,6 +14,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -49,7 +50,8 @@ struct Flags {
 const char* const kKnownFlags[] = {"role", "model", "listen", "port-file", "metrics-port", "metrics-port-file",
                                    "worker-id", "auth-token", "num-blocks", "block-size", "max-tokens-per-step",
                                    "max-seqs-per-step", "max-waiting", "kernels", "drain-grace-s",
-                                   "ucx-host", "ucx-transports", "reservation-ttl-ms"};
+                                   "ucx-host", "ucx-transports", "reservation-ttl-ms", "kv-transfer-timeout-ms",
+                                   "test-kv-fault"};
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   Flags flags;
@@ -193,6 +195,23 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
     ucx.transports = transfer::UcxTransports::kDefault;
   } else {
     return Fail(absl::InvalidArgumentError("--ucx-transports: must be cma-tcp, tcp, shm or default"));
+  }
+  absl::StatusOr<std::int64_t> transfer_timeout_ms = flags->GetInt("kv-transfer-timeout-ms", 60000);
+  if (!transfer_timeout_ms.ok()) return Fail(transfer_timeout_ms.status());
+  if (*transfer_timeout_ms < 1) return Fail(absl::InvalidArgumentError("--kv-transfer-timeout-ms: must be >= 1"));
+  ucx.transfer_timeout = absl::Milliseconds(*transfer_timeout_ms);
+  // Tests only: break this worker's outgoing KV transfers on purpose, to
+  // exercise the router's fallbacks with real processes.
+  if (const std::string fault = flags->Get("test-kv-fault", "none"); fault != "none") {
+    ucx.faults = std::make_shared<transfer::FaultInjector>();
+    std::int64_t delay_ms = 0;
+    if (fault == "fail-first") {
+      ucx.faults->FailNthWrite(1);
+    } else if (absl::StartsWith(fault, "delay-ms:") && absl::SimpleAtoi(fault.substr(9), &delay_ms) && delay_ms > 0) {
+      ucx.faults->DelayWrites(absl::Milliseconds(delay_ms));
+    } else {
+      return Fail(absl::InvalidArgumentError("--test-kv-fault: none, fail-first or delay-ms:N"));
+    }
   }
   absl::StatusOr<std::unique_ptr<transfer::TransferAgent>> agent = transfer::CreateUcxAgent(ucx);
   if (!agent.ok()) return Fail(agent.status());

@@ -22,6 +22,10 @@
 //   --ucx-host IP                where the KV transfer agent listens; default 127.0.0.1
 //   --ucx-transports cma-tcp|tcp|shm|default   UCX_TLS profile; default cma-tcp
 //   --reservation-ttl-ms N       Reserve's ttl_ms 0 means this; default 30000
+//   --kv-transfer-timeout-ms N   a KV transfer not complete by then fails (the
+//                                router then falls back); default 60000
+//   --test-kv-fault none|fail-first|delay-ms:N   tests only: fail the first
+//                                outgoing KV write, or delay every write by N ms
 //
 // Thread-safety: call once, from main.
 #pragma once

@@ -382,7 +382,7 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
       return s;
     }
     if (absl::Status s = CheckTokens(request_->output_token_ids(), "output_token_ids", config.vocab_size, max_len,
-                                     false);
+                                     /*allow_empty=*/request_->local_prefill());
         !s.ok()) {
       return s;
     }
@@ -394,13 +394,27 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
                                            absl::StrCat("must be in [0, ", config.vocab_size, ")"));
       }
     }
-    if (!request_->reservation_id().empty()) return StartFromReservation(context);
-    if (role != WorkerRole::kBoth) {
+    if (request_->prompt_token_ids_size() + request_->output_token_ids_size() >= max_len) {
+      return services::InvalidFieldError("output_token_ids",
+                                         absl::StrCat("prompt and output reach the context length ", max_len));
+    }
+    std::optional<engine::RequestId> reserved;  // the id Reserve acquired, if a reservation is dropped
+    if (!request_->reservation_id().empty()) {
+      if (!request_->local_prefill()) return StartFromReservation(context);
+      // The KV never arrived: drop the reservation (its blocks go back to
+      // the pool before the prompt is queued again: commands run in order)
+      // and prefill here.
+      absl::StatusOr<WorkerService::PendingReservation> r = ClaimOwnReservation();
+      if (!r.ok()) return r.status();
+      reserved = r->request;
+      service_->engine().Cancel(r->request);
+    } else if (role != WorkerRole::kBoth && !request_->local_prefill()) {
       return absl::NotFoundError(absl::StrCat("request ", request_->request_id(),
                                               ": no reservation and no local KV on this decode worker"));
     }
-    // Colocated: compute the KV of the prompt and every token already
-    // generated here, then sample the next token from the last position.
+    // Compute the KV of the prompt and every token already generated here,
+    // then sample the next token from the last position (colocated, a failed
+    // transfer, or a request migrated from a lost decode worker).
     local_prefill_ = true;
     const std::int64_t already = request_->output_token_ids_size();
     const std::int64_t left = static_cast<std::int64_t>(request_->stop().max_tokens()) - already;
@@ -419,9 +433,14 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
     spec.stop.stop_token_ids.assign(request_->stop().stop_token_ids().begin(), request_->stop().stop_token_ids().end());
     spec.stop.ignore_eos = request_->stop().ignore_eos();
     spec.deadline = EngineDeadline(*context);
-    absl::StatusOr<engine::RequestId> id = service_->AcquireId(request_->request_id());
-    if (!id.ok()) return id.status();
-    id_ = *id;
+    spec.replayed = request_->output_token_ids_size();
+    if (reserved.has_value()) {
+      id_ = *reserved;  // acquired by Reserve; released when this call ends
+    } else {
+      absl::StatusOr<engine::RequestId> id = service_->AcquireId(request_->request_id());
+      if (!id.ok()) return id.status();
+      id_ = *id;
+    }
     absl::StatusOr<std::shared_ptr<engine::RequestStream>> stream =
         service_->engine().Submit(*id_, std::move(spec), OnReady(link_));
     if (!stream.ok()) {
@@ -435,11 +454,8 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
   }
 
   // Disaggregated: the prompt's KV is in a reservation (Prefill returned).
-  absl::Status StartFromReservation(grpc::CallbackServerContext* context) {
-    if (request_->local_prefill()) return absl::UnimplementedError("local_prefill into a reservation");
-    if (request_->output_token_ids_size() != 1) {
-      return absl::UnimplementedError("output_token_ids: more than one (migration) is not supported yet");
-    }
+  // Claims the named reservation if it belongs to this request.
+  absl::StatusOr<WorkerService::PendingReservation> ClaimOwnReservation() {
     std::optional<WorkerService::PendingReservation> r = service_->ClaimReservation(request_->reservation_id());
     if (!r.has_value()) {
       return absl::FailedPreconditionError(
@@ -450,8 +466,20 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
       service_->AddReservation(request_->reservation_id(), *std::move(r));
       return services::InvalidFieldError("reservation_id", absl::StrCat("belongs to request ", owner));
     }
+    return *std::move(r);
+  }
+
+  absl::Status StartFromReservation(grpc::CallbackServerContext* context) {
+    if (request_->output_token_ids_size() != 1) {
+      return services::InvalidFieldError("output_token_ids",
+                                         "must hold exactly the first token when decoding from a reservation "
+                                         "(more: use local_prefill)");
+    }
+    absl::StatusOr<WorkerService::PendingReservation> r = ClaimOwnReservation();
+    if (!r.ok()) return r.status();
     id_ = r->request;  // acquired by Reserve; released when this call ends
     engine::DecodeSpec spec;
+    spec.prompt.assign(request_->prompt_token_ids().begin(), request_->prompt_token_ids().end());
     spec.sampling = ToEngine(request_->sampling());
     spec.stop.max_tokens = static_cast<std::int32_t>(request_->stop().max_tokens());
     spec.stop.stop_token_ids.assign(request_->stop().stop_token_ids().begin(), request_->stop().stop_token_ids().end());
@@ -679,13 +707,17 @@ void WorkerService::OnLayerKvWritten(const engine::LayerKvWritten& w) {
       posted = job->posted;
       st = job->error;
     }
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    // The agent fails each transfer at its own timeout; this bound only
+    // guards against a backend that never reports. Whatever is still pending
+    // then is cancelled, so nothing is issued after the request moves on.
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::minutes(10);
     for (transfer::TransferId tid : posted) {
       for (;;) {
         transfer::TransferState state = options_.agent->Poll(tid);
         if (state.pending()) {
           if (std::chrono::steady_clock::now() > give_up) {
             if (st.ok()) st = absl::DeadlineExceededError("KV transfer timed out");
+            (void)options_.agent->Cancel(tid);
             break;
           }
           std::this_thread::sleep_for(std::chrono::microseconds(50));

@@ -13,6 +13,9 @@
 //   both     every RPC; Prefill without a target computes the first token
 //            here, and Decode without a reservation computes the prompt's KV
 //            here (prompt_token_ids + output_token_ids) before decoding.
+// Decode with local_prefill (decode and both) drops the named reservation, if
+// any, and computes prompt + output here: the fallback for a failed KV
+// transfer and the landing of a request migrated from a lost decode worker.
 //
 // Thread-safety: every method may be called from any thread.
 #pragma once

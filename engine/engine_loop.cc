@@ -232,7 +232,10 @@ void EngineLoop::Apply(Command& command) {
           const Scheduler::Sequence* s = scheduler_->Find(c.id);
           Live& live = live_[c.id];
           live.stream = std::move(c.stream);
-          live.sampler.emplace(s->sampling, s->prompt());
+          const std::span<const std::int32_t> prompt = s->prompt();
+          const std::size_t fresh = prompt.size() - static_cast<std::size_t>(s->replayed);
+          live.sampler.emplace(s->sampling, prompt.first(fresh));
+          for (std::int32_t t : prompt.subspan(fresh)) live.sampler->Replay(t);
         } else if constexpr (std::is_same_v<T, CancelCmd>) {
           (void)scheduler_->Cancel(c.id);  // NOT_FOUND: already gone
         } else if constexpr (std::is_same_v<T, ReserveCmd>) {
@@ -260,7 +263,7 @@ void EngineLoop::Apply(Command& command) {
           if (const Scheduler::Sequence* s = scheduler_->Find(c.id)) {
             Live& live = live_[c.id];
             live.sampler.emplace(s->sampling, s->prompt());
-            live.sampler->Observe(c.first_token);
+            live.sampler->Replay(c.first_token);  // sampled by the prefill worker, same seed
           }
         } else if constexpr (std::is_same_v<T, TransferDoneCmd>) {
           (void)scheduler_->OnTransferDone(c.id, c.result);  // a cancelled request may be gone

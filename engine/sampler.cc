@@ -152,6 +152,11 @@ SamplerState::SamplerState(const SamplingParams& params, std::span<const std::in
   for (std::int32_t id : ids) seen_.push_back(SeenToken{id, 0});
 }
 
+void SamplerState::Replay(std::int32_t generated_token) {
+  if (params_.temperature >= kGreedyTemperature) (void)rng_();
+  Observe(generated_token);
+}
+
 void SamplerState::Observe(std::int32_t generated_token) {
   if (!track_output_) return;
   SIROCCO_CHECK(generated_token >= 0, "negative generated token id");
@@ -223,6 +228,10 @@ SampleResult SamplerState::Sample(std::span<const float> logits, SamplerScratch&
 
 std::int32_t SamplerState::Draw(std::span<const float> logits, SamplerScratch& scratch) {
   const std::size_t vocab = logits.size();
+  // The top 53 bits of one engine output: the same double on every standard
+  // library, unlike std::uniform_real_distribution. Drawn first, so every
+  // non-greedy Sample consumes exactly one output (what Replay relies on).
+  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
   float max_logit = kNegInf;
   ForEachPenalised(logits, [&](std::size_t, float v) { max_logit = std::max(max_logit, v); });
   if (!std::isfinite(max_logit)) return Argmax(logits);
@@ -237,10 +246,6 @@ std::int32_t SamplerState::Draw(std::span<const float> logits, SamplerScratch& s
     w[id] = v > kNegInf ? std::exp((v - max_logit) / temperature) : 0.0f;  // NaN -> 0
     total += w[id];
   });
-  // The top 53 bits of one engine output: the same double on every standard
-  // library, unlike std::uniform_real_distribution.
-  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
-
   const bool top_k_on = params_.top_k > 0 && static_cast<std::size_t>(params_.top_k) < vocab;
   const bool top_p_on = params_.top_p < 1.0f;
   const bool min_p_on = params_.min_p > 0.0f;

@@ -78,6 +78,11 @@ class SamplerState {
 
   // Records a token appended to the output; call after each Sample.
   void Observe(std::int32_t generated_token);
+  // Records a token this request sampled earlier, elsewhere (another worker,
+  // before a migration or a local re-prefill): Observe plus the one RNG draw
+  // that Sample made for it, so the state continues exactly as if this object
+  // had sampled every earlier token itself.
+  void Replay(std::int32_t generated_token);
 
   // Samples from one row of raw logits [vocab]. `scratch` is overwritten.
   // Greedy requests never touch it and allocate nothing unless logprobs > 0.

@@ -91,6 +91,10 @@ absl::Status Scheduler::ValidateParams(std::int64_t prompt_len, const SamplingPa
 
 absl::Status Scheduler::ValidateRequest(const RequestSpec& spec) const {
   SIROCCO_RETURN_IF_ERROR(ValidatePrompt(spec.prompt));
+  if (spec.replayed < 0 || static_cast<std::size_t>(spec.replayed) >= spec.prompt.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("replayed: ", spec.replayed, " must be in [0, ", spec.prompt.size(),
+                                                   ") (the prompt's length)"));
+  }
   return ValidateParams(static_cast<std::int64_t>(spec.prompt.size()), spec.sampling, spec.stop);
 }
 
@@ -117,6 +121,7 @@ absl::Status Scheduler::AddRequest(RequestId id, RequestSpec spec, SchedTime now
   s->deadline = spec.deadline;
   s->priority = spec.priority;
   s->prefill_only = spec.prefill_only;
+  s->replayed = spec.replayed;
   s->arrival = next_arrival_++;
   InsertOrdered(waiting_, s.get());
   seqs_.emplace(id, std::move(s));
@@ -170,13 +175,25 @@ absl::Status Scheduler::MarkKvArrived(ReservationId rid, std::int32_t first_toke
     return absl::InvalidArgumentError(absl::StrCat("first_token: ", first_token, " is outside the vocabulary [0, ",
                                                    options_.vocab_size, ")"));
   }
+  if (!spec.prompt.empty()) {
+    if (static_cast<std::int64_t>(spec.prompt.size()) != prompt_len) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt: ", spec.prompt.size(), " ids for a reservation of ",
+                                                     prompt_len, " tokens"));
+    }
+    for (std::size_t i = 0; i < spec.prompt.size(); ++i) {
+      if (spec.prompt[i] < 0 || spec.prompt[i] >= options_.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("prompt[", i, "]: ", spec.prompt[i],
+                                                       " is outside the vocabulary [0, ", options_.vocab_size, ")"));
+      }
+    }
+  }
   if (spec.deadline <= now) return absl::DeadlineExceededError("deadline passed before decoding started");
 
   auto s = std::make_unique<Sequence>(pool_);
   s->id = r.info.request;
   s->state = RequestState::kDecoding;
   s->prompt_len = prompt_len;
-  s->tokens = std::move(r.prompt);
+  s->tokens = spec.prompt.empty() ? std::move(r.prompt) : spec.prompt;
   s->tokens.push_back(first_token);
   s->num_computed = prompt_len;
   s->blocks = std::move(r.blocks);

@@ -103,6 +103,12 @@ struct RequestSpec {
   // Prefill role: after the first token the request holds its blocks in
   // `transferring` until OnTransferDone; stop params are not applied.
   bool prefill_only = false;
+  // The last `replayed` ids of `prompt` were sampled earlier by this same
+  // request (elsewhere: a decode worker re-prefilling after a failed KV
+  // transfer, a migrated request). The sampler counts them as output and
+  // replays their RNG draws, so sampling continues as if uninterrupted.
+  // Stop params count only what is generated from here. In [0, prompt).
+  std::int32_t replayed = 0;
 };
 
 // Blocks held for a request whose prompt KV a prefill worker will write.
@@ -122,6 +128,10 @@ struct Reservation {
 };
 // What MarkKvArrived needs beyond the reservation: how to continue.
 struct DecodeSpec {
+  // The prompt's ids, when the caller knows them (the router sends them with
+  // Decode): they replace the reservation's, for the sampler's penalties and
+  // for a recompute after preemption. Empty: the reservation's ids.
+  std::vector<std::int32_t> prompt;
   SamplingParams sampling;
   StopParams stop;  // max_tokens counts the first token
   SchedTime deadline = SchedTime::max();
@@ -188,6 +198,7 @@ class Scheduler {
     SchedTime deadline;
     std::int32_t priority = 0;
     bool prefill_only = false;
+    std::int32_t replayed = 0;         // RequestSpec::replayed
     std::uint64_t arrival = 0;         // order of arrival; ties of priority break on it
     std::int64_t num_preemptions = 0;
 

@@ -1,7 +1,7 @@
 // sirocco-router: the public endpoint of a Sirocco cluster.
 //
 //   sirocco-router --tokenizer tekken.json [--port 50051] [--host 0.0.0.0]
-//       [--colocated a:1,b:2] [--prefill a:1,..] [--decode c:3,..]
+//       [--colocated a:1,b:2] [--prefill a:1,..] [--decode c:3,..]   (lists: commas or repeated flags)
 //       [--colocated-dns name:port] [--prefill-dns name:port] [--decode-dns name:port]
 //       [--dns-interval-s 10] [--load-interval-ms 200] [--metrics-port -1]
 //       [--worker-token TOKEN (or $SIROCCO_WORKER_TOKEN)] [--model-name NAME]
@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -38,17 +39,29 @@ int Fail(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Worker lists may be given in one comma-separated flag or repeated;
+  // any other flag given twice is an error.
+  const std::set<std::string> list_flags = {"colocated",     "workers",     "prefill",    "decode",
+                                            "colocated-dns", "prefill-dns", "decode-dns"};
   std::map<std::string, std::string> flags;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg.rfind("--", 0) != 0) return Fail("unexpected argument '" + arg + "'");
     arg = arg.substr(2);
+    std::string name, value;
     if (auto eq = arg.find('='); eq != std::string::npos) {
-      flags[arg.substr(0, eq)] = arg.substr(eq + 1);
+      name = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
     } else if (i + 1 < argc) {
-      flags[arg] = argv[++i];
+      name = arg;
+      value = argv[++i];
     } else {
       return Fail("--" + arg + " needs a value");
+    }
+    auto [it, inserted] = flags.try_emplace(name, value);
+    if (!inserted) {
+      if (!list_flags.contains(name)) return Fail("--" + name + " given twice");
+      it->second += "," + value;
     }
   }
   auto take = [&](const std::string& name, std::string fallback) {

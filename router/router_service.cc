@@ -27,6 +27,8 @@ namespace wk = ::sirocco::worker::v1;
 using services::InvalidFieldError;
 
 constexpr std::int64_t kAssumedBlockSize = 16;
+// Decode workers a request may move to after losing its own mid-stream.
+constexpr int kMaxMigrations = 2;
 
 std::int64_t NowMicros() { return absl::ToUnixMicros(absl::Now()); }
 
@@ -567,7 +569,12 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
   void StartPrefillLocked(bool with_target) {
     if (!colocated_) {
       auto prefill = shared_->directory->PickPrefill(prompt_tokens_, excluded_prefill_);
-      if (!prefill.ok()) return FailLocked(prefill.status());
+      if (!prefill.ok()) {
+        // No healthy prefill worker (all lost, or this one's retries spent):
+        // the decode worker prefills itself rather than fail the request.
+        if (with_target) return StartLocalPrefillLocked();
+        return FailLocked(prefill.status());
+      }
       prefill_id_ = *prefill;
       prefill_stub_ = shared_->directory->Stub(prefill_id_);
       prefill_pending_accounting_ = true;
@@ -604,15 +611,11 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
         return StartPrefillLocked(with_target);  // another prefill worker, same reservation
       }
       if (!colocated_ && with_target && status.code() == absl::StatusCode::kAborted) {
-        // The KV transfer failed: take the first token from a prefill that
-        // keeps its KV, free that, and let the decode worker prefill itself.
-        local_prefill_ = true;
-        return StartPrefillLocked(/*with_target=*/false);
+        // The KV transfer failed (peer unreachable, transport error, timeout):
+        // the decode worker drops the reservation and prefills itself.
+        return StartLocalPrefillLocked();
       }
       return FailLocked(status);
-    }
-    if (!colocated_ && !with_target) {
-      SendCancel(prefill_stub_, shared_->directory->worker_token(), job_.internal_id);  // its local KV
     }
     queue_us_ = prefill_response_.queue_us();
     prefill_us_ = prefill_response_.prefill_us();
@@ -637,10 +640,19 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     StartDecodeLocked();
   }
 
+  // Disaggregated fallback: Decode on the same decode worker with
+  // local_prefill and no first token; its stream starts with the first token.
+  void StartLocalPrefillLocked() {
+    local_prefill_ = true;
+    if (auto* m = shared_->options.metrics) m->local_prefill_fallbacks->Increment();
+    StartDecodeLocked();
+  }
+
   void StartDecodeLocked() {
     auto* context = NewContextLocked();
+    decode_request_.Clear();
     decode_request_.set_request_id(job_.internal_id);
-    decode_request_.set_reservation_id(colocated_ ? "" : target_.reservation_id());
+    decode_request_.set_reservation_id(colocated_ || migrations_ > 0 ? "" : target_.reservation_id());
     decode_request_.mutable_prompt_token_ids()->Add(job_.prompt.begin(), job_.prompt.end());
     decode_request_.mutable_output_token_ids()->Add(all_ids_.begin(), all_ids_.end());
     decode_request_.set_local_prefill(local_prefill_);
@@ -648,6 +660,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     *decode_request_.mutable_stop() = job_.stop;
     decode_context_ = context;
     decode_sent_ = absl::Now();
+    if (reader_) retired_readers_.push_back(std::move(reader_));  // a lost worker's: its callbacks have run
     reader_ = std::make_unique<DecodeReader>(this);
     Ref();
     reader_->Go(decode_stub_.get(), context, &decode_request_);
@@ -667,6 +680,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
       const auto& f = response.finish();
       if (f.first_step_us() > 0) first_step_us_ = f.first_step_us();
       if (!f.decode_worker_id().empty()) decode_worker_ = f.decode_worker_id();
+      if (f.local_prefill()) prefill_worker_ = decode_worker_.empty() ? decode_id_.address : decode_worker_;
       if (f.reason() == wk::DecodeFinish::REASON_STOP) stop_token_id_ = f.stop_token_id();
       finished_normally_ = true;
       EndLocked(f.reason());
@@ -675,10 +689,37 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     return true;
   }
 
+  // The decode worker was lost mid-stream (UNAVAILABLE: the process or its
+  // host went away): continue on another decode worker, which prefills the
+  // prompt plus every token streamed so far and samples on from there (the
+  // sampler replays the earlier draws, so a seeded request continues
+  // exactly). Returns false when there is nowhere to go.
+  bool MigrateLocked() {
+    if (migrations_ >= kMaxMigrations) return false;
+    shared_->directory->MarkUnhealthy(decode_id_);
+    if (decode_picked_) shared_->directory->DoneDecode(decode_id_, blocks_);
+    decode_picked_ = false;
+    blocks_ = (prompt_tokens_ + static_cast<std::int64_t>(all_ids_.size()) + kAssumedBlockSize - 1) /
+                  kAssumedBlockSize + 1;
+    auto decode = shared_->directory->PickDecode(blocks_);
+    if (!decode.ok()) return false;
+    decode_id_ = decode->id;
+    decode_picked_ = true;
+    decode_stub_ = shared_->directory->Stub(decode_id_);
+    colocated_ = decode->role == WorkerRole::kBoth;
+    ++migrations_;
+    local_prefill_ = true;
+    if (auto* m = shared_->options.metrics) m->request_migrations->Increment();
+    StartDecodeLocked();
+    return true;
+  }
+
   void OnDecodeDone(const grpc::Status& status) {
     {
       std::lock_guard lock(mu_);
-      if (!StoppedLocked()) {
+      if (!StoppedLocked() && status.error_code() == grpc::StatusCode::UNAVAILABLE && MigrateLocked()) {
+        // continues on the new decode worker
+      } else if (!StoppedLocked()) {
         if (status.ok()) {
           FailLocked(absl::InternalError("the decode stream ended without a finish"));
         } else {
@@ -957,6 +998,8 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
   wk::DecodeRequest decode_request_;
   grpc::ClientContext* decode_context_ = nullptr;
   std::unique_ptr<DecodeReader> reader_;
+  std::vector<std::unique_ptr<DecodeReader>> retired_readers_;  // of decode workers lost mid-stream
+  int migrations_ = 0;
   absl::Time decode_sent_;
 
   // Output.

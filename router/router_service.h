@@ -12,7 +12,10 @@
 //   validate -> render (text::InstructFormat) -> admission -> pick workers ->
 //   colocated worker (role BOTH): Prefill (no target) -> Decode (no reservation)
 //   disaggregated: Reserve on D -> Prefill on P with the KvTarget (UNAVAILABLE:
-//   another P) -> Decode on D (ABORTED transfer: Decode with local_prefill).
+//   another P) -> Decode on D. The KV transfer failed (ABORTED) or no prefill
+//   worker is left: Decode on D with local_prefill (D prefills itself).
+//   A decode worker lost mid-stream (UNAVAILABLE): Decode with local_prefill
+//   and the tokens so far on another decode worker (at most twice).
 // The client's deadline and cancellation reach every worker call
 // (ClientContext::FromCallbackServerContext plus TryCancel on OnCancel).
 //

@@ -167,6 +167,11 @@ absl::StatusOr<ServingMetrics> RegisterServingMetrics(prometheus::Registry& regi
                                      "KV-cache bytes moved between workers (sent by prefill, received by decode).");
     m.kv_transfer_failures = AddCounter(registry, l, "sirocco:kv_transfer_failures_total",
                                         "KV-cache transfers that failed (peer gone, timeout, layout mismatch).");
+    m.local_prefill_fallbacks = AddCounter(registry, l, "sirocco:local_prefill_fallbacks_total",
+                                           "Requests whose decode worker computed the prompt itself because "
+                                           "no prefill worker could deliver its KV cache.");
+    m.request_migrations = AddCounter(registry, l, "sirocco:request_migrations_total",
+                                      "Requests moved to another decode worker after theirs was lost mid-stream.");
     auto& success = prometheus::BuildCounter()
                         .Name("sirocco:request_success_total")
                         .Help("Count of successfully processed requests.")

@@ -74,6 +74,8 @@ struct ServingMetrics {
   prometheus::Counter* num_preemptions = nullptr;
   prometheus::Counter* kv_transfer_bytes = nullptr;
   prometheus::Counter* kv_transfer_failures = nullptr;
+  prometheus::Counter* local_prefill_fallbacks = nullptr;
+  prometheus::Counter* request_migrations = nullptr;
   std::array<prometheus::Counter*, kNumRequestFinishes> request_success{};
   // Histograms, seconds unless named otherwise.
   prometheus::Histogram* time_to_first_token = nullptr;

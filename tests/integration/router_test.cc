@@ -1,11 +1,21 @@
 // The whole cluster as real processes on loopback: sirocco-router in front of
-// one colocated worker (role both), then of a prefill and a decode worker.
+// one colocated worker (role both), then of prefill and decode workers.
 // Greedy tokens through the cluster equal engine::Generate on the same
-// checkpoint; 16 concurrent streams; a cancel mid-stream leaves no used
-// blocks on the workers; a bad request is INVALID_ARGUMENT naming the field.
+// checkpoint, for prompts of 1 to 3000 tokens; 16 concurrent streams; a
+// cancel mid-stream leaves no used blocks on the workers; a bad request is
+// INVALID_ARGUMENT naming the field. Faults, with real processes: a prefill
+// worker killed under load, the only prefill worker lost, a KV transfer that
+// fails or times out, a decode worker killed mid-stream; and the router's own
+// drain on SIGTERM. Every request still completes with the reference tokens
+// and leaves no block behind on the surviving workers.
+#include <signal.h>
+
 #include <atomic>
 #include <chrono>
+#include <random>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -66,14 +76,18 @@ class RouterClusterTest : public ::testing::Test {
             "--num-blocks=512", "--block-size=8",         std::string("--auth-token=") + kTestToken};
   }
 
-  // Starts the workers, then the router in front of them.
-  void StartCluster(const std::vector<std::string>& roles) {
+  // Starts the workers, then the router in front of them. `extra` adds flags
+  // to the workers of a role.
+  void StartCluster(const std::vector<std::string>& roles,
+                    const std::map<std::string, std::vector<std::string>>& extra = {}) {
     std::vector<std::string> router_args = {"--tokenizer=" + *model_dir_ + "/tekken.json",
                                             std::string("--worker-token=") + kTestToken, "--load-interval-ms=50",
                                             "--model-fingerprint=" + *decode::ModelFingerprint(*model_dir_)};
     for (const auto& role : roles) {
+      std::vector<std::string> args = WorkerArgs(role);
+      if (auto it = extra.find(role); it != extra.end()) args.insert(args.end(), it->second.begin(), it->second.end());
       auto w = std::make_unique<WorkerProcess>(role == "prefill" ? SIROCCO_PREFILL_BINARY : SIROCCO_DECODE_BINARY,
-                                               WorkerArgs(role));
+                                               args);
       ASSERT_TRUE(w->ok()) << role << " worker did not start";
       const std::string flag = role == "both" ? "--colocated=" : role == "prefill" ? "--prefill=" : "--decode=";
       router_args.push_back(flag + "127.0.0.1:" + std::to_string(w->port()));
@@ -85,14 +99,17 @@ class RouterClusterTest : public ::testing::Test {
         grpc::CreateChannel("127.0.0.1:" + std::to_string(router_->port()), grpc::InsecureChannelCredentials()));
   }
 
-  static std::vector<std::int32_t> Reference(const std::vector<std::int32_t>& prompt, int max_tokens) {
+  static std::vector<std::int32_t> Reference(const std::vector<std::int32_t>& prompt, int max_tokens,
+                                             const engine::SamplingParams* sampling = nullptr) {
     auto model = engine::Mistral4Model::Load(*model_dir_, engine::ModelOptions{kernels::Backend::kRef});
     EXPECT_TRUE(model.ok()) << model.status();
     if (!model.ok()) return {};
-    auto pool = *engine::KvPool::Create((*model)->PoolOptions(64, 8));
+    const std::int64_t blocks = (static_cast<std::int64_t>(prompt.size()) + max_tokens) / 8 + 2;
+    auto pool = *engine::KvPool::Create((*model)->PoolOptions(blocks, 8));
     engine::GenerateRequest g;
     g.prompt = prompt;
     g.sampling.temperature = 0.0f;
+    if (sampling != nullptr) g.sampling = *sampling;
     g.stop.max_tokens = max_tokens;
     g.stop.ignore_eos = true;
     auto out = engine::Generate(**model, *pool, {&g, 1}, engine::GeneratorOptions{engine::AttentionForm::kAbsorbed, 0});
@@ -135,6 +152,92 @@ class RouterClusterTest : public ::testing::Test {
     }
     result.status = reader->Finish();
     return result;
+  }
+
+  // Generate with token ids (no chat template), greedy.
+  Result RunGenerate(const std::vector<std::int32_t>& prompt, int max_tokens) {
+    v1::GenerateRequest request;
+    request.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
+    request.mutable_sampling()->set_temperature(0);
+    request.mutable_stop()->set_max_tokens(max_tokens);
+    request.mutable_stop()->set_ignore_eos(true);
+    request.mutable_output()->set_return_token_ids(true);
+    Result result;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+    auto reader = stub_->Generate(&context, request);
+    v1::GenerateResponse response;
+    while (reader->Read(&response)) {
+      if (response.has_delta()) {
+        result.ids.insert(result.ids.end(), response.delta().token_ids().begin(), response.delta().token_ids().end());
+      } else if (response.has_final()) {
+        result.has_final = true;
+        result.final = response.final();
+      }
+    }
+    result.status = reader->Finish();
+    return result;
+  }
+
+  // `n` ids drawn from ordinary (non-special) tokens, fixed by `seed`.
+  static std::vector<std::int32_t> RandomPrompt(int n, std::uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<std::int32_t> id(1000, 60000);
+    std::vector<std::int32_t> out(static_cast<std::size_t>(n));
+    for (auto& t : out) t = id(rng);
+    return out;
+  }
+
+  // Prompts of 1 to 3000 tokens, one at a time: the reference tokens.
+  void LongPromptsMatchReference() {
+    for (int n : {1, 257, 3000}) {
+      const std::vector<std::int32_t> prompt = RandomPrompt(n, static_cast<std::uint32_t>(n));
+      Result r = RunGenerate(prompt, 4);
+      ASSERT_TRUE(r.status.ok()) << n << " tokens: " << r.status.error_message();
+      ASSERT_TRUE(r.has_final);
+      EXPECT_EQ(r.final.usage().prompt_tokens(), n);
+      EXPECT_EQ(r.ids, Reference(prompt, 4)) << n << " tokens";
+    }
+    ExpectWorkersIdle();
+  }
+
+  // 16 concurrent greedy Generate calls with distinct prompts; each must
+  // return its own reference tokens. `during` runs once workers_[busy] is
+  // working on some of them (the load is then in flight there).
+  void SixteenConcurrentDistinct(int prompt_len, int max_tokens, const std::function<void()>& during,
+                                 std::size_t busy = 0) {
+    std::vector<std::vector<std::int32_t>> prompts, expected;
+    for (int i = 0; i < 16; ++i) {
+      prompts.push_back(RandomPrompt(prompt_len + i, 100u + static_cast<std::uint32_t>(i)));
+      expected.push_back(Reference(prompts.back(), max_tokens));
+    }
+    std::vector<Result> results(16);
+    std::atomic<bool> started{false};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 16; ++i) {
+      threads.emplace_back([&, i] { results[static_cast<std::size_t>(i)] = RunGenerate(prompts[i], max_tokens); });
+    }
+    if (during) {
+      for (int tries = 0; tries < 2000 && !started; ++tries) {
+        wv1::Load load;
+        auto ctx = WorkerContext();
+        if (workers_[busy]->stub().GetLoad(ctx.get(), wv1::GetLoadRequest(), &load).ok() &&
+            load.running() + load.waiting() > 0) {
+          started = true;
+        } else {
+          std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+      }
+      EXPECT_TRUE(started) << "the load never reached the workers";
+      during();
+    }
+    for (auto& t : threads) t.join();
+    for (int i = 0; i < 16; ++i) {
+      const Result& r = results[static_cast<std::size_t>(i)];
+      EXPECT_TRUE(r.status.ok()) << "request " << i << ": " << r.status.error_message();
+      EXPECT_TRUE(r.has_final) << "request " << i;
+      EXPECT_EQ(r.ids, expected[static_cast<std::size_t>(i)]) << "request " << i;
+    }
   }
 
   std::vector<std::int32_t> Tokenize(const v1::ChatRequest& request) {
@@ -244,6 +347,210 @@ TEST_F(RouterClusterTest, DisaggregatedGreedyMatchesEngineGenerate) {
 TEST_F(RouterClusterTest, DisaggregatedCancelMidStreamFreesEveryBlock) {
   StartCluster({"prefill", "decode"});
   CancelMidStream();
+}
+
+TEST_F(RouterClusterTest, DisaggregatedSixteenConcurrentStreams) {
+  StartCluster({"prefill", "decode"});
+  SixteenConcurrent();
+}
+
+TEST_F(RouterClusterTest, ColocatedLongPromptsMatchEngineGenerate) {
+  StartCluster({"both"});
+  LongPromptsMatchReference();
+}
+
+TEST_F(RouterClusterTest, DisaggregatedLongPromptsMatchEngineGenerate) {
+  StartCluster({"prefill", "decode"});
+  LongPromptsMatchReference();
+}
+
+TEST_F(RouterClusterTest, DisaggregatedSixteenDistinctPromptsConcurrently) {
+  StartCluster({"prefill", "decode"});
+  SixteenConcurrentDistinct(120, 5, nullptr);
+  ExpectWorkersIdle();
+}
+
+TEST_F(RouterClusterTest, KillingAPrefillWorkerUnderLoadLosesNoRequest) {
+  StartCluster({"prefill", "prefill", "decode"});
+  SixteenConcurrentDistinct(200, 5, [&] { workers_[0]->Signal(SIGKILL); });
+  EXPECT_GT(workers_[0]->WaitExit(std::chrono::seconds(10)), -1);
+  workers_.erase(workers_.begin());
+  ExpectWorkersIdle();
+}
+
+TEST_F(RouterClusterTest, LosingTheOnlyPrefillWorkerFallsBackToDecode) {
+  StartCluster({"prefill", "decode"});
+  SixteenConcurrentDistinct(200, 5, [&] { workers_[0]->Signal(SIGKILL); });
+  workers_.erase(workers_.begin());
+  // New requests keep completing: the decode worker prefills them itself.
+  const std::vector<std::int32_t> prompt = RandomPrompt(50, 9);
+  Result r = RunGenerate(prompt, 4);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, Reference(prompt, 4));
+  EXPECT_EQ(r.final.prefill_worker(), r.final.decode_worker());
+  ExpectWorkersIdle();
+}
+
+// The prefill worker's first KV write fails as a transport error would.
+TEST_F(RouterClusterTest, FailedTransferFallsBackToLocalPrefill) {
+  StartCluster({"prefill", "decode"}, {{"prefill", {"--test-kv-fault=fail-first"}}});
+  const std::vector<std::int32_t> prompt = RandomPrompt(100, 5);
+  Result r = RunGenerate(prompt, 6);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, Reference(prompt, 6));
+  EXPECT_EQ(r.final.prefill_worker(), r.final.decode_worker()) << "the decode worker prefilled";
+  wv1::Load load;
+  auto ctx = WorkerContext();
+  ASSERT_TRUE(workers_[0]->stub().GetLoad(ctx.get(), wv1::GetLoadRequest(), &load).ok());
+  EXPECT_EQ(load.transfer().failures(), 1u);
+  // The next request transfers normally.
+  Result next = RunGenerate(prompt, 6);
+  ASSERT_TRUE(next.status.ok()) << next.status.error_message();
+  EXPECT_EQ(next.ids, r.ids);
+  EXPECT_NE(next.final.prefill_worker(), next.final.decode_worker());
+  ExpectWorkersIdle();
+}
+
+// Every KV write stalls past the prefill worker's transfer timeout.
+TEST_F(RouterClusterTest, TimedOutTransferFallsBackToLocalPrefill) {
+  StartCluster({"prefill", "decode"},
+               {{"prefill", {"--test-kv-fault=delay-ms:5000", "--kv-transfer-timeout-ms=300"}}});
+  for (int n : {10, 300}) {
+    const std::vector<std::int32_t> prompt = RandomPrompt(n, 11);
+    Result r = RunGenerate(prompt, 5);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.ids, Reference(prompt, 5)) << n << " tokens";
+    EXPECT_EQ(r.final.prefill_worker(), r.final.decode_worker());
+  }
+  wv1::Load load;
+  auto ctx = WorkerContext();
+  ASSERT_TRUE(workers_[0]->stub().GetLoad(ctx.get(), wv1::GetLoadRequest(), &load).ok());
+  EXPECT_EQ(load.transfer().failures(), 2u);
+  ExpectWorkersIdle();
+}
+
+// A seeded, non-greedy request draws the same tokens whichever way it is
+// split: the decode worker replays the prefill worker's draw for the first
+// token, and a penalty sees the real prompt.
+TEST_F(RouterClusterTest, SeededSamplingIsTheSameDisaggregatedAsInOneEngine) {
+  StartCluster({"prefill", "decode"});
+  const std::vector<std::int32_t> prompt = RandomPrompt(30, 77);
+  engine::SamplingParams sampling;
+  sampling.temperature = 1.3f;
+  sampling.top_k = 50;
+  sampling.repetition_penalty = 1.2f;
+  sampling.seed = 4242;
+  const std::vector<std::int32_t> expected = Reference(prompt, 12, &sampling);
+  v1::GenerateRequest request;
+  request.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
+  request.mutable_sampling()->set_temperature(sampling.temperature);
+  request.mutable_sampling()->set_top_k(sampling.top_k);
+  request.mutable_sampling()->set_repetition_penalty(sampling.repetition_penalty);
+  request.mutable_sampling()->set_seed(*sampling.seed);
+  request.mutable_stop()->set_max_tokens(12);
+  request.mutable_stop()->set_ignore_eos(true);
+  request.mutable_output()->set_return_token_ids(true);
+  grpc::ClientContext context;
+  auto reader = stub_->Generate(&context, request);
+  v1::GenerateResponse response;
+  std::vector<std::int32_t> ids;
+  while (reader->Read(&response)) {
+    if (response.has_delta()) ids.insert(ids.end(), response.delta().token_ids().begin(), response.delta().token_ids().end());
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(ids, expected);
+  // A greedy run of the same prompt differs: the test would catch a sampler
+  // that ignored the temperature.
+  EXPECT_NE(ids, Reference(prompt, 12));
+}
+
+// The decode worker streaming a request dies: the router moves the request
+// to the other decode worker, which re-prefills prompt + tokens so far, and
+// the client's stream continues to the same tokens.
+TEST_F(RouterClusterTest, DecodeWorkerLostMidStreamMigratesTheRequest) {
+  StartCluster({"prefill", "decode", "decode"});
+  const std::vector<std::int32_t> prompt = RandomPrompt(40, 21);
+  constexpr int kTokens = 160;
+  const std::vector<std::int32_t> expected = Reference(prompt, kTokens);
+  v1::GenerateRequest request;
+  request.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
+  request.mutable_sampling()->set_temperature(0);
+  request.mutable_stop()->set_max_tokens(kTokens);
+  request.mutable_stop()->set_ignore_eos(true);
+  request.mutable_output()->set_return_token_ids(true);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto reader = stub_->Generate(&context, request);
+  v1::GenerateResponse response;
+  std::vector<std::int32_t> ids;
+  bool killed = false;
+  v1::Final final;
+  while (reader->Read(&response)) {
+    if (response.has_final()) {
+      final = response.final();
+      continue;
+    }
+    ids.insert(ids.end(), response.delta().token_ids().begin(), response.delta().token_ids().end());
+    if (!killed && !ids.empty()) {
+      // Kill whichever decode worker holds the request.
+      for (std::size_t i = 1; i < workers_.size() && !killed; ++i) {
+        wv1::Load load;
+        auto ctx = WorkerContext();
+        if (workers_[i]->stub().GetLoad(ctx.get(), wv1::GetLoadRequest(), &load).ok() && load.running() > 0) {
+          workers_[i]->Signal(SIGKILL);
+          workers_[i]->WaitExit(std::chrono::seconds(10));
+          workers_.erase(workers_.begin() + static_cast<std::ptrdiff_t>(i));
+          killed = true;
+        }
+      }
+    }
+  }
+  const grpc::Status status = reader->Finish();
+  ASSERT_TRUE(killed) << "the request finished before a decode worker could be killed";
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(final.finish_reason(), v1::FINISH_REASON_LENGTH) << final.error();
+  EXPECT_EQ(ids, expected);
+  EXPECT_EQ(final.usage().completion_tokens(), kTokens);
+  ExpectWorkersIdle();
+}
+
+// SIGTERM to the router: health goes NOT_SERVING, new requests are refused,
+// the stream in flight finishes, then the router exits 0.
+TEST_F(RouterClusterTest, RouterSigtermDrainsInFlightStreams) {
+  StartCluster({"both"});
+  const std::vector<std::int32_t> prompt = RandomPrompt(20, 3);
+  constexpr int kTokens = 120;
+  v1::GenerateRequest request;
+  request.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
+  request.mutable_sampling()->set_temperature(0);
+  request.mutable_stop()->set_max_tokens(kTokens);
+  request.mutable_stop()->set_ignore_eos(true);
+  request.mutable_output()->set_return_token_ids(true);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto reader = stub_->Generate(&context, request);
+  v1::GenerateResponse response;
+  std::vector<std::int32_t> ids;
+  bool signalled = false, refused = false;
+  while (reader->Read(&response)) {
+    if (!response.has_delta()) continue;
+    ids.insert(ids.end(), response.delta().token_ids().begin(), response.delta().token_ids().end());
+    if (!signalled) {
+      router_->Signal(SIGTERM);
+      signalled = true;
+      // Wait until the router reports draining, then try a new request.
+      for (int i = 0; i < 100 && router_->Health() == grpc::health::v1::HealthCheckResponse::SERVING; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      Result late = RunGenerate(prompt, 2);
+      refused = late.status.error_code() == grpc::StatusCode::UNAVAILABLE;
+      EXPECT_TRUE(refused) << late.status.error_code() << " " << late.status.error_message();
+    }
+  }
+  const grpc::Status status = reader->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(ids.size(), static_cast<std::size_t>(kTokens));
+  EXPECT_EQ(router_->WaitExit(std::chrono::seconds(30)), 0);
 }
 
 }  // namespace

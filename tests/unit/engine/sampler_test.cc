@@ -203,6 +203,45 @@ TEST(SamplerSeed, SameSeedSameDrawsDifferentSeedDifferentDraws) {
   EXPECT_GT(differing, 180);
 }
 
+// A request whose first tokens were sampled elsewhere (another worker)
+// continues exactly: Replay of those tokens leaves the state where Sample
+// would have. Penalties are on so the replayed tokens also count as output.
+TEST(SamplerSeed, ReplayContinuesAsIfTheTokensHadBeenSampledHere) {
+  SamplingParams params = Seeded(11);
+  params.temperature = 0.9f;
+  params.top_p = 0.95f;
+  params.presence_penalty = 0.7f;
+  params.frequency_penalty = 0.3f;
+  const std::vector<std::int32_t> prompt = {3, 5, 8};
+  std::vector<std::vector<float>> rows;
+  for (int i = 0; i < 40; ++i) rows.push_back(RandomLogits(300, 1.0, 100u + static_cast<std::uint32_t>(i)));
+  SamplerState whole(params, prompt);
+  std::vector<std::int32_t> expected;
+  for (const auto& row : rows) {
+    expected.push_back(whole.Sample(row).token);
+    whole.Observe(expected.back());
+  }
+  for (std::size_t k : {std::size_t{1}, std::size_t{7}, std::size_t{39}}) {
+    SamplerState resumed(params, prompt);
+    for (std::size_t i = 0; i < k; ++i) resumed.Replay(expected[i]);
+    for (std::size_t i = k; i < rows.size(); ++i) {
+      const std::int32_t t = resumed.Sample(rows[i]).token;
+      EXPECT_EQ(t, expected[i]) << "replayed " << k << ", token " << i;
+      resumed.Observe(t);
+    }
+  }
+  // Observe alone (no draw) falls out of step: the replay is what matters.
+  SamplerState observed(params, prompt);
+  observed.Observe(expected[0]);
+  int same = 0;
+  for (std::size_t i = 1; i < rows.size(); ++i) {
+    const std::int32_t t = observed.Sample(rows[i]).token;
+    same += t == expected[i];
+    observed.Observe(expected[i]);
+  }
+  EXPECT_LT(same, 30);
+}
+
 TEST(SamplerSeed, UnsetSeedIsDrawnAndReported) {
   SamplerState a(SamplingParams{}, {});
   SamplerState b(SamplingParams{}, {});

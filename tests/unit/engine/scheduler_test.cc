@@ -515,6 +515,39 @@ TEST_F(SchedulerTest, ArrivedKvDecodesFromTheFirstToken) {
   ExpectPoolWhole();
 }
 
+// The router sends the real prompt with Decode; it replaces the ids the
+// reservation was made with (what a recompute after preemption feeds).
+TEST_F(SchedulerTest, ArrivedKvTakesTheDecodersPromptIds) {
+  auto r = sched_->Reserve(ReserveSpec{RequestId{1}, {0, 0, 0}, 0, seconds(2)}, now_);
+  ASSERT_TRUE(r.ok());
+  DecodeSpec d;
+  d.stop.max_tokens = 3;
+  d.prompt = {4, 5};
+  EXPECT_EQ(sched_->MarkKvArrived(r->id, 9, d, now_).code(), absl::StatusCode::kInvalidArgument) << "length";
+  d.prompt = {4, 5, -1};
+  EXPECT_EQ(sched_->MarkKvArrived(r->id, 9, d, now_).code(), absl::StatusCode::kInvalidArgument) << "range";
+  d.prompt = {4, 5, 6};
+  ASSERT_TRUE(sched_->MarkKvArrived(r->id, 9, d, now_).ok());
+  const Scheduler::Sequence* s = sched_->Find(RequestId{1});
+  ASSERT_NE(s, nullptr);
+  EXPECT_EQ(std::vector<std::int32_t>(s->prompt().begin(), s->prompt().end()), (std::vector<std::int32_t>{4, 5, 6}));
+  EXPECT_TRUE(sched_->Cancel(RequestId{1}).ok());
+  ExpectPoolWhole();
+}
+
+TEST_F(SchedulerTest, ReplayedMustLeaveAPrompt) {
+  RequestSpec spec = Spec(3, 4);
+  spec.replayed = 3;
+  EXPECT_EQ(sched_->AddRequest(RequestId{1}, spec, now_).code(), absl::StatusCode::kInvalidArgument);
+  spec.replayed = -1;
+  EXPECT_EQ(sched_->AddRequest(RequestId{1}, spec, now_).code(), absl::StatusCode::kInvalidArgument);
+  spec.replayed = 2;
+  ASSERT_TRUE(sched_->AddRequest(RequestId{1}, spec, now_).ok());
+  EXPECT_EQ(sched_->Find(RequestId{1})->replayed, 2);
+  EXPECT_TRUE(sched_->Cancel(RequestId{1}).ok());
+  ExpectPoolWhole();
+}
+
 TEST_F(SchedulerTest, AFirstTokenThatStopsEndsAtOnce) {
   auto r = sched_->Reserve(ReserveSpec{RequestId{1}, {4, 5}, 8, seconds(2)}, now_);
   ASSERT_TRUE(r.ok());
