@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "tools/sirocco/bench_command.h"
 #include "tools/sirocco/commands.h"
 #include "tools/sirocco/cluster_commands.h"
 #include "tools/sirocco/text_commands.h"
@@ -32,6 +33,11 @@ Usage:
       embedded default model (made on first run if absent), prints the endpoint; Ctrl-C stops it.
   sirocco chat [--target HOST:PORT] [--reasoning-effort none|high] [--max-tokens N] "prompt"
       Streams a chat answer from a running router, reasoning and answer printed apart.
+  sirocco bench [--target HOST:PORT] [load and workload options] [--out FILE.json] [--html FILE.html]
+  sirocco bench compare A.json B.json
+      Load generator: closed or open loop (Poisson, gamma, constant, rate sweeps) over Generate
+      or Chat streams; TTFT, TPOT, ITL, E2E, throughput, goodput. `sirocco bench --help` lists
+      every option; docs/bench.md defines the metrics.
   sirocco make-model (--preset NAME | --config FILE) --out DIR [--seed N] [--dtype bf16|f16|f32]
                      [--config-only]
       Writes a checkpoint with seeded random weights. Presets: tiny, tiny-noqlora, small,
@@ -123,6 +129,8 @@ int main(int argc, char** argv) {
     status = RunUp(argc, argv);
   } else if (command == "chat") {
     status = RunChat(argc, argv);
+  } else if (command == "bench") {
+    status = RunBench(argc, argv);
   } else {
     std::fprintf(stderr, "sirocco: unknown command '%s'\n\n%s", command.c_str(), kUsage);
     return 2;
