@@ -827,6 +827,10 @@ wv1::Load WorkerService::CurrentLoad() {
   load.set_running(static_cast<std::uint32_t>(stats.scheduler.running()));
   load.set_waiting(static_cast<std::uint32_t>(stats.scheduler.waiting));
   load.set_reservations(static_cast<std::uint32_t>(stats.scheduler.reservations));
+  load.set_prefill_tokens_queued(static_cast<std::uint64_t>(stats.scheduler.prefill_tokens_pending));
+  load.set_model_fingerprint(options_.model_fingerprint);
+  load.set_vocab_size(static_cast<std::int32_t>(model_->config().vocab_size));
+  load.set_context_length(static_cast<std::int32_t>(model_->config().max_position_embeddings));
   load.set_block_size_tokens(static_cast<std::uint32_t>(options_.layout.block_size));
   std::uint64_t received = 0;
   if (options_.agent != nullptr) {

@@ -411,6 +411,9 @@ SchedulerStats Scheduler::Stats() const {
     if (s->state == RequestState::kPrefilling) ++st.prefilling;
     if (s->state == RequestState::kDecoding) ++st.decoding;
     if (s->state == RequestState::kTransferring) ++st.transferring;
+    if (s->state == RequestState::kQueued || s->state == RequestState::kPrefilling) {
+      st.prefill_tokens_pending += static_cast<std::int64_t>(s->tokens.size()) - s->num_computed;
+    }
   }
   st.reservations = static_cast<std::int64_t>(reservations_.size());
   for (const auto& [id, r] : reservations_) st.reserved_blocks += r.blocks.num_blocks();

@@ -177,6 +177,9 @@ struct SchedulerStats {
   std::int64_t transferring = 0;
   std::int64_t reservations = 0;  // awaiting KV
   std::int64_t reserved_blocks = 0;
+  // Tokens queued or prefilling whose KV is not computed yet (what a prefill
+  // worker still has to do).
+  std::int64_t prefill_tokens_pending = 0;
   std::int64_t preemptions = 0;            // cumulative
   std::int64_t reservations_expired = 0;   // cumulative
   std::int64_t running() const { return prefilling + decoding; }

@@ -5,7 +5,7 @@
 //       [--colocated-dns name:port] [--prefill-dns name:port] [--decode-dns name:port]
 //       [--dns-interval-s 10] [--load-interval-ms 200] [--metrics-port -1]
 //       [--worker-token TOKEN (or $SIROCCO_WORKER_TOKEN)] [--model-name NAME]
-//       [--model-fingerprint FP] [--context-length N] [--reasoning-effort none|high]
+//       [--model-fingerprint FP (default: each decode worker's own)] [--context-length N] [--reasoning-effort none|high]
 //       [--max-in-flight N] [--listen HOST:PORT] [--port-file PATH]
 // Prints "sirocco-router: serving on HOST:PORT" once it serves; SIGINT/SIGTERM
 // drain and stop (a second signal exits at once).

@@ -27,6 +27,18 @@ namespace wk = ::sirocco::worker::v1;
 using services::InvalidFieldError;
 
 constexpr std::int64_t kAssumedBlockSize = 16;
+// How long a client told "no KV blocks free now" should wait before retrying.
+constexpr absl::Duration kBlocksPushback = absl::Seconds(1);
+
+// RESOURCE_EXHAUSTED for want of KV blocks (no decode worker has enough now,
+// or Reserve refused) passes on to the client with a retry pushback.
+absl::Status WithPushback(absl::Status status) {
+  if (status.code() != absl::StatusCode::kResourceExhausted || services::RetryPushback(status).has_value()) {
+    return status;
+  }
+  return services::OverloadedError(std::string(status.message()), kBlocksPushback);
+}
+
 // Decode workers a request may move to after losing its own mid-stream.
 constexpr int kMaxMigrations = 2;
 
@@ -41,6 +53,7 @@ WorkerLoad FromProto(const wk::Load& load) {
   w.waiting = load.waiting();
   w.prefill_tokens_queued = static_cast<std::int64_t>(load.prefill_tokens_queued());
   w.draining = load.draining();
+  w.model_fingerprint = load.model_fingerprint();
   return w;
 }
 
@@ -428,10 +441,11 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     if (auto* m = shared_->options.metrics) m->num_requests_running->Increment();
     blocks_ = (prompt_tokens_ + kAssumedBlockSize - 1) / kAssumedBlockSize + 1;
     auto decode = shared_->directory->PickDecode(blocks_);
-    if (!decode.ok()) return FailLocked(decode.status());
+    if (!decode.ok()) return FailLocked(WithPushback(decode.status()));
     decode_id_ = decode->id;
     decode_picked_ = true;
     decode_stub_ = shared_->directory->Stub(decode_id_);
+    decode_fingerprint_ = decode->load.model_fingerprint;
     if (decode->role == WorkerRole::kBoth) {
       prefill_id_ = decode_id_;
       prefill_stub_ = decode_stub_;
@@ -548,7 +562,10 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     reserve_.set_prompt_tokens(static_cast<std::uint32_t>(prompt_tokens_));
     reserve_.set_max_output_tokens(job_.stop.max_tokens());
     reserve_.set_layout_version(shared_->options.layout_version);
-    reserve_.set_model_fingerprint(shared_->options.model_fingerprint);
+    // The configured fingerprint, else the decode worker's own: the prefill
+    // worker still checks the KvTarget's against its model.
+    reserve_.set_model_fingerprint(shared_->options.model_fingerprint.empty() ? decode_fingerprint_
+                                                                              : shared_->options.model_fingerprint);
     worker_started_ = true;
     Ref();
     decode_stub_->async()->Reserve(context, &reserve_, &target_, [this, context](grpc::Status status) {
@@ -556,7 +573,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
         std::lock_guard lock(mu_);
         if (!StoppedLocked()) {
           if (!status.ok()) {
-            FailLocked(services::FromGrpcStatus(status, context));
+            FailLocked(WithPushback(services::FromGrpcStatus(status, context)));
           } else {
             StartPrefillLocked(/*with_target=*/true);
           }
@@ -988,6 +1005,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
   bool finished_normally_ = false;
   std::int64_t prompt_tokens_ = 0, blocks_ = 0;
   WorkerId decode_id_, prefill_id_;
+  std::string decode_fingerprint_;  // as the picked decode worker reports it
   std::set<WorkerId> excluded_prefill_;
   std::shared_ptr<wk::Worker::Stub> decode_stub_, prefill_stub_;
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts_;

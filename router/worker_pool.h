@@ -45,6 +45,7 @@ struct WorkerLoad {
   std::int64_t waiting = 0;
   std::int64_t prefill_tokens_queued = 0;
   bool draining = false;
+  std::string model_fingerprint;  // as the worker reports it (empty: unknown)
 };
 
 struct WorkerState {

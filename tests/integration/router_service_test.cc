@@ -26,6 +26,7 @@
 #include "engine/text/tekken_file.h"
 #include "router/router_service.h"
 #include "services/server.h"
+#include "services/status_mapping.h"
 
 namespace sirocco::router {
 namespace {
@@ -43,6 +44,7 @@ class FakeWorker final : public wk::Worker::Service {
 
   grpc::Status Reserve(grpc::ServerContext* context, const wk::ReserveRequest* request, wk::KvTarget* target) override {
     if (grpc::Status s = Auth(context); !s.ok()) return s;
+    if (full) return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "no free KV blocks");
     absl::MutexLock lock(&mu_);
     ++reserves;
     held_[request->request_id()] = 1;
@@ -141,7 +143,7 @@ class FakeWorker final : public wk::Worker::Service {
   }
 
   std::atomic<int> reserves{0}, prefills{0}, prefills_with_target{0}, decodes{0}, local_prefills{0}, cancels{0};
-  std::atomic<bool> abort_transfer{false}, unavailable_prefill{false};
+  std::atomic<bool> abort_transfer{false}, unavailable_prefill{false}, full{false};
   std::atomic<int> token_delay_ms{0};
   std::int32_t eos_id = 2;
 
@@ -244,6 +246,7 @@ class RouterServiceTest : public ::testing::Test {
     int deltas = 0;
     bool has_final = false;
     v1::Final final;
+    std::string pushback_ms;  // the grpc-retry-pushback-ms trailer, if any
   };
 
   ChatResult RunChat(const v1::ChatRequest& request) {
@@ -263,6 +266,10 @@ class RouterServiceTest : public ::testing::Test {
       }
     }
     result.status = reader->Finish();
+    const auto& trailers = context.GetServerTrailingMetadata();
+    if (auto it = trailers.find(services::kRetryPushbackTrailer); it != trailers.end()) {
+      result.pushback_ms.assign(it->second.data(), it->second.size());
+    }
     return result;
   }
 
@@ -446,6 +453,21 @@ TEST_F(RouterServiceTest, TransferFailureFallsBackToLocalPrefill) {
   for (int i = 0; i < 50 && workers_[0].service->held() != 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_EQ(workers_[0].service->held(), 0u);  // the prefill worker's local KV was cancelled
+}
+
+// A decode worker out of KV blocks: the client gets RESOURCE_EXHAUSTED with a
+// retry pushback, and nothing is left held anywhere.
+TEST_F(RouterServiceTest, FullDecodeWorkerIsResourceExhaustedWithPushback) {
+  const std::string answer = "Later.";
+  workers_.push_back(StartWorker(wk::WORKER_ROLE_PREFILL, Script(answer), "p0"));
+  workers_.push_back(StartWorker(wk::WORKER_ROLE_DECODE, Script(answer), "d0"));
+  workers_[1].service->full = true;
+  StartRouter({{workers_[0].address, WorkerRole::kPrefill, false}, {workers_[1].address, WorkerRole::kDecode, false}});
+  ChatResult r = RunChat(UserChat("Hi"));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << r.status.error_message();
+  EXPECT_EQ(r.pushback_ms, "1000");
+  EXPECT_EQ(workers_[0].service->prefills, 0);
+  EXPECT_EQ(workers_[1].service->held(), 0u);
 }
 
 TEST_F(RouterServiceTest, UnavailablePrefillRetriesAnotherWorker) {

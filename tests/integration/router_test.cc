@@ -81,8 +81,7 @@ class RouterClusterTest : public ::testing::Test {
   void StartCluster(const std::vector<std::string>& roles,
                     const std::map<std::string, std::vector<std::string>>& extra = {}) {
     std::vector<std::string> router_args = {"--tokenizer=" + *model_dir_ + "/tekken.json",
-                                            std::string("--worker-token=") + kTestToken, "--load-interval-ms=50",
-                                            "--model-fingerprint=" + *decode::ModelFingerprint(*model_dir_)};
+                                            std::string("--worker-token=") + kTestToken, "--load-interval-ms=50"};  // no --model-fingerprint: each decode worker reports its own
     for (const auto& role : roles) {
       std::vector<std::string> args = WorkerArgs(role);
       if (auto it = extra.find(role); it != extra.end()) args.insert(args.end(), it->second.begin(), it->second.end());
