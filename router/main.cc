@@ -9,6 +9,7 @@
 //       [--max-in-flight N] [--listen HOST:PORT] [--port-file PATH]
 // Prints "sirocco-router: serving on HOST:PORT" once it serves; SIGINT/SIGTERM
 // drain and stop (a second signal exits at once).
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -19,6 +20,8 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "router/router_service.h"
@@ -188,6 +191,11 @@ int main(int argc, char** argv) {
     std::rename(tmp.c_str(), port_file.c_str());
   }
   stop.WaitForNotification();
-  (*server)->Shutdown(server_options.drain_grace);
+  // Draining (health NOT_SERVING, new calls UNAVAILABLE through the gate):
+  // let the streams in flight finish before the server stops, within the
+  // grace period; whatever is left then is cancelled by the shutdown.
+  const absl::Time give_up = absl::Now() + server_options.drain_grace;
+  while ((*service)->live_streams() > 0 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(20));
+  (*server)->Shutdown(std::max(give_up - absl::Now(), absl::Seconds(1)));
   return 0;
 }

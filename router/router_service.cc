@@ -1048,6 +1048,8 @@ RouterService::~RouterService() {
   while (shared_->live_calls.load() > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
 }
 
+int RouterService::live_streams() const { return shared_->live_calls.load(); }
+
 v1::Limits DefaultLimits(std::int32_t context_length) {
   v1::Limits l;
   l.set_max_messages(512);

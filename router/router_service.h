@@ -136,6 +136,9 @@ class RouterService final : public sirocco::v1::Sirocco::CallbackService {
   // Destroy the service after the Server has shut down.
   ~RouterService() override;
 
+  // Chat and Generate streams not yet ended (what a drain waits for).
+  int live_streams() const;
+
   grpc::ServerWriteReactor<sirocco::v1::ChatResponse>* Chat(grpc::CallbackServerContext* context,
                                                             const sirocco::v1::ChatRequest* request) override;
   grpc::ServerWriteReactor<sirocco::v1::GenerateResponse>* Generate(

@@ -518,7 +518,9 @@ TEST_F(RouterClusterTest, DecodeWorkerLostMidStreamMigratesTheRequest) {
 TEST_F(RouterClusterTest, RouterSigtermDrainsInFlightStreams) {
   StartCluster({"both"});
   const std::vector<std::int32_t> prompt = RandomPrompt(20, 3);
-  constexpr int kTokens = 120;
+  // Long enough (~10 ms a token here) to still be streaming when the late
+  // request arrives, short enough to end within the router's 10 s grace.
+  constexpr int kTokens = 400;
   v1::GenerateRequest request;
   request.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
   request.mutable_sampling()->set_temperature(0);
@@ -538,7 +540,7 @@ TEST_F(RouterClusterTest, RouterSigtermDrainsInFlightStreams) {
       router_->Signal(SIGTERM);
       signalled = true;
       // Wait until the router reports draining, then try a new request.
-      for (int i = 0; i < 100 && router_->Health() == grpc::health::v1::HealthCheckResponse::SERVING; ++i) {
+      for (int i = 0; i < 300 && router_->Health() == grpc::health::v1::HealthCheckResponse::SERVING; ++i) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
       Result late = RunGenerate(prompt, 2);

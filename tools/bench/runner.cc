@@ -21,7 +21,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "services/call_gate.h"
 #include "sirocco/v1/sirocco.grpc.pb.h"
+#include "sirocco/worker/v1/worker.grpc.pb.h"
 
 namespace sirocco::bench {
 namespace {
@@ -155,6 +157,152 @@ class StreamCall final : public grpc::ClientReadReactor<Response> {
   bool got_final_ = false;
 };
 
+namespace wk = sirocco::worker::v1;
+
+// One request straight to a colocated worker: Prefill (the first token),
+// then the Decode stream, as a router drives it. Owns itself: deleted in
+// OnDone (or when Prefill fails or ends the request).
+class WorkerCall final : public grpc::ClientReadReactor<wk::DecodeResponse> {
+ public:
+  WorkerCall(PhaseState* state, RequestRecord record, double timeout_s, const RequestSpec& spec,
+             const std::string& token, wk::Worker::Stub* stub)
+      : state_(state), record_(std::move(record)), stub_(stub), token_(token) {
+    deadline_ = std::chrono::system_clock::now() +
+                std::chrono::microseconds(static_cast<std::int64_t>(timeout_s * 1e6));
+    for (grpc::ClientContext* c : {&prefill_context_, &decode_context_}) {
+      c->set_deadline(deadline_);
+      if (!token_.empty()) c->AddMetadata(services::kWorkerTokenMetadataKey, token_);
+    }
+    // The router's defaults for a request that sets no sampling fields.
+    wk::SamplingParams sampling;
+    sampling.set_temperature(1.0f);
+    sampling.set_top_p(1.0f);
+    sampling.set_repetition_penalty(1.0f);
+    sampling.set_logprobs(-1);
+    sampling.set_seed(static_cast<std::uint64_t>(spec.index) * 0x9E3779B97F4A7C15ull + 1);
+    const std::string id = absl::StrCat("bench-", spec.index);
+    prefill_.set_request_id(id);
+    prefill_.mutable_token_ids()->Add(spec.prompt_ids.begin(), spec.prompt_ids.end());
+    *prefill_.mutable_sampling() = sampling;
+    decode_.set_request_id(id);
+    decode_.mutable_prompt_token_ids()->Add(spec.prompt_ids.begin(), spec.prompt_ids.end());
+    *decode_.mutable_sampling() = sampling;
+    decode_.mutable_stop()->set_max_tokens(static_cast<std::uint32_t>(spec.max_tokens));
+    decode_.mutable_stop()->set_ignore_eos(spec.ignore_eos);
+    record_.prompt_tokens = static_cast<int>(spec.prompt_ids.size());
+  }
+
+  void Start() {
+    record_.send_s = state_->Now();
+    ++state_->sent;
+    stub_->async()->Prefill(&prefill_context_, &prefill_, &prefill_response_,
+                            [this](grpc::Status status) { OnPrefillDone(status); });
+  }
+
+  void OnReadDone(bool ok) override {
+    const Clock::time_point now = Clock::now();
+    if (ok) {
+      const double t = Seconds(now - state_->t0);
+      const int tokens = response_.token_ids_size();
+      if (tokens > 0) {
+        record_.chunk_s.push_back(t);
+        record_.chunk_tokens.push_back(tokens);
+        record_.output_tokens += tokens;
+        state_->output_tokens += tokens;
+      }
+      if (response_.has_finish()) {
+        record_.end_s = t;
+        got_finish_ = true;
+        record_.finish_reason = response_.finish().reason() == wk::DecodeFinish::REASON_STOP
+                                    ? "FINISH_REASON_STOP"
+                                    : "FINISH_REASON_LENGTH";
+      } else {
+        this->StartRead(&response_);
+      }
+    }
+    Count(now);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    if (!got_finish_) record_.end_s = state_->Now();
+    record_.status_code = static_cast<int>(status.error_code());
+    record_.status_message = status.error_message();
+    if (status.ok() && !got_finish_) {
+      record_.status_code = static_cast<int>(grpc::StatusCode::INTERNAL);
+      record_.status_message = "the decode stream ended without a finish";
+    }
+    End();
+  }
+
+ private:
+  void OnPrefillDone(const grpc::Status& status) {
+    const Clock::time_point now = Clock::now();
+    const double t = Seconds(now - state_->t0);
+    if (!status.ok()) {
+      record_.end_s = t;
+      record_.status_code = static_cast<int>(status.error_code());
+      record_.status_message = status.error_message();
+      return End();
+    }
+    const std::int32_t first = prefill_response_.first_token_id();
+    record_.chunk_s.push_back(t);
+    record_.chunk_tokens.push_back(1);
+    record_.output_tokens = 1;
+    ++state_->output_tokens;
+    Count(now);
+    if (decode_.stop().max_tokens() <= 1) {
+      // Done at the first token: free the KV the worker holds for it.
+      record_.end_s = t;
+      record_.finish_reason = "FINISH_REASON_LENGTH";
+      record_.status_code = 0;
+      SendCancel();
+      return End();
+    }
+    decode_.add_output_token_ids(first);
+    stub_->async()->Decode(&decode_context_, &decode_, this);
+    this->StartRead(&response_);
+    this->StartCall();
+  }
+
+  void SendCancel() {
+    auto* ctx = new grpc::ClientContext;
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    if (!token_.empty()) ctx->AddMetadata(services::kWorkerTokenMetadataKey, token_);
+    auto* request = new wk::CancelRequest;
+    auto* response = new wk::CancelResponse;
+    request->set_request_id(prefill_.request_id());
+    stub_->async()->Cancel(ctx, request, response, [ctx, request, response](grpc::Status) {
+      delete ctx;
+      delete request;
+      delete response;
+    });
+  }
+
+  void Count(Clock::time_point start) {
+    const double cost_us = std::chrono::duration<double, std::micro>(Clock::now() - start).count();
+    ++record_.callbacks;
+    record_.callback_total_us += cost_us;
+    record_.callback_max_us = std::max(record_.callback_max_us, cost_us);
+  }
+
+  void End() {
+    state_->Finish(std::move(record_));
+    delete this;
+  }
+
+  PhaseState* const state_;
+  RequestRecord record_;
+  wk::Worker::Stub* const stub_;
+  const std::string token_;
+  std::chrono::system_clock::time_point deadline_;
+  grpc::ClientContext prefill_context_, decode_context_;
+  wk::PrefillRequest prefill_;
+  wk::PrefillResponse prefill_response_;
+  wk::DecodeRequest decode_;
+  wk::DecodeResponse response_;
+  bool got_finish_ = false;
+};
+
 sirocco::v1::ReasoningEffort ToProto(Effort e) {
   switch (e) {
     case Effort::kNone:
@@ -193,6 +341,7 @@ absl::Status LoadOptions::Validate() const {
 struct Runner::Impl {
   RunnerOptions options;
   std::vector<std::unique_ptr<sirocco::v1::Sirocco::Stub>> stubs;
+  std::vector<std::unique_ptr<wk::Worker::Stub>> worker_stubs;  // direct_worker
   std::size_t next_stub = 0;
 
   // Starts one request (never blocks on the network).
@@ -211,7 +360,14 @@ struct Runner::Impl {
       absl::MutexLock lock(&state.mu);
       ++state.in_flight;
     }
-    auto* stub = stubs[next_stub++ % stubs.size()].get();
+    const std::size_t stub_index = next_stub++;
+    if (options.direct_worker) {
+      auto* call = new WorkerCall(&state, std::move(record), options.timeout_s, spec, options.worker_token,
+                                  worker_stubs[stub_index % worker_stubs.size()].get());
+      call->Start();
+      return;
+    }
+    auto* stub = stubs[stub_index % stubs.size()].get();
     if (spec.api == Api::kGenerate) {
       sirocco::v1::GenerateRequest request;
       request.mutable_token_ids()->mutable_ids()->Add(spec.prompt_ids.begin(), spec.prompt_ids.end());
@@ -357,8 +513,9 @@ absl::StatusOr<std::unique_ptr<Runner>> Runner::Create(const RunnerOptions& opti
     // channel, not one shared by all.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetInt("sirocco.bench.connection", i);
-    impl->stubs.push_back(sirocco::v1::Sirocco::NewStub(
-        grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args)));
+    auto channel = grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+    impl->stubs.push_back(sirocco::v1::Sirocco::NewStub(channel));
+    impl->worker_stubs.push_back(wk::Worker::NewStub(channel));
   }
   return std::unique_ptr<Runner>(new Runner(std::move(impl)));
 }
@@ -368,6 +525,24 @@ absl::StatusOr<ModelSummary> Runner::GetModelInfo(double timeout_s) {
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::microseconds(static_cast<std::int64_t>(timeout_s * 1e6)));
   context.set_wait_for_ready(true);
+  if (impl_->options.direct_worker) {
+    if (!impl_->options.worker_token.empty()) {
+      context.AddMetadata(services::kWorkerTokenMetadataKey, impl_->options.worker_token);
+    }
+    wk::Load load;
+    grpc::Status status = impl_->worker_stubs.front()->GetLoad(&context, wk::GetLoadRequest(), &load);
+    if (!status.ok())
+      return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                          absl::StrCat("GetLoad on worker ", impl_->options.target, ": ", status.error_message()));
+    if (load.role() != wk::WORKER_ROLE_BOTH)
+      return absl::FailedPreconditionError(absl::StrCat("--direct-worker: ", impl_->options.target,
+                                                        " is not a colocated worker (role both)"));
+    ModelSummary m;
+    m.model_name = absl::StrCat("worker ", load.worker_id());
+    m.vocab_size = load.vocab_size();
+    m.context_length = load.context_length();
+    return m;
+  }
   sirocco::v1::ModelInfo info;
   grpc::Status status = impl_->stubs.front()->GetModelInfo(&context, sirocco::v1::GetModelInfoRequest(), &info);
   if (!status.ok())

@@ -48,11 +48,17 @@ struct LoadOptions {
 };
 
 struct RunnerOptions {
-  std::string target;      // host:port of the router
+  std::string target;      // host:port of the router (or of a worker: direct_worker)
   int connections = 1;     // HTTP/2 connections, requests spread round-robin
   double timeout_s = 600;  // per-request gRPC deadline
   bool progress = true;    // the stderr progress line
   std::string label;       // prefix of the progress line
+  // Talk to one colocated worker (role both) through the internal worker API
+  // instead of a router: Prefill (no target) then a Decode stream, exactly
+  // the two calls a router makes for it. Generate workloads only; measures
+  // what the router adds when run next to the same load through a router.
+  bool direct_worker = false;
+  std::string worker_token;  // the worker API token (direct_worker)
 };
 
 // What GetModelInfo said that the workload needs.
@@ -79,7 +85,8 @@ class Runner {
   Runner(const Runner&) = delete;
   Runner& operator=(const Runner&) = delete;
 
-  // Asks the router (blocking), waiting up to timeout_s for it to be ready.
+  // Asks the router (blocking), waiting up to timeout_s for it to be ready;
+  // direct_worker: the worker's GetLoad (vocabulary and context length).
   [[nodiscard]] absl::StatusOr<ModelSummary> GetModelInfo(double timeout_s);
 
   // Runs the warm-up, then the measured phase; returns when every request

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <limits>
 #include <string>
@@ -37,6 +38,10 @@ Connection
   --connections N          HTTP/2 connections, requests spread round-robin (default 1)
   --timeout-s S            per-request deadline (default 600)
   --wait-s S               how long to wait for the router to answer GetModelInfo (default 60)
+  --direct-worker=true|false  --target is a colocated worker (role both), not a router: each request
+                           is the worker API's Prefill then Decode, the two calls a router makes,
+                           to measure what the router adds (Generate workloads only; default false)
+  --worker-token TOKEN     the worker API token for --direct-worker (default $SIROCCO_WORKER_TOKEN)
 
 Load (closed loop unless --rate or --sweep-rates is given)
   --concurrency N          closed loop: requests in flight (default 1); open loop: cap on
@@ -196,6 +201,9 @@ absl::Status RunBench(int argc, char** argv) {
   runner_options.timeout_s = read.Num<double>("timeout-s", 600);
   const double wait_s = read.Num<double>("wait-s", 60);
   runner_options.progress = !read.Has("no-progress");
+  runner_options.direct_worker = read.Bool("direct-worker", false);
+  const char* env_token = std::getenv("SIROCCO_WORKER_TOKEN");
+  runner_options.worker_token = read.Str("worker-token", env_token != nullptr ? env_token : "");
 
   bench::LoadOptions load;
   const std::string rate_text = read.Str("rate", "");
@@ -247,6 +255,13 @@ absl::Status RunBench(int argc, char** argv) {
   wl.image_share = read.Num<double>("image-share", 0);
   wl.cancel_share = read.Num<double>("cancel-share", 0);
   wl.cancel_max_chunks = read.Num<int>("cancel-max-chunks", 0);
+  if (runner_options.direct_worker &&
+      (wl.api != bench::Api::kGenerate || !wl.sharegpt_path.empty() || wl.image_share > 0 || wl.cancel_share > 0 ||
+       !wl.effort_mix.empty())) {
+    return absl::InvalidArgumentError(
+        "--direct-worker: random token-id prompts only (--api generate; no --sharegpt, --image-share, "
+        "--cancel-share or --reasoning-mix)");
+  }
 
   bench::Slo slo;
   for (const std::string& s : slos) {

@@ -317,6 +317,22 @@ absl::Status RunUp(int argc, char** argv) {
   return result;
 }
 
+namespace {
+
+// The MIME type of an image file from its magic bytes; empty when unknown.
+std::string ImageMimeType(const std::string& data) {
+  auto starts = [&](std::string_view magic, std::size_t at = 0) {
+    return data.size() >= at + magic.size() && std::string_view(data).substr(at, magic.size()) == magic;
+  };
+  if (starts("\x89PNG\r\n\x1a\n")) return "image/png";
+  if (starts("\xff\xd8\xff")) return "image/jpeg";
+  if (starts("GIF87a") || starts("GIF89a")) return "image/gif";
+  if (starts("RIFF") && starts("WEBP", 8)) return "image/webp";
+  return "";
+}
+
+}  // namespace
+
 absl::Status RunChat(int argc, char** argv) {
   auto args = Args::Parse(argc, argv);
   if (!args.ok()) return args.status();
@@ -327,6 +343,7 @@ absl::Status RunChat(int argc, char** argv) {
   const std::string temperature = args->Take("temperature", "");
   const std::string seed = args->Take("seed", "");
   const std::string system = args->Take("system", "");
+  const std::string image_path = args->Take("image", "");
   if (absl::Status s = args->CheckAllUsed(); !s.ok()) return s;
   if (args->positional.size() != 1) return absl::InvalidArgumentError("give exactly one prompt");
 
@@ -338,6 +355,23 @@ absl::Status RunChat(int argc, char** argv) {
   }
   auto* m = request.add_messages();
   m->set_role(sirocco::v1::ROLE_USER);
+  if (!image_path.empty()) {
+    // The image goes before the text, as in a user turn that shows a picture
+    // and asks about it. The router checks the type against the bytes.
+    std::ifstream in(image_path, std::ios::binary | std::ios::ate);
+    if (!in) return absl::NotFoundError(absl::StrCat("--image: cannot read ", image_path));
+    std::string data(static_cast<std::size_t>(in.tellg()), '\0');
+    in.seekg(0);
+    if (!in.read(data.data(), static_cast<std::streamsize>(data.size()))) {
+      return absl::DataLossError(absl::StrCat("--image: cannot read ", image_path));
+    }
+    auto* image = m->add_content()->mutable_image();
+    image->set_mime_type(ImageMimeType(data));
+    if (image->mime_type().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("--image: ", image_path, " is not a PNG, JPEG, WebP or GIF file"));
+    }
+    image->set_data(std::move(data));
+  }
   m->add_content()->set_text(args->positional[0]);
   if (effort == "none") {
     request.set_reasoning_effort(sirocco::v1::REASONING_EFFORT_NONE);

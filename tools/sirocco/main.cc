@@ -31,7 +31,7 @@ Usage:
   sirocco up [--port P] [--colocated K | --prefill N --decode M] [--model DIR]
       Starts a local cluster (router + workers as separate processes) on loopback with the
       embedded default model (made on first run if absent), prints the endpoint; Ctrl-C stops it.
-  sirocco chat [--target HOST:PORT] [--reasoning-effort none|high] [--max-tokens N] "prompt"
+  sirocco chat [--target HOST:PORT] [--reasoning-effort none|high] [--max-tokens N] [--image FILE] "prompt"
       Streams a chat answer from a running router, reasoning and answer printed apart.
   sirocco bench [--target HOST:PORT] [load and workload options] [--out FILE.json] [--html FILE.html]
   sirocco bench compare A.json B.json

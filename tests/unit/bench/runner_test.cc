@@ -333,3 +333,80 @@ TEST(RunnerTest, RejectsLoadWithoutBound) {
 
 }  // namespace
 }  // namespace sirocco::bench
+
+namespace sirocco::bench {
+namespace {
+
+// --direct-worker: Prefill then Decode on the worker API, timed like a
+// stream through a router; a one-token request cancels its held KV instead.
+TEST(RunnerTest, DirectWorkerDrivesPrefillThenDecode) {
+  testing::ScriptedServer server;
+  RunnerOptions o;
+  o.target = server.target();
+  o.progress = false;
+  o.timeout_s = 30;
+  o.direct_worker = true;
+  o.worker_token = testing::kWorkerToken;
+  auto runner = Runner::Create(o);
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  auto model = (*runner)->GetModelInfo(10);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(model->vocab_size, 32000);
+
+  WorkloadOptions wo;
+  wo.input_len = Fixed(16);
+  wo.output_len = Fixed(5);
+  auto workload = MakeWorkload(wo);
+  LoadOptions load;
+  load.concurrency = 2;
+  load.num_requests = 6;
+  auto result = (*runner)->Run(load, *workload);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->records.size(), 6u);
+  for (const RequestRecord& r : result->records) {
+    ASSERT_EQ(r.status_code, 0) << r.status_message;
+    ASSERT_EQ(r.chunk_s.size(), 5u);
+    EXPECT_EQ(r.output_tokens, 5);
+    EXPECT_EQ(r.prompt_tokens, 16);
+    EXPECT_EQ(r.finish_reason, "FINISH_REASON_LENGTH");
+    EXPECT_GE(*TtftMs(r), 49.0);
+    EXPECT_LE(*TtftMs(r), 50 + kTolMs);
+    // Decode's 4 tokens come 20 ms apart from its start (the first one 20 ms
+    // after the Prefill answer).
+    EXPECT_NEAR((r.chunk_s.back() - r.chunk_s.front()) * 1e3, 80, kTolMs);
+    EXPECT_NEAR(*TpotMs(r), 20, kTolMs / 4);
+  }
+  EXPECT_EQ(server.worker().prefills(), 6);
+  EXPECT_EQ(server.worker().decodes(), 6);
+  EXPECT_EQ(server.worker().cancels(), 0);
+
+  // One output token: no Decode; the worker's held KV is cancelled.
+  wo.output_len = Fixed(1);
+  auto one = MakeWorkload(wo);
+  load.num_requests = 3;
+  result = (*runner)->Run(load, *one);
+  ASSERT_TRUE(result.ok()) << result.status();
+  for (const RequestRecord& r : result->records) {
+    EXPECT_EQ(r.status_code, 0) << r.status_message;
+    EXPECT_EQ(r.output_tokens, 1);
+  }
+  EXPECT_EQ(server.worker().decodes(), 6);
+  for (int i = 0; i < 100 && server.worker().cancels() < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(server.worker().cancels(), 3);
+}
+
+TEST(RunnerTest, DirectWorkerWithoutTheTokenIsUnauthenticated) {
+  testing::ScriptedServer server;
+  RunnerOptions o;
+  o.target = server.target();
+  o.progress = false;
+  o.direct_worker = true;
+  auto runner = Runner::Create(o);
+  ASSERT_TRUE(runner.ok());
+  auto model = (*runner)->GetModelInfo(10);
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kUnauthenticated) << model.status();
+}
+
+}  // namespace
+}  // namespace sirocco::bench

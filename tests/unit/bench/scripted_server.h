@@ -33,6 +33,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "sirocco/v1/sirocco.grpc.pb.h"
+#include "sirocco/worker/v1/worker.grpc.pb.h"
 
 namespace sirocco::bench::testing {
 
@@ -121,12 +122,83 @@ class ScriptedService final : public sirocco::v1::Sirocco::Service {
   std::atomic<int> generate_calls_{0}, chat_calls_{0}, high_effort_calls_{0};
 };
 
+// The same schedule as a colocated worker's internal API (the bench's
+// --direct-worker): Prefill answers the first token after first_chunk;
+// Decode then streams tokens 2..n one by one, every `interval` from its
+// start, then the finish. Every call needs the worker token kWorkerToken.
+inline constexpr char kWorkerToken[] = "scripted-token";
+
+class ScriptedWorker final : public sirocco::worker::v1::Worker::Service {
+ public:
+  explicit ScriptedWorker(Script script) : script_(script) {}
+
+  grpc::Status GetLoad(grpc::ServerContext* context, const sirocco::worker::v1::GetLoadRequest*,
+                       sirocco::worker::v1::Load* load) override {
+    if (!Authorized(*context)) return Unauthenticated();
+    load->set_worker_id("scripted-worker");
+    load->set_role(sirocco::worker::v1::WORKER_ROLE_BOTH);
+    load->set_vocab_size(32000);
+    load->set_context_length(4096);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Prefill(grpc::ServerContext* context, const sirocco::worker::v1::PrefillRequest* request,
+                       sirocco::worker::v1::PrefillResponse* response) override {
+    if (!Authorized(*context)) return Unauthenticated();
+    ++prefills_;
+    if (request->has_target()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "target: not expected");
+    std::this_thread::sleep_for(script_.first_chunk);
+    response->set_first_token_id(1000);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Decode(grpc::ServerContext* context, const sirocco::worker::v1::DecodeRequest* request,
+                      grpc::ServerWriter<sirocco::worker::v1::DecodeResponse>* writer) override {
+    if (!Authorized(*context)) return Unauthenticated();
+    ++decodes_;
+    if (request->output_token_ids_size() != 1 || !request->reservation_id().empty())
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "want the first token and no reservation");
+    const auto start = std::chrono::steady_clock::now();
+    const int n = static_cast<int>(request->stop().max_tokens());
+    for (int k = 1; k < n; ++k) {
+      std::this_thread::sleep_until(start + k * script_.interval);
+      sirocco::worker::v1::DecodeResponse r;
+      r.add_token_ids(1000 + k);
+      if (k + 1 == n) r.mutable_finish()->set_reason(sirocco::worker::v1::DecodeFinish::REASON_LENGTH);
+      if (!writer->Write(r)) return grpc::Status(grpc::StatusCode::CANCELLED, "write failed");
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Cancel(grpc::ServerContext* context, const sirocco::worker::v1::CancelRequest*,
+                      sirocco::worker::v1::CancelResponse*) override {
+    if (!Authorized(*context)) return Unauthenticated();
+    ++cancels_;
+    return grpc::Status::OK;
+  }
+
+  int prefills() const { return prefills_.load(); }
+  int decodes() const { return decodes_.load(); }
+  int cancels() const { return cancels_.load(); }
+
+ private:
+  static bool Authorized(const grpc::ServerContext& context) {
+    auto it = context.client_metadata().find("x-sirocco-worker-token");
+    return it != context.client_metadata().end() && it->second == kWorkerToken;
+  }
+  static grpc::Status Unauthenticated() { return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "bad token"); }
+
+  const Script script_;
+  std::atomic<int> prefills_{0}, decodes_{0}, cancels_{0};
+};
+
 class ScriptedServer {
  public:
-  explicit ScriptedServer(Script script = {}) : service_(script) {
+  explicit ScriptedServer(Script script = {}) : service_(script), worker_(script) {
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(&service_);
+    builder.RegisterService(&worker_);
     server_ = builder.BuildAndStart();
     PinCallbackQueue(target());
   }
@@ -134,6 +206,7 @@ class ScriptedServer {
 
   std::string target() const { return absl::StrCat("127.0.0.1:", port_); }
   ScriptedService& service() { return service_; }
+  ScriptedWorker& worker() { return worker_; }
 
  private:
   // gRPC 1.51 (Debian 12) may abort ("prior > 0" in its callback completion
@@ -158,6 +231,7 @@ class ScriptedServer {
   }
 
   ScriptedService service_;
+  ScriptedWorker worker_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
 };
