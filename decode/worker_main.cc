@@ -51,7 +51,7 @@ const char* const kKnownFlags[] = {"role", "model", "listen", "port-file", "metr
                                    "worker-id", "auth-token", "num-blocks", "block-size", "max-tokens-per-step",
                                    "max-seqs-per-step", "max-waiting", "kernels", "drain-grace-s",
                                    "ucx-host", "ucx-transports", "reservation-ttl-ms", "kv-transfer-timeout-ms",
-                                   "test-kv-fault"};
+                                   "test-kv-fault", "kv-quarantine-ms"};
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   Flags flags;
@@ -159,6 +159,11 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
   engine_options.max_tokens_per_step = *max_tokens_per_step;
   engine_options.max_seqs_per_step = *max_seqs_per_step;
   engine_options.max_waiting = *max_waiting;
+  // Only a decode worker receives remote writes into reservations.
+  absl::StatusOr<std::int64_t> quarantine_ms = flags->GetInt("kv-quarantine-ms", *role == WorkerRole::kPrefill ? 0 : 1000);
+  if (!quarantine_ms.ok()) return Fail(quarantine_ms.status());
+  if (*quarantine_ms < 0) return Fail(absl::InvalidArgumentError("--kv-quarantine-ms: must be >= 0"));
+  engine_options.reservation_quarantine = std::chrono::milliseconds(*quarantine_ms);
   engine_options.drain_timeout = std::chrono::seconds(*drain_grace_s);
   // The prefill side posts each layer's KV from the engine thread; the hook
   // reaches the service once it exists.
@@ -252,6 +257,7 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
   service_options.pool = *pool_handle;
   service_options.layout = layout;
   service_options.default_reservation_ttl = std::chrono::milliseconds(*reservation_ttl_ms);
+  service_options.kv_transfer_timeout = std::chrono::milliseconds(*transfer_timeout_ms);
   WorkerService* service_ptr = nullptr;
   // The worker id needs the bound port: build the service after binding is
   // not possible (registration comes first), so derive it from the flag.

@@ -24,6 +24,10 @@
 //   --reservation-ttl-ms N       Reserve's ttl_ms 0 means this; default 30000
 //   --kv-transfer-timeout-ms N   a KV transfer not complete by then fails (the
 //                                router then falls back); default 60000
+//   --kv-quarantine-ms N         a reservation dropped before its Decode (cancel,
+//                                expiry, fallback) keeps its blocks this long, so
+//                                writes already in flight cannot land in another
+//                                request's KV; default 1000 (prefill: 0)
 //   --test-kv-fault none|fail-first|delay-ms:N   tests only: fail the first
 //                                outgoing KV write, or delay every write by N ms
 //

@@ -17,6 +17,9 @@ namespace sirocco::decode {
 
 struct WorkerService::TransferJob {
   transfer::PeerHandle peer;
+  // Writes must be complete by then: the target reservation's expiry less a
+  // margin, or the transfer timeout, whichever is first.
+  std::chrono::steady_clock::time_point deadline;
   std::vector<std::int32_t> remote_blocks;
   std::int64_t prompt_len = 0;
   std::mutex mu;
@@ -35,6 +38,8 @@ using engine::ExitReason;
 using engine::StreamEvent;
 
 constexpr std::size_t kMaxRequestIdBytes = 128;
+// A transfer must end this long before its target reservation expires.
+constexpr std::chrono::milliseconds kExpiryMargin{500};
 
 wv1::WorkerRole ToProtoRole(WorkerRole role) {
   switch (role) {
@@ -169,12 +174,13 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
       released_ = true;
       service_->ReleaseId(request_->request_id());
       const std::shared_ptr<WorkerService::TransferJob> job = service_->TakeJob(*id_);
+      const bool ok = e.status.ok() && first_.has_value();
       if (job != nullptr) {
+        if (!ok) service_->AbortTransfers(*job);
         std::lock_guard<std::mutex> lock(job->mu);
         response_->set_kv_transfer_us(job->transfer_us);
         response_->set_kv_transfer_bytes(job->bytes);
       }
-      const bool ok = e.status.ok() && first_.has_value();
       if (!ok) {
         Finish(services::ToGrpcStatus(e.status.ok() ? absl::InternalError("prefill ended without a token") : e.status));
         return;  // `this` may be gone
@@ -267,6 +273,16 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
     if (!peer.ok()) return absl::AbortedError(absl::StrCat("KV transfer: cannot reach the target: ", peer.status().message()));
     auto job = std::make_shared<WorkerService::TransferJob>();
     job->peer = *peer;
+    const auto now = std::chrono::steady_clock::now();
+    job->deadline = now + o.kv_transfer_timeout;
+    if (t.expires_at_unix_micros() > 0) {
+      // The target's clock is unix time; a transfer must end comfortably
+      // before the reservation does.
+      const std::int64_t left_us = t.expires_at_unix_micros() - absl::ToUnixMicros(absl::Now()) -
+                                   std::chrono::duration_cast<std::chrono::microseconds>(kExpiryMargin).count();
+      if (left_us <= 0) return absl::AbortedError("KV transfer: the target reservation expires before it could end");
+      job->deadline = std::min(job->deadline, now + std::chrono::microseconds(left_us));
+    }
     job->remote_blocks.assign(t.block_ids().begin(), t.block_ids().end());
     job->prompt_len = n;
     return job;
@@ -678,8 +694,13 @@ void WorkerService::OnLayerKvWritten(const engine::LayerKvWritten& w) {
   const auto layer = static_cast<std::uint32_t>(w.layer);
   transfer::WriteOptions wo;
   wo.tag = w.request.value;
-  absl::StatusOr<transfer::TransferId> id = options_.agent->PostWrite(
-      job->peer, transfer::LayerRegions(layer, local), transfer::RemoteLayerRegions(layer, remote), wo);
+  const auto left = job->deadline - std::chrono::steady_clock::now();
+  absl::StatusOr<transfer::TransferId> id = absl::DeadlineExceededError("KV transfer deadline passed");
+  if (left > std::chrono::steady_clock::duration::zero()) {
+    wo.timeout = absl::FromChrono(left);
+    id = options_.agent->PostWrite(job->peer, transfer::LayerRegions(layer, local),
+                                   transfer::RemoteLayerRegions(layer, remote), wo);
+  }
   bool last = false;
   {
     std::lock_guard<std::mutex> lock(job->mu);
@@ -739,6 +760,16 @@ void WorkerService::OnLayerKvWritten(const engine::LayerKvWritten& w) {
     (void)engine_->TransferDone(request, st.ok() ? absl::OkStatus()
                                                  : absl::AbortedError(absl::StrCat("KV transfer failed: ", st.message())));
   }).detach();
+}
+
+void WorkerService::AbortTransfers(TransferJob& job) {
+  std::vector<transfer::TransferId> posted;
+  {
+    std::lock_guard<std::mutex> lock(job.mu);
+    posted = job.posted;
+  }
+  // FAILED_PRECONDITION for those already terminal: nothing to stop.
+  for (transfer::TransferId tid : posted) (void)options_.agent->Cancel(tid);
 }
 
 void WorkerService::CountSent(std::uint64_t bytes, double seconds, bool ok) {
@@ -828,6 +859,7 @@ wv1::Load WorkerService::CurrentLoad() {
   load.set_waiting(static_cast<std::uint32_t>(stats.scheduler.waiting));
   load.set_reservations(static_cast<std::uint32_t>(stats.scheduler.reservations));
   load.set_prefill_tokens_queued(static_cast<std::uint64_t>(stats.scheduler.prefill_tokens_pending));
+  load.set_quarantined_blocks(static_cast<std::uint64_t>(stats.scheduler.quarantined_blocks));
   load.set_model_fingerprint(options_.model_fingerprint);
   load.set_vocab_size(static_cast<std::int32_t>(model_->config().vocab_size));
   load.set_context_length(static_cast<std::int32_t>(model_->config().max_position_embeddings));

@@ -58,6 +58,9 @@ struct WorkerServiceOptions {
   transfer::PoolHandle pool;
   transfer::KvLayout layout;
   std::chrono::milliseconds default_reservation_ttl{30000};
+  // Longest a KV transfer may take (also bounded by the target reservation's
+  // expiry, less kExpiryMargin).
+  std::chrono::milliseconds kv_transfer_timeout{60000};
 };
 
 class WorkerService final : public sirocco::worker::v1::Worker::CallbackService {
@@ -120,6 +123,9 @@ class WorkerService final : public sirocco::worker::v1::Worker::CallbackService 
   // Drops reservations past their expiry (the engine freed their blocks).
   void SweepReservations();
   void CountSent(std::uint64_t bytes, double seconds, bool ok);
+  // The request ended before its transfer did (cancel, error): stop every
+  // write still pending, so nothing more leaves this worker for it.
+  void AbortTransfers(TransferJob& job);
   void CallStarted() { in_flight_.fetch_add(1, std::memory_order_acq_rel); }
   void CallEnded() { in_flight_.fetch_sub(1, std::memory_order_acq_rel); }
 

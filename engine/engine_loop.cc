@@ -69,6 +69,7 @@ absl::StatusOr<std::unique_ptr<EngineLoop>> EngineLoop::Create(const EngineOptio
   so.max_tokens_per_step = options.max_tokens_per_step;
   so.max_seqs_per_step = options.max_seqs_per_step;
   so.max_waiting = options.max_waiting;
+  so.reservation_quarantine = options.reservation_quarantine;
   so.max_model_len = options.max_model_len > 0 ? options.max_model_len : c.max_position_embeddings;
   if (so.max_model_len > c.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat("EngineOptions.max_model_len (", so.max_model_len,

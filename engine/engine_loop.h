@@ -107,6 +107,8 @@ struct EngineOptions {
   std::int64_t max_seqs_per_step = 64;
   std::int64_t max_waiting = 0;            // 0: no limit
   std::int64_t max_model_len = 0;          // 0: the model's max_position_embeddings
+  // SchedulerOptions::reservation_quarantine (decode role).
+  std::chrono::steady_clock::duration reservation_quarantine = std::chrono::steady_clock::duration::zero();
   // Form of steps that prefill. With kAbsorbed a step is one Forward call;
   // with kExpanded decode items run in a second, absorbed call (expanding the
   // whole cached prefix for one query token per step would cost more than it

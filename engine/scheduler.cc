@@ -99,6 +99,7 @@ absl::Status Scheduler::ValidateRequest(const RequestSpec& spec) const {
 }
 
 absl::Status Scheduler::AddRequest(RequestId id, RequestSpec spec, SchedTime now) {
+  last_now_ = std::max(last_now_, now);
   SIROCCO_RETURN_IF_ERROR(ValidateRequest(spec));
   if (seqs_.contains(id)) return absl::AlreadyExistsError(absl::StrCat("request ", id.value, " already exists"));
   for (const auto& [rid, r] : reservations_) {
@@ -129,6 +130,7 @@ absl::Status Scheduler::AddRequest(RequestId id, RequestSpec spec, SchedTime now
 }
 
 absl::StatusOr<Reservation> Scheduler::Reserve(const ReserveSpec& spec, SchedTime now) {
+  last_now_ = std::max(last_now_, now);
   SIROCCO_RETURN_IF_ERROR(ValidatePrompt(spec.prompt));
   if (spec.expected_output < 0) return absl::InvalidArgumentError("expected_output: must be >= 0");
   if (spec.ttl <= SchedClock::duration::zero()) return absl::InvalidArgumentError("ttl: must be positive");
@@ -164,6 +166,7 @@ absl::StatusOr<Reservation> Scheduler::Reserve(const ReserveSpec& spec, SchedTim
 
 absl::Status Scheduler::MarkKvArrived(ReservationId rid, std::int32_t first_token, const DecodeSpec& spec,
                                       SchedTime now) {
+  last_now_ = std::max(last_now_, now);
   auto it = reservations_.find(rid);
   if (it == reservations_.end()) {
     return absl::NotFoundError(absl::StrCat("reservation ", rid.value, " is unknown or expired"));
@@ -234,15 +237,22 @@ absl::Status Scheduler::Cancel(RequestId id, absl::Status why) {
   }
   for (auto it = reservations_.begin(); it != reservations_.end(); ++it) {
     if (it->second.info.request == id) {
-      reservations_.erase(it);  // its BlockTable frees the blocks
+      Quarantine(std::move(it->second.blocks), last_now_);
+      reservations_.erase(it);
       return absl::OkStatus();
     }
   }
   return absl::NotFoundError(absl::StrCat("request ", id.value, " is unknown or gone"));
 }
 
+void Scheduler::Quarantine(BlockTable blocks, SchedTime now) {
+  if (options_.reservation_quarantine <= SchedClock::duration::zero()) return;  // `blocks` frees them
+  quarantine_.push_back(Quarantined{now + options_.reservation_quarantine, std::move(blocks)});
+}
+
 void Scheduler::CancelAll(const absl::Status& why) {
   reservations_.clear();
+  quarantine_.clear();
   std::vector<Sequence*> all;
   for (auto& [id, s] : seqs_) all.push_back(s.get());
   std::sort(all.begin(), all.end(), [](const Sequence* a, const Sequence* b) { return a->arrival < b->arrival; });
@@ -250,10 +260,13 @@ void Scheduler::CancelAll(const absl::Status& why) {
 }
 
 std::vector<ReservationId> Scheduler::Expire(SchedTime now) {
+  last_now_ = std::max(last_now_, now);
+  std::erase_if(quarantine_, [&](const Quarantined& q) { return q.release <= now; });
   std::vector<ReservationId> expired;
   for (auto it = reservations_.begin(); it != reservations_.end();) {
     if (it->second.info.expires <= now) {
       expired.push_back(it->first);
+      Quarantine(std::move(it->second.blocks), now);
       it = reservations_.erase(it);
       ++reservations_expired_;
     } else {
@@ -277,10 +290,12 @@ std::optional<SchedTime> Scheduler::NextExpiry() const {
   };
   for (const auto& [id, r] : reservations_) consider(r.info.expires);
   for (const auto& [id, s] : seqs_) consider(s->deadline);
+  for (const Quarantined& q : quarantine_) consider(q.release);
   return next;
 }
 
-StepPlan Scheduler::Schedule(SchedTime /*now*/) {
+StepPlan Scheduler::Schedule(SchedTime now) {
+  last_now_ = std::max(last_now_, now);
   StepPlan plan;
   std::int64_t budget = options_.max_tokens_per_step;
   std::int64_t seqs = options_.max_seqs_per_step;
@@ -417,6 +432,7 @@ SchedulerStats Scheduler::Stats() const {
   }
   st.reservations = static_cast<std::int64_t>(reservations_.size());
   for (const auto& [id, r] : reservations_) st.reserved_blocks += r.blocks.num_blocks();
+  for (const Quarantined& q : quarantine_) st.quarantined_blocks += q.blocks.num_blocks();
   st.preemptions = preemptions_;
   st.reservations_expired = reservations_expired_;
   return st;

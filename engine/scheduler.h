@@ -92,6 +92,12 @@ struct SchedulerOptions {
   std::int64_t vocab_size = 0;
   std::vector<std::int64_t> eos_token_ids;
   std::int64_t max_waiting = 0;            // queued requests before AddRequest refuses; 0: no limit
+  // A reservation dropped before a Decode claimed it (cancelled, expired)
+  // keeps its blocks this long, neither free nor reserved: a prefill
+  // worker's writes already issued into them may still land (RMA bypasses
+  // this process), and must not land in another request's KV. 0: freed at
+  // once.
+  SchedClock::duration reservation_quarantine = SchedClock::duration::zero();
 };
 
 struct RequestSpec {
@@ -177,6 +183,7 @@ struct SchedulerStats {
   std::int64_t transferring = 0;
   std::int64_t reservations = 0;  // awaiting KV
   std::int64_t reserved_blocks = 0;
+  std::int64_t quarantined_blocks = 0;  // of dropped reservations (SchedulerOptions::reservation_quarantine)
   // Tokens queued or prefilling whose KV is not computed yet (what a prefill
   // worker still has to do).
   std::int64_t prefill_tokens_pending = 0;
@@ -297,6 +304,14 @@ class Scheduler {
   std::vector<Sequence*> waiting_;  // queued
   std::vector<Sequence*> running_;  // prefilling or decoding
   std::unordered_map<ReservationId, PendingReservation, ReservationIdHash> reservations_;
+  struct Quarantined {
+    SchedTime release;
+    BlockTable blocks;
+  };
+  std::vector<Quarantined> quarantine_;  // dropped reservations' blocks, until `release`
+  SchedTime last_now_{};                 // the latest time any call was given
+  // Holds a dropped reservation's blocks for the quarantine (or frees them).
+  void Quarantine(BlockTable blocks, SchedTime now);
   std::vector<Exit> exits_;
   std::uint64_t next_arrival_ = 0;
   std::uint64_t next_reservation_ = 1;

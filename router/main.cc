@@ -6,7 +6,7 @@
 //       [--dns-interval-s 10] [--load-interval-ms 200] [--metrics-port -1]
 //       [--worker-token TOKEN (or $SIROCCO_WORKER_TOKEN)] [--model-name NAME]
 //       [--model-fingerprint FP (default: each decode worker's own)] [--context-length N] [--reasoning-effort none|high]
-//       [--max-in-flight N] [--listen HOST:PORT] [--port-file PATH]
+//       [--max-in-flight N] [--listen HOST:PORT] [--port-file PATH] [--drain-grace-s 25]
 // Prints "sirocco-router: serving on HOST:PORT" once it serves; SIGINT/SIGTERM
 // drain and stop (a second signal exits at once).
 #include <algorithm>
@@ -108,6 +108,9 @@ int main(int argc, char** argv) {
     return Fail("--context-length: an integer >= 2");
   if (!take_int("max-in-flight", 256, &max_in_flight) || max_in_flight < 1)
     return Fail("--max-in-flight: an integer >= 1");
+  long long drain_grace_s = 0;
+  if (!take_int("drain-grace-s", 25, &drain_grace_s) || drain_grace_s < 0)
+    return Fail("--drain-grace-s: an integer >= 0");
   dir_options.dns_interval = absl::Seconds(dns_s);
   dir_options.load_interval = absl::Milliseconds(load_ms);
   dir_options.admission.max_in_flight = max_in_flight;
@@ -142,7 +145,7 @@ int main(int argc, char** argv) {
 
   sirocco::services::ServerOptions server_options;
   server_options.listen_address = host + ":" + std::to_string(port);
-  server_options.drain_grace = absl::Seconds(10);
+  server_options.drain_grace = absl::Seconds(drain_grace_s);
   auto gate = std::make_shared<sirocco::services::CallGate>(server_options);
   absl::Notification stop;
   auto signals = sirocco::services::SignalWatcher::Start([&](int, int count) {

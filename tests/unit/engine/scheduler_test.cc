@@ -464,6 +464,39 @@ TEST_F(SchedulerTest, ReservationHoldsBlocksUntilItsTtl) {
   ExpectPoolWhole();
 }
 
+// With a quarantine, a dropped reservation's blocks are neither free nor
+// reserved until it passes: writes in flight cannot reach another request.
+TEST_F(SchedulerTest, DroppedReservationsAreQuarantinedThenFreed) {
+  opts_.reservation_quarantine = milliseconds(500);
+  Make(64, 4);
+  auto cancelled = sched_->Reserve(ReserveSpec{RequestId{1}, std::vector<std::int32_t>(8, 3), 0, seconds(2)}, now_);
+  auto expiring = sched_->Reserve(ReserveSpec{RequestId{2}, std::vector<std::int32_t>(4, 3), 0, seconds(1)}, now_);
+  ASSERT_TRUE(cancelled.ok() && expiring.ok());
+  ASSERT_TRUE(sched_->Cancel(RequestId{1}).ok());
+  SchedulerStats st = sched_->Stats();
+  EXPECT_EQ(st.reservations, 1);
+  EXPECT_EQ(st.reserved_blocks, 1);
+  EXPECT_EQ(st.quarantined_blocks, 2);
+  EXPECT_EQ(st.free_blocks, 61);
+  // The cancelled reservation's blocks are not handed out meanwhile.
+  ASSERT_TRUE(Add(3, Spec(245, 4)).ok());
+  EXPECT_TRUE(Step().prefill.empty()) << "61 free blocks cannot hold a 245-token prompt";
+  EXPECT_EQ(sched_->NextExpiry(), now_ + milliseconds(500));
+  sched_->Expire(now_ + milliseconds(499));
+  EXPECT_EQ(sched_->Stats().quarantined_blocks, 2);
+  sched_->Expire(now_ + milliseconds(500));
+  EXPECT_EQ(sched_->Stats().quarantined_blocks, 0);
+  EXPECT_EQ(sched_->Stats().free_blocks, 63);
+  // The expired one is quarantined from its expiry on.
+  ASSERT_EQ(sched_->Expire(now_ + seconds(1)).size(), 1u);
+  EXPECT_EQ(sched_->Stats().quarantined_blocks, 1);
+  EXPECT_EQ(sched_->NextExpiry(), now_ + seconds(1) + milliseconds(500));
+  sched_->Expire(now_ + seconds(2));
+  EXPECT_EQ(sched_->Stats().quarantined_blocks, 0);
+  EXPECT_TRUE(sched_->Cancel(RequestId{3}).ok());
+  ExpectPoolWhole();
+}
+
 TEST_F(SchedulerTest, ReservationsThatCannotFitAreRefusedTakingNothing) {
   Make(/*num_blocks=*/8, /*block_size=*/4);
   EXPECT_EQ(sched_->Reserve(ReserveSpec{RequestId{1}, std::vector<std::int32_t>(30, 3), 10, seconds(2)}, now_)
