@@ -211,21 +211,50 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
       return s;
     }
     if (!request_->images().empty()) return absl::UnimplementedError("images: the vision encoder is not supported yet");
-    std::shared_ptr<WorkerService::TransferJob> job;
-    if (request_->has_target()) {
-      absl::StatusOr<std::shared_ptr<WorkerService::TransferJob>> j = PrepareTransfer();
-      if (!j.ok()) return j.status();
-      job = *std::move(j);
-    } else if (role != WorkerRole::kBoth) {
+    if (!request_->has_target() && role != WorkerRole::kBoth) {
       return absl::FailedPreconditionError("target: required on a worker of role prefill");
     }
+    const engine::SchedTime deadline = EngineDeadline(*context);
+    if (request_->has_target()) {
+      absl::StatusOr<transfer::TargetDescriptor> d = CheckTarget();
+      if (!d.ok()) return d.status();
+      if (!service_->HasPeer(*d)) {
+        // Connecting may take up to the agent's connect timeout: not on a
+        // gRPC callback thread. The call stays open until Continue ends it.
+        std::thread([this, d = *std::move(d), deadline, link = link_] {
+          absl::StatusOr<transfer::PeerHandle> peer = service_->PeerFor(d);
+          std::lock_guard<std::recursive_mutex> lock(link->mu);
+          absl::Status st =
+              peer.ok() ? absl::OkStatus()
+                        : absl::AbortedError(absl::StrCat("KV transfer: cannot reach the target: ", peer.status().message()));
+          if (st.ok()) {
+            absl::StatusOr<std::shared_ptr<WorkerService::TransferJob>> job = MakeJob(*peer);
+            st = job.ok() ? Continue(*std::move(job), deadline) : job.status();
+          }
+          if (!st.ok()) Finish(services::ToGrpcStatus(st));
+        }).detach();
+        return absl::OkStatus();
+      }
+      absl::StatusOr<transfer::PeerHandle> peer = service_->PeerFor(*d);
+      if (!peer.ok()) {
+        return absl::AbortedError(absl::StrCat("KV transfer: cannot reach the target: ", peer.status().message()));
+      }
+      absl::StatusOr<std::shared_ptr<WorkerService::TransferJob>> job = MakeJob(*peer);
+      if (!job.ok()) return job.status();
+      return Continue(*std::move(job), deadline);
+    }
+    return Continue(nullptr, deadline);
+  }
+
+  // Queues the prefill (with its transfer job, if any) in the engine.
+  absl::Status Continue(std::shared_ptr<WorkerService::TransferJob> job, engine::SchedTime deadline) {
     engine::RequestSpec spec;
     spec.prompt.assign(request_->token_ids().begin(), request_->token_ids().end());
     spec.sampling = ToEngine(request_->sampling());
     if (request_->kv_only()) spec.sampling.logprobs = -1;
     spec.stop.max_tokens = 1;
     spec.stop.ignore_eos = true;
-    spec.deadline = EngineDeadline(*context);
+    spec.deadline = deadline;
     spec.prefill_only = job != nullptr;
     absl::StatusOr<engine::RequestId> id = service_->AcquireId(request_->request_id());
     if (!id.ok()) return id.status();
@@ -246,8 +275,8 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
     return absl::OkStatus();
   }
 
-  // Checks the target against this worker and connects to it.
-  absl::StatusOr<std::shared_ptr<WorkerService::TransferJob>> PrepareTransfer() {
+  // Checks the target against this worker; its descriptor.
+  absl::StatusOr<transfer::TargetDescriptor> CheckTarget() {
     const WorkerServiceOptions& o = service_->options();
     if (o.agent == nullptr) return absl::UnimplementedError("this worker has no KV transfer agent");
     const wv1::KvTarget& t = request_->target();
@@ -269,10 +298,15 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
         return services::InvalidFieldError(absl::StrCat("target.block_ids[", i, "]"), "out of the target's pool");
       }
     }
-    absl::StatusOr<transfer::PeerHandle> peer = service_->PeerFor(*d);
-    if (!peer.ok()) return absl::AbortedError(absl::StrCat("KV transfer: cannot reach the target: ", peer.status().message()));
+    return *std::move(d);
+  }
+
+  // The transfer job of this request to a connected target.
+  absl::StatusOr<std::shared_ptr<WorkerService::TransferJob>> MakeJob(transfer::PeerHandle peer) {
+    const WorkerServiceOptions& o = service_->options();
+    const wv1::KvTarget& t = request_->target();
     auto job = std::make_shared<WorkerService::TransferJob>();
-    job->peer = *peer;
+    job->peer = peer;
     const auto now = std::chrono::steady_clock::now();
     job->deadline = now + o.kv_transfer_timeout;
     if (t.expires_at_unix_micros() > 0) {
@@ -284,7 +318,7 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
       job->deadline = std::min(job->deadline, now + std::chrono::microseconds(left_us));
     }
     job->remote_blocks.assign(t.block_ids().begin(), t.block_ids().end());
-    job->prompt_len = n;
+    job->prompt_len = request_->token_ids_size();
     return job;
   }
 
@@ -668,13 +702,40 @@ std::shared_ptr<WorkerService::TransferJob> WorkerService::TakeJob(engine::Reque
   return job;
 }
 
-absl::StatusOr<transfer::PeerHandle> WorkerService::PeerFor(const transfer::TargetDescriptor& target) {
-  const std::string key = absl::StrCat(target.agent_id, "/", target.pool_id, "/", target.address);
+namespace {
+std::string PeerKey(const transfer::TargetDescriptor& target) {
+  return absl::StrCat(target.agent_id, "/", target.pool_id, "/", target.address);
+}
+}  // namespace
+
+bool WorkerService::HasPeer(const transfer::TargetDescriptor& target) {
   std::lock_guard<std::mutex> lock(peers_mu_);
-  if (auto it = peers_.find(key); it != peers_.end()) return it->second;
+  return peers_.contains(PeerKey(target));
+}
+
+absl::StatusOr<transfer::PeerHandle> WorkerService::PeerFor(const transfer::TargetDescriptor& target) {
+  const std::string key = PeerKey(target);
+  {
+    std::lock_guard<std::mutex> lock(peers_mu_);
+    if (auto it = peers_.find(key); it != peers_.end()) return it->second;
+  }
+  // Connect without the lock: other targets' transfers go on meanwhile.
   absl::StatusOr<transfer::PeerHandle> peer = options_.agent->Connect(options_.pool, target);
-  if (peer.ok()) peers_[key] = *peer;
-  return peer;
+  if (!peer.ok()) return peer;
+  std::lock_guard<std::mutex> lock(peers_mu_);
+  auto [it, inserted] = peers_.try_emplace(key, *peer);
+  if (!inserted) (void)options_.agent->Release(*peer);  // another call connected first
+  return it->second;
+}
+
+void WorkerService::ForgetPeer(transfer::PeerHandle peer) {
+  {
+    std::lock_guard<std::mutex> lock(peers_mu_);
+    const auto it = std::find_if(peers_.begin(), peers_.end(), [&](const auto& kv) { return kv.second == peer; });
+    if (it == peers_.end()) return;  // forgotten already
+    peers_.erase(it);
+  }
+  (void)options_.agent->Release(peer);
 }
 
 void WorkerService::OnLayerKvWritten(const engine::LayerKvWritten& w) {
@@ -757,6 +818,7 @@ void WorkerService::OnLayerKvWritten(const engine::LayerKvWritten& w) {
       bytes = job->bytes;
     }
     CountSent(bytes, seconds, st.ok());
+    if (absl::IsUnavailable(st)) ForgetPeer(job->peer);  // lost: reconnect next time
     (void)engine_->TransferDone(request, st.ok() ? absl::OkStatus()
                                                  : absl::AbortedError(absl::StrCat("KV transfer failed: ", st.message())));
   }).detach();

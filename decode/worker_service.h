@@ -110,7 +110,13 @@ class WorkerService final : public sirocco::worker::v1::Worker::CallbackService 
   // A Prefill's transfer: registered before its Submit, dropped at its end.
   void AddJob(engine::RequestId id, std::shared_ptr<TransferJob> job);
   std::shared_ptr<TransferJob> TakeJob(engine::RequestId id);
+  // The connected peer for a target; connects (blocking, up to the agent's
+  // connect timeout) when there is none yet.
   absl::StatusOr<transfer::PeerHandle> PeerFor(const transfer::TargetDescriptor& target);
+  bool HasPeer(const transfer::TargetDescriptor& target);
+  // Drops a peer whose connection was lost (UNAVAILABLE): the next request
+  // for that target connects afresh.
+  void ForgetPeer(transfer::PeerHandle peer);
   struct PendingReservation {
     engine::ReservationId id;
     engine::RequestId request;
