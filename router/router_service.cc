@@ -447,10 +447,14 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     decode_stub_ = shared_->directory->Stub(decode_id_);
     decode_fingerprint_ = decode->load.model_fingerprint;
     if (decode->role == WorkerRole::kBoth) {
+      // Colocated: one Decode call computes the prompt and streams every
+      // token, the first included (a Prefill first would compute it twice).
       prefill_id_ = decode_id_;
       prefill_stub_ = decode_stub_;
       colocated_ = true;
-      StartPrefillLocked(/*with_target=*/false);
+      local_prefill_ = true;
+      worker_started_ = true;
+      StartDecodeLocked();
     } else {
       StartReserveLocked();
     }
@@ -677,6 +681,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     *decode_request_.mutable_stop() = job_.stop;
     decode_context_ = context;
     decode_sent_ = absl::Now();
+    decode_tokens_ = 0;
     if (reader_) retired_readers_.push_back(std::move(reader_));  // a lost worker's: its callbacks have run
     reader_ = std::make_unique<DecodeReader>(this);
     Ref();
@@ -687,15 +692,34 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
   bool OnDecodeMessage(const wk::DecodeResponse& response) {
     std::lock_guard lock(mu_);
     if (StoppedLocked()) return false;
-    if (first_step_us_ == 0 && response.token_ids_size() > 0)
-      first_step_us_ = absl::ToInt64Microseconds(absl::Now() - decode_sent_);
+    if (response.token_ids_size() > 0 && migrations_ == 0) {
+      // The first decode step's token: the stream's first, or its second
+      // when this worker computed the prompt too (local prefill).
+      const absl::Time now = absl::Now();
+      const int before = decode_tokens_;
+      decode_tokens_ += response.token_ids_size();
+      if (!local_prefill_ && before == 0) {
+        first_step_us_ = absl::ToInt64Microseconds(now - decode_sent_);
+      } else if (local_prefill_ && before == 0) {
+        first_token_at_ = now;
+        if (decode_tokens_ >= 2) first_step_us_ = 0;  // both in one message: not measurable here
+      } else if (local_prefill_ && before == 1) {
+        first_step_us_ = absl::ToInt64Microseconds(now - first_token_at_);
+      }
+    }
     std::vector<std::int32_t> ids(response.token_ids().begin(), response.token_ids().end());
     std::vector<wk::TokenLogprob> lps(response.logprobs().begin(), response.logprobs().end());
     ConsumeLocked(ids, lps);
     if (done_) return false;
     if (response.has_finish()) {
       const auto& f = response.finish();
-      if (f.first_step_us() > 0) first_step_us_ = f.first_step_us();
+      if (migrations_ > 0) {
+        // Timing describes the request's first path; a migration only adds.
+      } else if (f.local_prefill()) {
+        prefill_us_ = f.local_prefill_us();  // the decode worker computed the prompt
+      } else if (f.first_step_us() > 0) {
+        first_step_us_ = f.first_step_us();
+      }
       if (!f.decode_worker_id().empty()) decode_worker_ = f.decode_worker_id();
       if (f.local_prefill()) prefill_worker_ = decode_worker_.empty() ? decode_id_.address : decode_worker_;
       if (f.reason() == wk::DecodeFinish::REASON_STOP) stop_token_id_ = f.stop_token_id();
@@ -1018,7 +1042,8 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
   std::unique_ptr<DecodeReader> reader_;
   std::vector<std::unique_ptr<DecodeReader>> retired_readers_;  // of decode workers lost mid-stream
   int migrations_ = 0;
-  absl::Time decode_sent_;
+  absl::Time decode_sent_, first_token_at_;
+  int decode_tokens_ = 0;  // tokens received from the current Decode call
 
   // Output.
   std::unique_ptr<text::OutputParser> parser_;

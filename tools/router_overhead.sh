@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What the router adds, per request and per token: one colocated worker
 # (role both) with a router in front of it, and the same `sirocco bench` load
-# sent once to the worker directly (--direct-worker: its Prefill then Decode,
-# the two calls the router makes) and once through the router, alternating,
+# sent once to the worker directly (--direct-worker: one Decode call with
+# local_prefill, what the router sends a colocated worker) and once through the router, alternating,
 # in one run on the same processes. Then `sirocco bench compare` of each pair.
 #
 #   tools/router_overhead.sh [BUILD_DIR]        (default: build)

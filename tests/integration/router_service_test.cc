@@ -79,6 +79,7 @@ class FakeWorker final : public wk::Worker::Service {
       ++decodes;
       if (request->local_prefill()) ++local_prefills;
       held_[request->request_id()] = 1;
+      if (request->local_prefill()) last_prompt_.assign(request->prompt_token_ids().begin(), request->prompt_token_ids().end());
     }
     auto release = [&] {
       absl::MutexLock lock(&mu_);
@@ -297,8 +298,10 @@ TEST_F(RouterServiceTest, ColocatedChatStreamsTheScriptedAnswer) {
   EXPECT_GT(r.final.usage().prompt_tokens(), 0);
   EXPECT_EQ(r.final.prefill_worker(), "w0");
   EXPECT_EQ(r.final.decode_worker(), "w0");
-  EXPECT_EQ(workers_[0].service->prefills, 1);
+  // Colocated: one Decode computes the prompt and streams every token.
+  EXPECT_EQ(workers_[0].service->prefills, 0);
   EXPECT_EQ(workers_[0].service->decodes, 1);
+  EXPECT_EQ(workers_[0].service->local_prefills, 1);
   EXPECT_EQ(metrics_.request_success_for(services::RequestFinish::kStop).Value(), 1);
   EXPECT_EQ(metrics_.generation_tokens->Value(), r.final.usage().completion_tokens());
   EXPECT_EQ(workers_[0].service->reserves, 0);

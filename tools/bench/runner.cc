@@ -159,44 +159,40 @@ class StreamCall final : public grpc::ClientReadReactor<Response> {
 
 namespace wk = sirocco::worker::v1;
 
-// One request straight to a colocated worker: Prefill (the first token),
-// then the Decode stream, as a router drives it. Owns itself: deleted in
-// OnDone (or when Prefill fails or ends the request).
+// One request straight to a colocated worker, as a router sends it: one
+// Decode call with local_prefill (the worker computes the prompt, then
+// streams every token, the first included). Owns itself: deleted in OnDone.
 class WorkerCall final : public grpc::ClientReadReactor<wk::DecodeResponse> {
  public:
   WorkerCall(PhaseState* state, RequestRecord record, double timeout_s, const RequestSpec& spec,
-             const std::string& token, wk::Worker::Stub* stub)
-      : state_(state), record_(std::move(record)), stub_(stub), token_(token) {
-    deadline_ = std::chrono::system_clock::now() +
-                std::chrono::microseconds(static_cast<std::int64_t>(timeout_s * 1e6));
-    for (grpc::ClientContext* c : {&prefill_context_, &decode_context_}) {
-      c->set_deadline(deadline_);
-      if (!token_.empty()) c->AddMetadata(services::kWorkerTokenMetadataKey, token_);
-    }
+             const std::string& token)
+      : state_(state), record_(std::move(record)) {
+    context_.set_deadline(std::chrono::system_clock::now() +
+                          std::chrono::microseconds(static_cast<std::int64_t>(timeout_s * 1e6)));
+    if (!token.empty()) context_.AddMetadata(services::kWorkerTokenMetadataKey, token);
     // The router's defaults for a request that sets no sampling fields.
-    wk::SamplingParams sampling;
-    sampling.set_temperature(1.0f);
-    sampling.set_top_p(1.0f);
-    sampling.set_repetition_penalty(1.0f);
-    sampling.set_logprobs(-1);
-    sampling.set_seed(static_cast<std::uint64_t>(spec.index) * 0x9E3779B97F4A7C15ull + 1);
-    const std::string id = absl::StrCat("bench-", spec.index);
-    prefill_.set_request_id(id);
-    prefill_.mutable_token_ids()->Add(spec.prompt_ids.begin(), spec.prompt_ids.end());
-    *prefill_.mutable_sampling() = sampling;
-    decode_.set_request_id(id);
-    decode_.mutable_prompt_token_ids()->Add(spec.prompt_ids.begin(), spec.prompt_ids.end());
-    *decode_.mutable_sampling() = sampling;
-    decode_.mutable_stop()->set_max_tokens(static_cast<std::uint32_t>(spec.max_tokens));
-    decode_.mutable_stop()->set_ignore_eos(spec.ignore_eos);
+    wk::SamplingParams* sampling = request_.mutable_sampling();
+    sampling->set_temperature(1.0f);
+    sampling->set_top_p(1.0f);
+    sampling->set_repetition_penalty(1.0f);
+    sampling->set_logprobs(-1);
+    sampling->set_seed(static_cast<std::uint64_t>(spec.index) * 0x9E3779B97F4A7C15ull + 1);
+    request_.set_request_id(absl::StrCat("bench-", spec.index));
+    request_.mutable_prompt_token_ids()->Add(spec.prompt_ids.begin(), spec.prompt_ids.end());
+    request_.set_local_prefill(true);
+    request_.mutable_stop()->set_max_tokens(static_cast<std::uint32_t>(spec.max_tokens));
+    request_.mutable_stop()->set_ignore_eos(spec.ignore_eos);
     record_.prompt_tokens = static_cast<int>(spec.prompt_ids.size());
   }
+  grpc::ClientContext* context() { return &context_; }
+  const wk::DecodeRequest* request() const { return &request_; }
 
+  // After the stub bound this reactor to the call.
   void Start() {
+    this->StartRead(&response_);
     record_.send_s = state_->Now();
     ++state_->sent;
-    stub_->async()->Prefill(&prefill_context_, &prefill_, &prefill_response_,
-                            [this](grpc::Status status) { OnPrefillDone(status); });
+    this->StartCall();
   }
 
   void OnReadDone(bool ok) override {
@@ -220,7 +216,10 @@ class WorkerCall final : public grpc::ClientReadReactor<wk::DecodeResponse> {
         this->StartRead(&response_);
       }
     }
-    Count(now);
+    const double cost_us = std::chrono::duration<double, std::micro>(Clock::now() - now).count();
+    ++record_.callbacks;
+    record_.callback_total_us += cost_us;
+    record_.callback_max_us = std::max(record_.callback_max_us, cost_us);
   }
 
   void OnDone(const grpc::Status& status) override {
@@ -231,74 +230,15 @@ class WorkerCall final : public grpc::ClientReadReactor<wk::DecodeResponse> {
       record_.status_code = static_cast<int>(grpc::StatusCode::INTERNAL);
       record_.status_message = "the decode stream ended without a finish";
     }
-    End();
-  }
-
- private:
-  void OnPrefillDone(const grpc::Status& status) {
-    const Clock::time_point now = Clock::now();
-    const double t = Seconds(now - state_->t0);
-    if (!status.ok()) {
-      record_.end_s = t;
-      record_.status_code = static_cast<int>(status.error_code());
-      record_.status_message = status.error_message();
-      return End();
-    }
-    const std::int32_t first = prefill_response_.first_token_id();
-    record_.chunk_s.push_back(t);
-    record_.chunk_tokens.push_back(1);
-    record_.output_tokens = 1;
-    ++state_->output_tokens;
-    Count(now);
-    if (decode_.stop().max_tokens() <= 1) {
-      // Done at the first token: free the KV the worker holds for it.
-      record_.end_s = t;
-      record_.finish_reason = "FINISH_REASON_LENGTH";
-      record_.status_code = 0;
-      SendCancel();
-      return End();
-    }
-    decode_.add_output_token_ids(first);
-    stub_->async()->Decode(&decode_context_, &decode_, this);
-    this->StartRead(&response_);
-    this->StartCall();
-  }
-
-  void SendCancel() {
-    auto* ctx = new grpc::ClientContext;
-    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    if (!token_.empty()) ctx->AddMetadata(services::kWorkerTokenMetadataKey, token_);
-    auto* request = new wk::CancelRequest;
-    auto* response = new wk::CancelResponse;
-    request->set_request_id(prefill_.request_id());
-    stub_->async()->Cancel(ctx, request, response, [ctx, request, response](grpc::Status) {
-      delete ctx;
-      delete request;
-      delete response;
-    });
-  }
-
-  void Count(Clock::time_point start) {
-    const double cost_us = std::chrono::duration<double, std::micro>(Clock::now() - start).count();
-    ++record_.callbacks;
-    record_.callback_total_us += cost_us;
-    record_.callback_max_us = std::max(record_.callback_max_us, cost_us);
-  }
-
-  void End() {
     state_->Finish(std::move(record_));
     delete this;
   }
 
+ private:
   PhaseState* const state_;
   RequestRecord record_;
-  wk::Worker::Stub* const stub_;
-  const std::string token_;
-  std::chrono::system_clock::time_point deadline_;
-  grpc::ClientContext prefill_context_, decode_context_;
-  wk::PrefillRequest prefill_;
-  wk::PrefillResponse prefill_response_;
-  wk::DecodeRequest decode_;
+  grpc::ClientContext context_;
+  wk::DecodeRequest request_;
   wk::DecodeResponse response_;
   bool got_finish_ = false;
 };
@@ -362,8 +302,8 @@ struct Runner::Impl {
     }
     const std::size_t stub_index = next_stub++;
     if (options.direct_worker) {
-      auto* call = new WorkerCall(&state, std::move(record), options.timeout_s, spec, options.worker_token,
-                                  worker_stubs[stub_index % worker_stubs.size()].get());
+      auto* call = new WorkerCall(&state, std::move(record), options.timeout_s, spec, options.worker_token);
+      worker_stubs[stub_index % worker_stubs.size()]->async()->Decode(call->context(), call->request(), call);
       call->Start();
       return;
     }

@@ -54,9 +54,9 @@ struct RunnerOptions {
   bool progress = true;    // the stderr progress line
   std::string label;       // prefix of the progress line
   // Talk to one colocated worker (role both) through the internal worker API
-  // instead of a router: Prefill (no target) then a Decode stream, exactly
-  // the two calls a router makes for it. Generate workloads only; measures
-  // what the router adds when run next to the same load through a router.
+  // instead of a router: one Decode call with local_prefill, exactly what a
+  // router sends it. Generate workloads only; measures what the router adds
+  // when run next to the same load through a router.
   bool direct_worker = false;
   std::string worker_token;  // the worker API token (direct_worker)
 };

@@ -39,7 +39,7 @@ Connection
   --timeout-s S            per-request deadline (default 600)
   --wait-s S               how long to wait for the router to answer GetModelInfo (default 60)
   --direct-worker=true|false  --target is a colocated worker (role both), not a router: each request
-                           is the worker API's Prefill then Decode, the two calls a router makes,
+                           is one worker-API Decode with local_prefill, the call a router makes,
                            to measure what the router adds (Generate workloads only; default false)
   --worker-token TOKEN     the worker API token for --direct-worker (default $SIROCCO_WORKER_TOKEN)
 

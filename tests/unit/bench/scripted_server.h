@@ -123,9 +123,9 @@ class ScriptedService final : public sirocco::v1::Sirocco::Service {
 };
 
 // The same schedule as a colocated worker's internal API (the bench's
-// --direct-worker): Prefill answers the first token after first_chunk;
-// Decode then streams tokens 2..n one by one, every `interval` from its
-// start, then the finish. Every call needs the worker token kWorkerToken.
+// --direct-worker): Decode with local_prefill streams tokens 1..n one by
+// one, the first after first_chunk and then every `interval`, the finish
+// with the last. Every call needs the worker token kWorkerToken.
 inline constexpr char kWorkerToken[] = "scripted-token";
 
 class ScriptedWorker final : public sirocco::worker::v1::Worker::Service {
@@ -142,26 +142,16 @@ class ScriptedWorker final : public sirocco::worker::v1::Worker::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Prefill(grpc::ServerContext* context, const sirocco::worker::v1::PrefillRequest* request,
-                       sirocco::worker::v1::PrefillResponse* response) override {
-    if (!Authorized(*context)) return Unauthenticated();
-    ++prefills_;
-    if (request->has_target()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "target: not expected");
-    std::this_thread::sleep_for(script_.first_chunk);
-    response->set_first_token_id(1000);
-    return grpc::Status::OK;
-  }
-
   grpc::Status Decode(grpc::ServerContext* context, const sirocco::worker::v1::DecodeRequest* request,
                       grpc::ServerWriter<sirocco::worker::v1::DecodeResponse>* writer) override {
     if (!Authorized(*context)) return Unauthenticated();
     ++decodes_;
-    if (request->output_token_ids_size() != 1 || !request->reservation_id().empty())
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "want the first token and no reservation");
+    if (!request->local_prefill() || request->output_token_ids_size() != 0 || !request->reservation_id().empty())
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "want local_prefill, no tokens, no reservation");
     const auto start = std::chrono::steady_clock::now();
     const int n = static_cast<int>(request->stop().max_tokens());
-    for (int k = 1; k < n; ++k) {
-      std::this_thread::sleep_until(start + k * script_.interval);
+    for (int k = 0; k < n; ++k) {
+      std::this_thread::sleep_until(start + script_.first_chunk + k * script_.interval);
       sirocco::worker::v1::DecodeResponse r;
       r.add_token_ids(1000 + k);
       if (k + 1 == n) r.mutable_finish()->set_reason(sirocco::worker::v1::DecodeFinish::REASON_LENGTH);
@@ -170,16 +160,7 @@ class ScriptedWorker final : public sirocco::worker::v1::Worker::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Cancel(grpc::ServerContext* context, const sirocco::worker::v1::CancelRequest*,
-                      sirocco::worker::v1::CancelResponse*) override {
-    if (!Authorized(*context)) return Unauthenticated();
-    ++cancels_;
-    return grpc::Status::OK;
-  }
-
-  int prefills() const { return prefills_.load(); }
   int decodes() const { return decodes_.load(); }
-  int cancels() const { return cancels_.load(); }
 
  private:
   static bool Authorized(const grpc::ServerContext& context) {
@@ -189,7 +170,7 @@ class ScriptedWorker final : public sirocco::worker::v1::Worker::Service {
   static grpc::Status Unauthenticated() { return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "bad token"); }
 
   const Script script_;
-  std::atomic<int> prefills_{0}, decodes_{0}, cancels_{0};
+  std::atomic<int> decodes_{0};
 };
 
 class ScriptedServer {
