@@ -154,13 +154,18 @@ class RouterClusterTest : public ::testing::Test {
   }
 
   // Generate with token ids (no chat template), greedy.
-  Result RunGenerate(const std::vector<std::int32_t>& prompt, int max_tokens) {
+  static v1::GenerateRequest GreedyGenerate(const std::vector<std::int32_t>& prompt, int max_tokens) {
     v1::GenerateRequest request;
     request.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
     request.mutable_sampling()->set_temperature(0);
     request.mutable_stop()->set_max_tokens(max_tokens);
     request.mutable_stop()->set_ignore_eos(true);
     request.mutable_output()->set_return_token_ids(true);
+    return request;
+  }
+
+  Result RunGenerate(const std::vector<std::int32_t>& prompt, int max_tokens) {
+    const v1::GenerateRequest request = GreedyGenerate(prompt, max_tokens);
     Result result;
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
@@ -440,15 +445,11 @@ TEST_F(RouterClusterTest, SeededSamplingIsTheSameDisaggregatedAsInOneEngine) {
   sampling.repetition_penalty = 1.2f;
   sampling.seed = 4242;
   const std::vector<std::int32_t> expected = Reference(prompt, 12, &sampling);
-  v1::GenerateRequest request;
-  request.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
+  v1::GenerateRequest request = GreedyGenerate(prompt, 12);
   request.mutable_sampling()->set_temperature(sampling.temperature);
   request.mutable_sampling()->set_top_k(sampling.top_k);
   request.mutable_sampling()->set_repetition_penalty(sampling.repetition_penalty);
   request.mutable_sampling()->set_seed(*sampling.seed);
-  request.mutable_stop()->set_max_tokens(12);
-  request.mutable_stop()->set_ignore_eos(true);
-  request.mutable_output()->set_return_token_ids(true);
   grpc::ClientContext context;
   auto reader = stub_->Generate(&context, request);
   v1::GenerateResponse response;
@@ -471,12 +472,7 @@ TEST_F(RouterClusterTest, DecodeWorkerLostMidStreamMigratesTheRequest) {
   const std::vector<std::int32_t> prompt = RandomPrompt(40, 21);
   constexpr int kTokens = 160;
   const std::vector<std::int32_t> expected = Reference(prompt, kTokens);
-  v1::GenerateRequest request;
-  request.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
-  request.mutable_sampling()->set_temperature(0);
-  request.mutable_stop()->set_max_tokens(kTokens);
-  request.mutable_stop()->set_ignore_eos(true);
-  request.mutable_output()->set_return_token_ids(true);
+  const v1::GenerateRequest request = GreedyGenerate(prompt, kTokens);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
   auto reader = stub_->Generate(&context, request);
@@ -522,12 +518,7 @@ TEST_F(RouterClusterTest, RouterSigtermDrainsInFlightStreams) {
   // request arrives, short enough to end well within the router's grace
   // (25 s by default) on a loaded machine.
   constexpr int kTokens = 400;
-  v1::GenerateRequest request;
-  request.mutable_token_ids()->mutable_ids()->Add(prompt.begin(), prompt.end());
-  request.mutable_sampling()->set_temperature(0);
-  request.mutable_stop()->set_max_tokens(kTokens);
-  request.mutable_stop()->set_ignore_eos(true);
-  request.mutable_output()->set_return_token_ids(true);
+  const v1::GenerateRequest request = GreedyGenerate(prompt, kTokens);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
   auto reader = stub_->Generate(&context, request);
