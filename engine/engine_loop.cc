@@ -240,7 +240,11 @@ void EngineLoop::Apply(Command& command) {
         } else if constexpr (std::is_same_v<T, CancelCmd>) {
           (void)scheduler_->Cancel(c.id);  // NOT_FOUND: already gone
         } else if constexpr (std::is_same_v<T, ReserveCmd>) {
-          c.done(scheduler_->Reserve(c.spec, now));
+          absl::StatusOr<Reservation> r = scheduler_->Reserve(c.spec, now);
+          // Stats first: whoever learns of the reservation sees its blocks
+          // counted in the next Load report.
+          if (r.ok()) PublishStats();
+          c.done(std::move(r));
         } else if constexpr (std::is_same_v<T, DecodeCmd>) {
           const Reservation* r = scheduler_->FindReservation(c.reservation);
           absl::Status st;
