@@ -187,7 +187,10 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
       }
       response_->set_first_token_id(request_->kv_only() ? -1 : first_->token);
       if (request_->sampling().logprobs() >= 0 && !request_->kv_only()) ToProto(*first_, response_->mutable_logprob());
-      response_->set_prefill_us(MicrosSince(start_));
+      // Queue: received -> first chunk computing; prefill: from there on.
+      const auto started = link_->stream->started().value_or(start_);
+      response_->set_queue_us(std::chrono::duration_cast<std::chrono::microseconds>(started - start_).count());
+      response_->set_prefill_us(MicrosSince(started));
       response_->set_prefill_worker_id(service_->options().worker_id);
       if (const services::ServingMetrics* m = service_->metrics()) {
         m->prompt_tokens->Increment(static_cast<double>(request_->token_ids_size()));
@@ -554,7 +557,13 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
     f->set_first_step_us(first_step_us_ < 0 ? 0 : first_step_us_);
     f->set_decode_us(MicrosSince(start_));
     f->set_local_prefill(local_prefill_);
-    if (local_prefill_) f->set_local_prefill_us(first_step_us_ < 0 ? 0 : first_step_us_);
+    if (local_prefill_) {
+      // Received -> computing (queue), computing -> first token (prefill).
+      const auto started = link_->stream != nullptr ? link_->stream->started().value_or(start_) : start_;
+      const std::int64_t queue_us = std::chrono::duration_cast<std::chrono::microseconds>(started - start_).count();
+      f->set_queue_us(queue_us);
+      f->set_local_prefill_us(first_step_us_ < 0 ? 0 : std::max<std::int64_t>(0, first_step_us_ - queue_us));
+    }
     f->set_decode_worker_id(service_->options().worker_id);
   }
 

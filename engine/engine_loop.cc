@@ -41,6 +41,16 @@ bool RequestStream::Wait(std::chrono::steady_clock::duration timeout) {
   return cv_.wait_for(lock, timeout, [&] { return !events_.empty(); });
 }
 
+std::optional<std::chrono::steady_clock::time_point> RequestStream::started() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return started_;
+}
+
+void RequestStream::MarkStarted(std::chrono::steady_clock::time_point when) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!started_.has_value()) started_ = when;
+}
+
 bool RequestStream::ended() const {
   std::lock_guard<std::mutex> lock(mu_);
   return ended_;
@@ -300,6 +310,11 @@ void EngineLoop::Reject(Command& command, const absl::Status& why) {
 
 void EngineLoop::RunStep(StepPlan& plan) {
   const std::size_t vocab = static_cast<std::size_t>(model_.config().vocab_size);
+  const auto step_start = std::chrono::steady_clock::now();
+  for (const PrefillChunk& c : plan.prefill) {
+    if (c.start != 0) continue;  // only a request's first chunk ends its wait
+    if (auto it = live_.find(c.id); it != live_.end() && it->second.stream) it->second.stream->MarkStarted(step_start);
+  }
   std::vector<ForwardItem> items;
   items.reserve(plan.decode.size() + plan.prefill.size());
   for (const DecodeItem& d : plan.decode) {

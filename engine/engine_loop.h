@@ -65,11 +65,16 @@ class RequestStream {
   bool Wait(std::chrono::steady_clock::duration timeout);
   // The end event has been queued (it may not be drained yet).
   bool ended() const;
+  // When the request's first forward step started (its prefill's first
+  // chunk): the end of its time in the queue. Unset until then.
+  std::optional<std::chrono::steady_clock::time_point> started() const;
 
   // Engine side. Calls on_ready (outside the lock) when the queue goes from
   // empty to non-empty, so a consumer that drains after every on_ready
   // misses nothing and is not woken per token while it lags.
   void Push(StreamEvent event);
+  // Records started() the first time only.
+  void MarkStarted(std::chrono::steady_clock::time_point when);
 
  private:
   const RequestId id_;
@@ -78,6 +83,7 @@ class RequestStream {
   std::condition_variable cv_;
   std::deque<StreamEvent> events_;  // guarded by mu_
   bool ended_ = false;              // guarded by mu_
+  std::optional<std::chrono::steady_clock::time_point> started_;  // guarded by mu_
 };
 
 // Prefill role: layer `layer`'s KV of tokens [token_begin, token_end) of a

@@ -607,6 +607,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     *prefill_request_.mutable_sampling() = job_.sampling;
     if (with_target) *prefill_request_.mutable_target() = target_;
     prefill_response_.Clear();
+    prefill_sent_ = absl::Now();
     worker_started_ = true;
     Ref();
     prefill_stub_->async()->Prefill(context, &prefill_request_, &prefill_response_,
@@ -638,7 +639,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
       }
       return FailLocked(status);
     }
-    queue_us_ = prefill_response_.queue_us();
+    queue_us_ = absl::ToInt64Microseconds(prefill_sent_ - received_) + prefill_response_.queue_us();
     prefill_us_ = prefill_response_.prefill_us();
     kv_transfer_us_ = prefill_response_.kv_transfer_us();
     cached_tokens_ = prefill_response_.cached_tokens();
@@ -716,7 +717,9 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
       if (migrations_ > 0) {
         // Timing describes the request's first path; a migration only adds.
       } else if (f.local_prefill()) {
-        prefill_us_ = f.local_prefill_us();  // the decode worker computed the prompt
+        // The decode worker computed the prompt: its queue and prefill.
+        queue_us_ = absl::ToInt64Microseconds(decode_sent_ - received_) + f.queue_us();
+        prefill_us_ = f.local_prefill_us();
       } else if (f.first_step_us() > 0) {
         first_step_us_ = f.first_step_us();
       }
@@ -1042,7 +1045,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
   std::unique_ptr<DecodeReader> reader_;
   std::vector<std::unique_ptr<DecodeReader>> retired_readers_;  // of decode workers lost mid-stream
   int migrations_ = 0;
-  absl::Time decode_sent_, first_token_at_;
+  absl::Time decode_sent_, first_token_at_, prefill_sent_;
   int decode_tokens_ = 0;  // tokens received from the current Decode call
 
   // Output.

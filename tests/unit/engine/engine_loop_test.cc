@@ -178,6 +178,32 @@ TEST_P(EngineLoopTest, ConcurrentStaggeredRequestsGiveTheTokensOfEachAlone) {
   EXPECT_FALSE((*loop)->Stats().running);
 }
 
+// started() marks the end of a request's queue time: unset while it waits
+// behind a request that fills every step, set once its prefill begins, and
+// never after its first token.
+TEST_P(EngineLoopTest, StartedMarksTheFirstPrefillStep) {
+  EngineOptions o = Options();
+  o.max_seqs_per_step = 1;
+  auto loop = EngineLoop::Create(o);
+  ASSERT_TRUE(loop.ok());
+  const auto before = std::chrono::steady_clock::now();
+  auto first = (*loop)->Submit(RequestId{1}, Spec(Prompt(9, 1), 20));
+  auto second = (*loop)->Submit(RequestId{2}, Spec(Prompt(7, 2), 2));
+  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_TRUE((*first)->Wait(seconds(60)));
+  std::vector<StreamEvent> events = (*first)->Drain();
+  const auto first_token_seen = std::chrono::steady_clock::now();
+  ASSERT_FALSE(events.empty());
+  ASSERT_TRUE((*first)->started().has_value());
+  EXPECT_GE(*(*first)->started(), before);
+  EXPECT_LE(*(*first)->started(), first_token_seen);
+  EXPECT_TRUE(Collect(**first).ended);
+  EXPECT_TRUE(Collect(**second).ended);
+  ASSERT_TRUE((*second)->started().has_value());
+  // One sequence per step: the second waited for the first to finish.
+  EXPECT_GT(*(*second)->started(), *(*first)->started());
+}
+
 TEST_P(EngineLoopTest, OnReadyLetsAConsumerDrainWithoutBlocking) {
   auto loop = EngineLoop::Create(Options());
   ASSERT_TRUE(loop.ok());
