@@ -75,6 +75,57 @@ struct RouterParams {
 [[nodiscard]] absl::Status RouteTopk(const RouterParams& p, Stream stream);
 
 // ---------------------------------------------------------------------------
+// MoE: grouping the router's choices by expert, so each expert's product runs
+// once over all its tokens. An assignment is i = token * top_k + slot.
+//
+// MoeDispatch: counts[e] = assignments of expert e; offsets[e] = the first
+// slot of expert e in `sorted` (offsets[num_experts] = num_tokens * top_k);
+// sorted[offsets[e] .. offsets[e + 1]) = expert e's assignments in ascending
+// order (a stable sort, deterministic); position[i] = where assignment i is
+// in `sorted`. expert_ids must all be in [0, num_experts) (device data is
+// trusted). num_experts <= 1024.
+struct MoeDispatchParams {
+  int num_tokens = 0;
+  int top_k = 1;
+  int num_experts = 1;
+  const std::int32_t* expert_ids = nullptr;  // [num_tokens, top_k], from RouteTopk
+  std::int32_t* counts = nullptr;            // [num_experts]
+  std::int32_t* offsets = nullptr;           // [num_experts + 1]
+  std::int32_t* sorted = nullptr;            // [num_tokens * top_k]
+  std::int32_t* position = nullptr;          // [num_tokens * top_k]
+};
+[[nodiscard]] absl::Status MoeDispatch(const MoeDispatchParams& p, Stream stream);
+// xs[r, :] = x[sorted[r] / top_k, :] for r < rows (rows = num_tokens * top_k):
+// each expert's input rows, contiguous, in `sorted` order.
+[[nodiscard]] absl::Status MoeGatherRows(int rows, int dim, const float* x, int ldx, const std::int32_t* sorted,
+                                         int top_k, float* xs, int ldxs, Stream stream);
+// out[t, :] = (accumulate ? out[t, :] : 0) + sum over slots s, in slot order,
+// of weights[t, s] * ys[position[t * top_k + s], :]: the experts' outputs
+// (rows in `sorted` order) weighted back onto their tokens.
+[[nodiscard]] absl::Status MoeCombine(int num_tokens, int top_k, int dim, const float* ys, int ldys,
+                                      const std::int32_t* position, const float* weights, bool accumulate, float* out,
+                                      int ldo, Stream stream);
+
+// ---------------------------------------------------------------------------
+// KV blocks: packing a request's blocks of the paged pool into a contiguous
+// staging buffer (gather) and back (scatter), for transports that move
+// contiguous regions. The pool holds num_layers layers layer_stride_bytes
+// apart, each an array of block_bytes-byte blocks; staging is
+// [num_layers][num_blocks][block_bytes]. block_ids (device) index the pool's
+// blocks and are trusted.
+struct KvBlockCopyParams {
+  int num_layers = 0;
+  std::size_t layer_stride_bytes = 0;
+  std::size_t block_bytes = 0;
+  int num_blocks = 0;
+  const std::int32_t* block_ids = nullptr;  // [num_blocks]
+  void* pool = nullptr;
+  void* staging = nullptr;
+};
+[[nodiscard]] absl::Status KvGatherBlocks(const KvBlockCopyParams& p, Stream stream);
+[[nodiscard]] absl::Status KvScatterBlocks(const KvBlockCopyParams& p, Stream stream);
+
+// ---------------------------------------------------------------------------
 // Absorbed MLA attention over the paged latent cache: kernels::MlaAttentionParams
 // with device pointers, plus what a GPU launch needs to know on the host.
 //

@@ -792,6 +792,175 @@ float* FakeDevicePointer() {
   return dummy;
 }
 
+// ---------------------------------------------------------------------------
+// MoE dispatch, gather and combine, against a sequential stable counting sort
+// and scalar loops (the definitions in cuda_kernels.h).
+
+struct MoeShape {
+  int num_tokens;
+  int top_k;
+  int num_experts;
+  int dim;
+};
+
+TEST_F(CudaOpsTest, MoeDispatchGatherCombineMatchTheDefinition) {
+  for (const MoeShape& s : {MoeShape{1, 1, 1, 8}, MoeShape{7, 2, 5, 33}, MoeShape{300, 4, 128, 64},
+                            MoeShape{2048, 4, 128, 4096 / 8}, MoeShape{513, 8, 1024, 16}}) {
+    SCOPED_TRACE(testing::Message() << s.num_tokens << " tokens, top " << s.top_k << " of " << s.num_experts
+                                    << ", dim " << s.dim);
+    const int n = s.num_tokens * s.top_k;
+    // Skewed choices (some experts busy, many empty), distinct within a token.
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(n));
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    for (int t = 0; t < s.num_tokens; ++t) {
+      for (int k = 0; k < s.top_k; ++k) {
+        std::int32_t e = 0;
+        bool fresh = false;
+        while (!fresh) {
+          e = static_cast<std::int32_t>(std::pow(u(rng_), 3.0) * s.num_experts) % s.num_experts;
+          fresh = std::find(ids.begin() + t * s.top_k, ids.begin() + t * s.top_k + k, e) == ids.begin() + t * s.top_k + k;
+          if (s.top_k > s.num_experts) fresh = true;
+        }
+        ids[static_cast<std::size_t>(t * s.top_k + k)] = e;
+      }
+    }
+    // The definition: a sequential stable counting sort.
+    std::vector<std::int32_t> want_counts(static_cast<std::size_t>(s.num_experts), 0);
+    for (std::int32_t e : ids) ++want_counts[static_cast<std::size_t>(e)];
+    std::vector<std::int32_t> want_offsets(static_cast<std::size_t>(s.num_experts) + 1, 0);
+    for (int e = 0; e < s.num_experts; ++e) want_offsets[e + 1] = want_offsets[e] + want_counts[e];
+    std::vector<std::int32_t> want_sorted(static_cast<std::size_t>(n)), want_position(static_cast<std::size_t>(n));
+    std::vector<std::int32_t> next(want_offsets.begin(), want_offsets.end() - 1);
+    for (int i = 0; i < n; ++i) {
+      const std::int32_t at = next[static_cast<std::size_t>(ids[i])]++;
+      want_sorted[at] = i;
+      want_position[i] = at;
+    }
+
+    DeviceBuffer d_ids = ToDevice(ids);
+    DeviceBuffer d_counts = NaNDevice(static_cast<std::size_t>(s.num_experts));
+    DeviceBuffer d_offsets = NaNDevice(static_cast<std::size_t>(s.num_experts) + 1);
+    DeviceBuffer d_sorted = NaNDevice(static_cast<std::size_t>(n));
+    DeviceBuffer d_position = NaNDevice(static_cast<std::size_t>(n));
+    MoeDispatchParams p;
+    p.num_tokens = s.num_tokens;
+    p.top_k = s.top_k;
+    p.num_experts = s.num_experts;
+    p.expert_ids = d_ids.as<std::int32_t>();
+    p.counts = d_counts.as<std::int32_t>();
+    p.offsets = d_offsets.as<std::int32_t>();
+    p.sorted = d_sorted.as<std::int32_t>();
+    p.position = d_position.as<std::int32_t>();
+    SIROCCO_ASSERT_OK(MoeDispatch(p, nullptr));
+    EXPECT_EQ(ToHost<std::int32_t>(d_counts, want_counts.size()), want_counts);
+    EXPECT_EQ(ToHost<std::int32_t>(d_offsets, want_offsets.size()), want_offsets);
+    EXPECT_EQ(ToHost<std::int32_t>(d_sorted, want_sorted.size()), want_sorted);
+    EXPECT_EQ(ToHost<std::int32_t>(d_position, want_position.size()), want_position);
+
+    // Gather each expert's rows, then combine made-up expert outputs back.
+    const int ldx = s.dim + 3;
+    std::vector<float> x = RandomVector(static_cast<std::size_t>(s.num_tokens) * ldx, rng_);
+    DeviceBuffer d_x = ToDevice(x);
+    DeviceBuffer d_xs = NaNDevice(static_cast<std::size_t>(n) * s.dim);
+    SIROCCO_ASSERT_OK(MoeGatherRows(n, s.dim, d_x.as<float>(), ldx, d_sorted.as<std::int32_t>(), s.top_k,
+                                    d_xs.as<float>(), s.dim, nullptr));
+    const std::vector<float> xs = ToHost<float>(d_xs, static_cast<std::size_t>(n) * s.dim);
+    for (int r = 0; r < n; ++r) {
+      const int token = want_sorted[r] / s.top_k;
+      for (int j = 0; j < s.dim; ++j) {
+        ASSERT_EQ(xs[static_cast<std::size_t>(r) * s.dim + j], x[static_cast<std::size_t>(token) * ldx + j])
+            << "row " << r << " col " << j;
+      }
+    }
+    std::vector<float> ys = RandomVector(static_cast<std::size_t>(n) * s.dim, rng_);
+    std::vector<float> weights = RandomVector(static_cast<std::size_t>(n), rng_);
+    std::vector<float> base = RandomVector(static_cast<std::size_t>(s.num_tokens) * s.dim, rng_);
+    DeviceBuffer d_ys = ToDevice(ys);
+    DeviceBuffer d_w = ToDevice(weights);
+    for (bool accumulate : {false, true}) {
+      DeviceBuffer d_out = ToDevice(base);
+      SIROCCO_ASSERT_OK(MoeCombine(s.num_tokens, s.top_k, s.dim, d_ys.as<float>(), s.dim,
+                                   d_position.as<std::int32_t>(), d_w.as<float>(), accumulate, d_out.as<float>(),
+                                   s.dim, nullptr));
+      const std::vector<float> got = ToHost<float>(d_out, base.size());
+      std::vector<float> want(base.size());
+      for (int t = 0; t < s.num_tokens; ++t) {
+        for (int j = 0; j < s.dim; ++j) {
+          float acc = accumulate ? base[static_cast<std::size_t>(t) * s.dim + j] : 0.0f;
+          for (int k = 0; k < s.top_k; ++k) {
+            const std::size_t row = static_cast<std::size_t>(want_position[t * s.top_k + k]);
+            acc += weights[static_cast<std::size_t>(t * s.top_k + k)] * ys[row * s.dim + j];
+          }
+          want[static_cast<std::size_t>(t) * s.dim + j] = acc;
+        }
+      }
+      EXPECT_LE(NormalizedError(got, want), 1e-6) << (accumulate ? "accumulate" : "overwrite");
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// KV block gather/scatter: byte-exact against host memcpy of the same blocks.
+
+TEST_F(CudaOpsTest, KvBlocksGatherAndScatterAreExactCopies) {
+  struct Shape {
+    int num_layers;
+    int pool_blocks;
+    std::size_t block_bytes;
+    int copy_blocks;
+  };
+  // 36 layers x 16 tokens x (256 + 64) float32 latent entries: the real model.
+  for (const Shape& s : {Shape{1, 4, 64, 1}, Shape{3, 50, 20, 17}, Shape{36, 256, 16 * 320 * 4, 100}}) {
+    SCOPED_TRACE(testing::Message() << s.num_layers << " layers, " << s.copy_blocks << " of " << s.pool_blocks
+                                    << " blocks of " << s.block_bytes << " bytes");
+    const std::size_t layer_stride = static_cast<std::size_t>(s.pool_blocks) * s.block_bytes;
+    std::vector<unsigned char> pool(layer_stride * s.num_layers);
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (auto& b : pool) b = static_cast<unsigned char>(byte(rng_));
+    std::vector<std::int32_t> all(static_cast<std::size_t>(s.pool_blocks));
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng_);
+    const std::vector<std::int32_t> ids(all.begin(), all.begin() + s.copy_blocks);
+    std::vector<unsigned char> want(static_cast<std::size_t>(s.num_layers) * s.copy_blocks * s.block_bytes);
+    for (int l = 0; l < s.num_layers; ++l) {
+      for (int b = 0; b < s.copy_blocks; ++b) {
+        std::copy_n(pool.begin() + static_cast<std::ptrdiff_t>(l * layer_stride + ids[b] * s.block_bytes),
+                    s.block_bytes,
+                    want.begin() + static_cast<std::ptrdiff_t>((static_cast<std::size_t>(l) * s.copy_blocks + b) *
+                                                               s.block_bytes));
+      }
+    }
+    DeviceBuffer d_pool = ToDevice(pool);
+    DeviceBuffer d_ids = ToDevice(ids);
+    DeviceBuffer d_staging = NaNDevice((want.size() + 3) / 4);
+    KvBlockCopyParams p;
+    p.num_layers = s.num_layers;
+    p.layer_stride_bytes = layer_stride;
+    p.block_bytes = s.block_bytes;
+    p.num_blocks = s.copy_blocks;
+    p.block_ids = d_ids.as<std::int32_t>();
+    p.pool = d_pool.data();
+    p.staging = d_staging.data();
+    SIROCCO_ASSERT_OK(KvGatherBlocks(p, nullptr));
+    EXPECT_EQ(ToHost<unsigned char>(d_staging, want.size()), want);
+
+    // Scatter the staging into a zeroed pool: exactly the chosen blocks change.
+    std::vector<unsigned char> zero(pool.size(), 0);
+    DeviceBuffer d_target = ToDevice(zero);
+    p.pool = d_target.data();
+    SIROCCO_ASSERT_OK(KvScatterBlocks(p, nullptr));
+    std::vector<unsigned char> expected = zero;
+    for (int l = 0; l < s.num_layers; ++l) {
+      for (int b = 0; b < s.copy_blocks; ++b) {
+        const std::size_t at = l * layer_stride + ids[b] * s.block_bytes;
+        std::copy_n(pool.begin() + static_cast<std::ptrdiff_t>(at), s.block_bytes,
+                    expected.begin() + static_cast<std::ptrdiff_t>(at));
+      }
+    }
+    EXPECT_EQ(ToHost<unsigned char>(d_target, expected.size()), expected);
+  }
+}
+
 TEST(CudaLauncherChecks, RejectBadShapesBeforeTouchingTheDevice) {
   float* f = FakeDevicePointer();
   EXPECT_EQ(RmsNorm(2, 8, f, 7, f, 1e-6f, f, 8, nullptr).code(), absl::StatusCode::kInvalidArgument);  // ldx < dim
@@ -828,6 +997,31 @@ TEST(CudaLauncherChecks, RejectBadShapesBeforeTouchingTheDevice) {
   a.num_keys = 6;
   a.qk_dim = 512;
   EXPECT_EQ(Attention(a, nullptr).code(), absl::StatusCode::kUnimplemented);
+
+  MoeDispatchParams m;
+  m.num_tokens = 4;
+  m.top_k = 2;
+  m.num_experts = 2048;  // above the one-block scan
+  EXPECT_EQ(MoeDispatch(m, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  m.num_experts = 8;
+  m.top_k = 0;
+  EXPECT_EQ(MoeDispatch(m, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  m.top_k = 2;  // pointers missing
+  EXPECT_EQ(MoeDispatch(m, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MoeGatherRows(4, 8, f, 4, nullptr, 2, f, 8, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MoeCombine(2, 0, 8, f, 8, nullptr, f, false, f, 8, nullptr).code(), absl::StatusCode::kInvalidArgument);
+
+  KvBlockCopyParams kv;
+  kv.num_layers = 2;
+  kv.num_blocks = 1;
+  kv.block_bytes = 64;
+  kv.layer_stride_bytes = 32;  // layers overlap
+  kv.pool = kv.staging = f;
+  EXPECT_EQ(KvGatherBlocks(kv, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  kv.layer_stride_bytes = 64;  // block_ids missing
+  EXPECT_EQ(KvScatterBlocks(kv, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  kv.block_bytes = 0;
+  EXPECT_EQ(KvGatherBlocks(kv, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(CudaLauncherChecks, MlaWorkspaceIsSizedAndRequired) {
@@ -873,6 +1067,13 @@ TEST(CudaLauncherChecks, EmptyLaunchesSucceedWithoutWork) {
   r.num_tokens = 0;
   r.num_experts = 8;
   EXPECT_TRUE(RouteTopk(r, nullptr).ok());
+  EXPECT_TRUE(MoeGatherRows(0, 8, nullptr, 8, nullptr, 2, nullptr, 8, nullptr).ok());
+  EXPECT_TRUE(MoeCombine(0, 2, 8, nullptr, 8, nullptr, nullptr, false, nullptr, 8, nullptr).ok());
+  KvBlockCopyParams kv;
+  kv.num_layers = 4;
+  kv.block_bytes = 64;
+  kv.layer_stride_bytes = 64;
+  EXPECT_TRUE(KvGatherBlocks(kv, nullptr).ok());  // no blocks
 }
 
 }  // namespace
