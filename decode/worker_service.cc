@@ -221,32 +221,28 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
     if (request_->has_target()) {
       absl::StatusOr<transfer::TargetDescriptor> d = CheckTarget();
       if (!d.ok()) return d.status();
-      if (!service_->HasPeer(*d)) {
-        // Connecting may take up to the agent's connect timeout: not on a
-        // gRPC callback thread. The call stays open until Continue ends it.
-        std::thread([this, d = *std::move(d), deadline, link = link_] {
-          absl::StatusOr<transfer::PeerHandle> peer = service_->PeerFor(d);
-          std::lock_guard<std::recursive_mutex> lock(link->mu);
-          absl::Status st =
-              peer.ok() ? absl::OkStatus()
-                        : absl::AbortedError(absl::StrCat("KV transfer: cannot reach the target: ", peer.status().message()));
-          if (st.ok()) {
-            absl::StatusOr<std::shared_ptr<WorkerService::TransferJob>> job = MakeJob(*peer);
-            st = job.ok() ? Continue(*std::move(job), deadline) : job.status();
-          }
-          if (!st.ok()) Finish(services::ToGrpcStatus(st));
-        }).detach();
-        return absl::OkStatus();
-      }
-      absl::StatusOr<transfer::PeerHandle> peer = service_->PeerFor(*d);
-      if (!peer.ok()) {
-        return absl::AbortedError(absl::StrCat("KV transfer: cannot reach the target: ", peer.status().message()));
-      }
-      absl::StatusOr<std::shared_ptr<WorkerService::TransferJob>> job = MakeJob(*peer);
-      if (!job.ok()) return job.status();
-      return Continue(*std::move(job), deadline);
+      if (service_->HasPeer(*d)) return ConnectAndContinue(*d, deadline);
+      // Connecting may take up to the agent's connect timeout: not on a gRPC
+      // callback thread. The call stays open until Continue ends it.
+      std::thread([this, d = *std::move(d), deadline, link = link_] {
+        std::lock_guard<std::recursive_mutex> lock(link->mu);
+        if (absl::Status st = ConnectAndContinue(d, deadline); !st.ok()) Finish(services::ToGrpcStatus(st));
+      }).detach();
+      return absl::OkStatus();
     }
     return Continue(nullptr, deadline);
+  }
+
+  // Connects to the target (unless connected already), then Continue with
+  // the transfer job.
+  absl::Status ConnectAndContinue(const transfer::TargetDescriptor& target, engine::SchedTime deadline) {
+    absl::StatusOr<transfer::PeerHandle> peer = service_->PeerFor(target);
+    if (!peer.ok()) {
+      return absl::AbortedError(absl::StrCat("KV transfer: cannot reach the target: ", peer.status().message()));
+    }
+    absl::StatusOr<std::shared_ptr<WorkerService::TransferJob>> job = MakeJob(*peer);
+    if (!job.ok()) return job.status();
+    return Continue(*std::move(job), deadline);
   }
 
   // Queues the prefill (with its transfer job, if any) in the engine.

@@ -450,7 +450,6 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
       // Colocated: one Decode call computes the prompt and streams every
       // token, the first included (a Prefill first would compute it twice).
       prefill_id_ = decode_id_;
-      prefill_stub_ = decode_stub_;
       colocated_ = true;
       local_prefill_ = true;
       worker_started_ = true;
@@ -554,7 +553,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     if (worker_started_ && !worker_cancel_sent_ && !finished_normally_) {
       worker_cancel_sent_ = true;
       SendCancel(decode_stub_, shared_->directory->worker_token(), job_.internal_id);
-      if (!colocated_ && prefill_stub_) SendCancel(prefill_stub_, shared_->directory->worker_token(), job_.internal_id);
+      if (prefill_stub_) SendCancel(prefill_stub_, shared_->directory->worker_token(), job_.internal_id);
     }
   }
 
@@ -579,7 +578,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
           if (!status.ok()) {
             FailLocked(WithPushback(services::FromGrpcStatus(status, context)));
           } else {
-            StartPrefillLocked(/*with_target=*/true);
+            StartPrefillLocked();
           }
         }
       }
@@ -587,31 +586,29 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     });
   }
 
-  void StartPrefillLocked(bool with_target) {
-    if (!colocated_) {
-      auto prefill = shared_->directory->PickPrefill(prompt_tokens_, excluded_prefill_);
-      if (!prefill.ok()) {
-        // No healthy prefill worker (all lost, or this one's retries spent):
-        // the decode worker prefills itself rather than fail the request.
-        if (with_target) return StartLocalPrefillLocked();
-        return FailLocked(prefill.status());
-      }
-      prefill_id_ = *prefill;
-      prefill_stub_ = shared_->directory->Stub(prefill_id_);
-      prefill_pending_accounting_ = true;
+  // Disaggregated: Prefill on a prefill worker, its KV into the reservation.
+  void StartPrefillLocked() {
+    auto prefill = shared_->directory->PickPrefill(prompt_tokens_, excluded_prefill_);
+    if (!prefill.ok()) {
+      // No healthy prefill worker (all lost, or this one's retries spent):
+      // the decode worker prefills itself rather than fail the request.
+      return StartLocalPrefillLocked();
     }
+    prefill_id_ = *prefill;
+    prefill_stub_ = shared_->directory->Stub(prefill_id_);
+    prefill_pending_accounting_ = true;
     auto* context = NewContextLocked();
     prefill_request_.Clear();
     prefill_request_.set_request_id(job_.internal_id);
     prefill_request_.mutable_token_ids()->Add(job_.prompt.begin(), job_.prompt.end());
     *prefill_request_.mutable_sampling() = job_.sampling;
-    if (with_target) *prefill_request_.mutable_target() = target_;
+    *prefill_request_.mutable_target() = target_;
     prefill_response_.Clear();
     prefill_sent_ = absl::Now();
     worker_started_ = true;
     Ref();
     prefill_stub_->async()->Prefill(context, &prefill_request_, &prefill_response_,
-                                    [this, context, with_target](grpc::Status status) {
+                                    [this, context](grpc::Status status) {
                                       {
                                         std::lock_guard lock(mu_);
                                         if (prefill_pending_accounting_) {
@@ -619,20 +616,20 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
                                           prefill_pending_accounting_ = false;
                                         }
                                         if (!StoppedLocked())
-                                          OnPrefillDoneLocked(services::FromGrpcStatus(status, context), with_target);
+                                          OnPrefillDoneLocked(services::FromGrpcStatus(status, context));
                                       }
                                       Unref();
                                     });
   }
 
-  void OnPrefillDoneLocked(const absl::Status& status, bool with_target) {
+  void OnPrefillDoneLocked(const absl::Status& status) {
     if (!status.ok()) {
-      if (!colocated_ && status.code() == absl::StatusCode::kUnavailable) {
+      if (status.code() == absl::StatusCode::kUnavailable) {
         excluded_prefill_.insert(prefill_id_);
         shared_->directory->MarkUnhealthy(prefill_id_);
-        return StartPrefillLocked(with_target);  // another prefill worker, same reservation
+        return StartPrefillLocked();  // another prefill worker, same reservation
       }
-      if (!colocated_ && with_target && status.code() == absl::StatusCode::kAborted) {
+      if (status.code() == absl::StatusCode::kAborted) {
         // The KV transfer failed (peer unreachable, transport error, timeout):
         // the decode worker drops the reservation and prefills itself.
         return StartLocalPrefillLocked();

@@ -10,7 +10,7 @@
 //
 // Request path (architecture.md, "One request, step by step"):
 //   validate -> render (text::InstructFormat) -> admission -> pick workers ->
-//   colocated worker (role BOTH): Prefill (no target) -> Decode (no reservation)
+//   colocated worker (role BOTH): one Decode with local_prefill (every token)
 //   disaggregated: Reserve on D -> Prefill on P with the KvTarget (UNAVAILABLE:
 //   another P) -> Decode on D. The KV transfer failed (ABORTED) or no prefill
 //   worker is left: Decode on D with local_prefill (D prefills itself).

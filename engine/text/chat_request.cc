@@ -166,10 +166,10 @@ absl::Status ReadContent(const PyValue& v, const std::string& loc, Content* out)
   return absl::OkStatus();
 }
 
-absl::Status ReadToolCall(const PyValue& v, const std::string& loc, ToolCall* call) {
-  SIROCCO_RETURN_IF_ERROR(ExpectObject(v, loc));
-  Fields f(v, loc);
-  if (const PyValue* id = f.Take("id")) SIROCCO_RETURN_IF_ERROR(ReadStr(*id, f.Loc("id"), &call->id));
+// What tools and tool calls share: an optional `type` that can only be
+// "function", and a required `function` object with a required `name`, read
+// into *name. Returns the `function` object's fields, `name` taken.
+absl::StatusOr<Fields> ReadFunctionHead(Fields& f, std::string* name) {
   if (const PyValue* type = f.Take("type")) {
     static constexpr std::string_view kTypes[] = {"function"};
     int unused = 0;
@@ -179,9 +179,19 @@ absl::Status ReadToolCall(const PyValue& v, const std::string& loc, ToolCall* ca
   if (function == nullptr) return Missing(f.Loc("function"));
   SIROCCO_RETURN_IF_ERROR(ExpectObject(*function, f.Loc("function")));
   Fields g(*function, f.Loc("function"));
-  const PyValue* name = g.Take("name");
-  if (name == nullptr) return Missing(g.Loc("name"));
-  SIROCCO_RETURN_IF_ERROR(ReadStr(*name, g.Loc("name"), &call->function.name));
+  const PyValue* n = g.Take("name");
+  if (n == nullptr) return Missing(g.Loc("name"));
+  SIROCCO_RETURN_IF_ERROR(ReadStr(*n, g.Loc("name"), name));
+  return g;
+}
+
+absl::Status ReadToolCall(const PyValue& v, const std::string& loc, ToolCall* call) {
+  SIROCCO_RETURN_IF_ERROR(ExpectObject(v, loc));
+  Fields f(v, loc);
+  if (const PyValue* id = f.Take("id")) SIROCCO_RETURN_IF_ERROR(ReadStr(*id, f.Loc("id"), &call->id));
+  absl::StatusOr<Fields> head = ReadFunctionHead(f, &call->function.name);
+  if (!head.ok()) return head.status();
+  Fields& g = *head;
   const PyValue* arguments = g.Take("arguments");
   if (arguments == nullptr) return Missing(g.Loc("arguments"));
   // FunctionCall turns a dict into its JSON text and None into "{}".
@@ -270,18 +280,9 @@ absl::Status ReadMessage(const PyValue& v, const std::string& loc, ChatMessage* 
 absl::Status ReadTool(const PyValue& v, const std::string& loc, Tool* tool) {
   SIROCCO_RETURN_IF_ERROR(ExpectObject(v, loc));
   Fields f(v, loc);
-  if (const PyValue* type = f.Take("type")) {
-    static constexpr std::string_view kTypes[] = {"function"};
-    int unused = 0;
-    SIROCCO_RETURN_IF_ERROR(ReadEnum(*type, f.Loc("type"), kTypes, &unused));
-  }
-  const PyValue* function = f.Take("function");
-  if (function == nullptr) return Missing(f.Loc("function"));
-  SIROCCO_RETURN_IF_ERROR(ExpectObject(*function, f.Loc("function")));
-  Fields g(*function, f.Loc("function"));
-  const PyValue* name = g.Take("name");
-  if (name == nullptr) return Missing(g.Loc("name"));
-  SIROCCO_RETURN_IF_ERROR(ReadStr(*name, g.Loc("name"), &tool->function.name));
+  absl::StatusOr<Fields> head = ReadFunctionHead(f, &tool->function.name);
+  if (!head.ok()) return head.status();
+  Fields& g = *head;
   if (const PyValue* d = g.Take("description")) {
     SIROCCO_RETURN_IF_ERROR(ReadStr(*d, g.Loc("description"), &tool->function.description));
   }

@@ -22,11 +22,15 @@ namespace {
 // delay a sleep or a callback by several milliseconds.
 constexpr double kTolMs = 30;
 
-std::unique_ptr<Runner> MakeRunner(const std::string& target) {
+// direct_worker: talk to the scripted worker API with `worker_token`.
+std::unique_ptr<Runner> MakeRunner(const std::string& target, bool direct_worker = false,
+                                   const std::string& worker_token = "") {
   RunnerOptions o;
   o.target = target;
   o.progress = false;
   o.timeout_s = 30;
+  o.direct_worker = direct_worker;
+  o.worker_token = worker_token;
   auto r = Runner::Create(o);
   EXPECT_TRUE(r.ok()) << r.status();
   return std::move(*r);
@@ -341,15 +345,8 @@ namespace {
 // like a stream through a router.
 TEST(RunnerTest, DirectWorkerDrivesOneLocalPrefillDecode) {
   testing::ScriptedServer server;
-  RunnerOptions o;
-  o.target = server.target();
-  o.progress = false;
-  o.timeout_s = 30;
-  o.direct_worker = true;
-  o.worker_token = testing::kWorkerToken;
-  auto runner = Runner::Create(o);
-  ASSERT_TRUE(runner.ok()) << runner.status();
-  auto model = (*runner)->GetModelInfo(10);
+  auto runner = MakeRunner(server.target(), /*direct_worker=*/true, testing::kWorkerToken);
+  auto model = runner->GetModelInfo(10);
   ASSERT_TRUE(model.ok()) << model.status();
   EXPECT_EQ(model->vocab_size, 32000);
 
@@ -360,7 +357,7 @@ TEST(RunnerTest, DirectWorkerDrivesOneLocalPrefillDecode) {
   LoadOptions load;
   load.concurrency = 2;
   load.num_requests = 6;
-  auto result = (*runner)->Run(load, *workload);
+  auto result = runner->Run(load, *workload);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->records.size(), 6u);
   for (const RequestRecord& r : result->records) {
@@ -379,13 +376,8 @@ TEST(RunnerTest, DirectWorkerDrivesOneLocalPrefillDecode) {
 
 TEST(RunnerTest, DirectWorkerWithoutTheTokenIsUnauthenticated) {
   testing::ScriptedServer server;
-  RunnerOptions o;
-  o.target = server.target();
-  o.progress = false;
-  o.direct_worker = true;
-  auto runner = Runner::Create(o);
-  ASSERT_TRUE(runner.ok());
-  auto model = (*runner)->GetModelInfo(10);
+  auto runner = MakeRunner(server.target(), /*direct_worker=*/true);
+  auto model = runner->GetModelInfo(10);
   EXPECT_EQ(model.status().code(), absl::StatusCode::kUnauthenticated) << model.status();
 }
 
