@@ -9,7 +9,7 @@
 
 namespace sirocco::engine {
 
-absl::StatusOr<std::unique_ptr<KvPool>> KvPool::Create(const KvPoolOptions& o) {
+absl::Status KvPool::CheckOptions(const KvPoolOptions& o) {
   if (o.num_layers <= 0 || o.num_blocks <= 0 || o.block_size <= 0 || o.entry_dim <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("KvPool: num_layers (", o.num_layers, "), num_blocks (",
                                                    o.num_blocks, "), block_size (", o.block_size,
@@ -18,12 +18,32 @@ absl::StatusOr<std::unique_ptr<KvPool>> KvPool::Create(const KvPoolOptions& o) {
   if (o.num_blocks > (std::int64_t{1} << 30)) {
     return absl::InvalidArgumentError(absl::StrCat("KvPool: num_blocks (", o.num_blocks, ") too large"));
   }
-  return std::unique_ptr<KvPool>(new KvPool(o));
+  return absl::OkStatus();
 }
 
-KvPool::KvPool(const KvPoolOptions& o)
+absl::StatusOr<std::unique_ptr<KvPool>> KvPool::Create(const KvPoolOptions& o) {
+  if (auto st = CheckOptions(o); !st.ok()) return st;
+  std::unique_ptr<float[]> host(new float[static_cast<std::size_t>(o.num_layers * o.num_blocks * o.block_size *
+                                                                   o.entry_dim)]());
+  return std::unique_ptr<KvPool>(new KvPool(o, std::move(host), nullptr, true));
+}
+
+absl::StatusOr<std::unique_ptr<KvPool>> KvPool::Create(const KvPoolOptions& o, Device& device) {
+  if (auto st = CheckOptions(o); !st.ok()) return st;
+  const auto bytes = static_cast<std::size_t>(o.num_layers * o.num_blocks * o.block_size * o.entry_dim) *
+                     sizeof(float);
+  auto memory = device.Allocate(bytes);
+  if (!memory.ok()) return memory.status();
+  return std::unique_ptr<KvPool>(new KvPool(o, nullptr, *std::move(memory), device.host_accessible()));
+}
+
+KvPool::KvPool(const KvPoolOptions& o, std::unique_ptr<float[]> host, std::unique_ptr<DeviceMemory> device,
+               bool host_accessible)
     : options_(o),
-      data_(new float[static_cast<std::size_t>(o.num_layers * o.num_blocks * o.block_size * o.entry_dim)]()),
+      host_storage_(std::move(host)),
+      device_storage_(std::move(device)),
+      data_(host_storage_ ? host_storage_.get() : device_storage_->as<float>()),
+      host_accessible_(host_accessible),
       allocated_(static_cast<std::size_t>(o.num_blocks), false) {
   free_.reserve(static_cast<std::size_t>(o.num_blocks));
   // Highest id first so that allocation hands out 0, 1, 2, ... on a fresh pool.

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/device.h"
 
 namespace sirocco::engine {
 
@@ -32,7 +33,12 @@ struct KvPoolOptions {
 
 class KvPool {
  public:
+  // A pool in host memory, zero-filled.
   static absl::StatusOr<std::unique_ptr<KvPool>> Create(const KvPoolOptions& options);
+  // A pool in `device`'s memory (uninitialised: every entry is written before
+  // it is read). On a device that is not host-accessible, layer() returns
+  // device addresses and entry() must not be dereferenced on the host.
+  static absl::StatusOr<std::unique_ptr<KvPool>> Create(const KvPoolOptions& options, Device& device);
 
   // Takes `n` free blocks, or fails with RESOURCE_EXHAUSTED taking none.
   absl::StatusOr<std::vector<BlockId>> Allocate(std::int64_t n);
@@ -44,10 +50,12 @@ class KvPool {
   std::int64_t block_size() const { return options_.block_size; }
   std::int64_t entry_dim() const { return options_.entry_dim; }
   std::int64_t num_layers() const { return options_.num_layers; }
+  // Whether the pool's memory can be read and written from the host.
+  bool host_accessible() const { return host_accessible_; }
 
   // Base of a layer's cache: [num_blocks, block_size, entry_dim].
-  float* layer(std::int64_t layer) { return data_.get() + layer * layer_stride(); }
-  const float* layer(std::int64_t layer) const { return data_.get() + layer * layer_stride(); }
+  float* layer(std::int64_t layer) { return data_ + layer * layer_stride(); }
+  const float* layer(std::int64_t layer) const { return data_ + layer * layer_stride(); }
   // The entry of token slot `slot` in `block` of `layer`.
   float* entry(std::int64_t layer, BlockId block, std::int64_t slot) {
     return this->layer(layer) + (block.value * options_.block_size + slot) * options_.entry_dim;
@@ -57,11 +65,16 @@ class KvPool {
   }
 
  private:
-  explicit KvPool(const KvPoolOptions& options);
+  KvPool(const KvPoolOptions& options, std::unique_ptr<float[]> host, std::unique_ptr<DeviceMemory> device,
+         bool host_accessible);
+  static absl::Status CheckOptions(const KvPoolOptions& options);
   std::int64_t layer_stride() const { return options_.num_blocks * options_.block_size * options_.entry_dim; }
 
   KvPoolOptions options_;
-  std::unique_ptr<float[]> data_;
+  std::unique_ptr<float[]> host_storage_;      // host pools
+  std::unique_ptr<DeviceMemory> device_storage_;  // device pools
+  float* data_;
+  bool host_accessible_;
   std::vector<BlockId> free_;       // LIFO free list
   std::vector<bool> allocated_;     // per block, for double-free checks
 };

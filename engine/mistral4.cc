@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -14,35 +15,97 @@ namespace sirocco::engine {
 // not config.rms_norm_eps.
 constexpr float kLatentNormEps = 1e-6f;
 
-// Token layout of one Forward call plus its scratch tensors. Tokens of all
-// items are concatenated: row t belongs to item item_of[t] at position pos[t].
-struct Mistral4Model::Batch {
-  std::int64_t num_tokens = 0;
-  std::vector<std::int32_t> pos;          // [T]
-  std::vector<std::int32_t> item_of;      // [T]
-  std::vector<std::int64_t> item_begin;   // [items + 1]
-  std::span<const ForwardItem> items;
-
-  std::vector<float> x;        // [T, hidden] residual stream
-  std::vector<float> h;        // [T, hidden] normed input of a sub-block
-  std::vector<float> q;        // [T, heads, qk_head_dim]
-  std::vector<float> q_a;      // [T, q_lora_rank]
-  std::vector<float> kv;       // [T, kv_rank + rope]
-  std::vector<float> attn;     // [T, heads, v_head_dim]
-  std::vector<float> tmp0, tmp1, tmp2, tmp3;  // op-local scratch
+// The weights' device addresses. On the CPU device they point into the host
+// weights themselves (Upload is a view); on a GPU into device copies.
+struct Mistral4Model::DeviceWeights {
+  struct Layer {
+    const float *input_norm = nullptr, *post_norm = nullptr;
+    const float *q_proj = nullptr, *q_a_proj = nullptr, *q_a_norm = nullptr, *q_b_proj = nullptr;
+    const float *kv_a_proj = nullptr, *kv_a_norm = nullptr, *kv_b_proj = nullptr, *o_proj = nullptr;
+    const float *gate = nullptr, *up = nullptr, *down = nullptr;  // dense MLP, or the shared expert
+    const float *router = nullptr, *experts_gate_up = nullptr, *experts_down = nullptr;
+  };
+  std::vector<std::unique_ptr<DeviceMemory>> memory;
+  const float* embed = nullptr;
+  const float* final_norm = nullptr;
+  const float* head = nullptr;
+  const float* inv_freq = nullptr;
+  std::vector<Layer> layers;
 };
 
 namespace {
-float* Data(std::vector<float>& v, std::size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
-}
+
+// Device buffers a Forward call uses; each grows to the largest call so far.
+enum Buf : int {
+  kX, kH, kQ, kQa, kKv, kAttn, kT0, kT1, kT2, kT3,  // activations, [tokens, ...]
+  kRouter, kExpertIds, kExpertWeights, kCounts, kOffsets, kSorted, kPosition, kXs, kGu, kYs,  // MoE
+  kInts, kPtrs, kFloats,  // the call's token layout, uploaded once
+  kRows, kLogits,         // final norm and LM head
+  kNumBufs
+};
+
 int I(std::int64_t v) { return static_cast<int>(v); }
+std::size_t Z(std::int64_t v) { return static_cast<std::size_t>(v); }
+
 }  // namespace
 
+struct Mistral4Model::Scratch {
+  std::unique_ptr<DeviceMemory> buf[kNumBufs];
+};
+
+// Token layout of one Forward call. Tokens of all items are concatenated: row
+// t belongs to item item_of[t] at position pos[t]. Host vectors describe the
+// layout; the d_* pointers are its device copies and the call's buffers.
+struct Mistral4Model::Batch {
+  Device* dev = nullptr;
+  Scratch* scratch = nullptr;
+  std::span<const ForwardItem> items;
+  std::int64_t num_tokens = 0;
+  std::vector<std::int32_t> pos;         // [T]
+  std::vector<std::int32_t> item_of;     // [T]
+  std::vector<std::int64_t> item_begin;  // [items + 1]
+  std::vector<std::int64_t> key_begin;   // [items + 1] into d_key_slots (expanded form)
+  std::int32_t max_ctx = 0;
+  bool query_scaled = false;
+
+  // Device copies of the layout.
+  const std::int32_t* d_tokens = nullptr;     // [T]
+  const std::int32_t* d_pos = nullptr;        // [T]
+  const std::int32_t* d_slots = nullptr;      // [T] pool row of each new token (block * block_size + offset)
+  const std::int32_t* d_logit_rows = nullptr; // [logit rows] token rows that want logits
+  const std::int32_t* d_ctx = nullptr;        // [T] context length of each query (pos + 1)
+  const std::int32_t* const* d_tables = nullptr;  // [T] each query's block table
+  const std::int32_t* d_key_slots = nullptr;  // pool rows of every item's keys, 0 .. start_pos + n
+  const float* d_qscale = nullptr;            // [T] llama-4 query scale
+
+  // Returns buffer `which` with room for `count` values of T.
+  template <typename T>
+  absl::StatusOr<T*> Get(Buf which, std::int64_t count) {
+    auto& m = scratch->buf[which];
+    const std::size_t bytes = Z(std::max<std::int64_t>(count, 1)) * sizeof(T);
+    if (m == nullptr || m->size() < bytes) {
+      m.reset();
+      // Grow by half again so slowly rising batch sizes do not reallocate every call.
+      SIROCCO_ASSIGN_OR_RETURN(m, dev->Allocate(bytes + bytes / 2));
+    }
+    return m->as<T>();
+  }
+  template <typename T>
+  T* Ptr(Buf which) const {
+    return scratch->buf[which]->as<T>();
+  }
+};
+
 Mistral4Model::Mistral4Model(const ModelConfig& config, std::unique_ptr<Mistral4Weights> weights,
-                             const ModelOptions& options)
-    : config_(config), w_(std::move(weights)), k_(kernels::Get(options.backend)), rope_(ComputeRopeTables(config)) {}
+                             std::shared_ptr<Device> device)
+    : config_(config),
+      w_(std::move(weights)),
+      device_(std::move(device)),
+      dw_(std::make_unique<DeviceWeights>()),
+      rope_(ComputeRopeTables(config)),
+      scratch_(std::make_unique<Scratch>()) {}
+
+Mistral4Model::~Mistral4Model() = default;
 
 absl::StatusOr<std::unique_ptr<Mistral4Model>> Mistral4Model::Load(const std::string& dir,
                                                                   const ModelOptions& options) {
@@ -56,14 +119,61 @@ absl::StatusOr<std::unique_ptr<Mistral4Model>> Mistral4Model::FromWeights(const 
                                                                           std::unique_ptr<Mistral4Weights> weights,
                                                                           const ModelOptions& options) {
   SIROCCO_RETURN_IF_ERROR(ValidateModelConfig(config));
-  if (!kernels::Available(options.backend)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("kernel backend ", kernels::BackendName(options.backend), " is not available on this machine"));
+  std::shared_ptr<Device> device = options.device;
+  if (device == nullptr) {
+    if (!kernels::Available(options.backend)) {
+      return absl::FailedPreconditionError(absl::StrCat("kernel backend ", kernels::BackendName(options.backend),
+                                                        " is not available on this machine"));
+    }
+    device = MakeHostDevice(options.backend);
   }
   if (weights == nullptr || static_cast<std::int64_t>(weights->layers.size()) != config.num_hidden_layers) {
     return absl::InvalidArgumentError("weights do not match the config's num_hidden_layers");
   }
-  return std::unique_ptr<Mistral4Model>(new Mistral4Model(config, std::move(weights), options));
+  std::unique_ptr<Mistral4Model> model(new Mistral4Model(config, std::move(weights), std::move(device)));
+  SIROCCO_RETURN_IF_ERROR(model->UploadWeights());
+  return model;
+}
+
+absl::Status Mistral4Model::UploadWeights() {
+  DeviceWeights& d = *dw_;
+  auto put = [&](std::span<const float> host, const float** out) -> absl::Status {
+    if (host.empty()) return absl::OkStatus();
+    SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->Upload(host));
+    *out = mem->as<const float>();
+    d.memory.push_back(std::move(mem));
+    return absl::OkStatus();
+  };
+  SIROCCO_RETURN_IF_ERROR(put(w_->embed.data, &d.embed));
+  SIROCCO_RETURN_IF_ERROR(put(w_->final_norm, &d.final_norm));
+  d.head = d.embed;
+  if (!w_->lm_head.empty()) SIROCCO_RETURN_IF_ERROR(put(w_->lm_head.data, &d.head));
+  SIROCCO_RETURN_IF_ERROR(put(rope_.inv_freq, &d.inv_freq));
+  d.layers.resize(w_->layers.size());
+  for (std::size_t l = 0; l < w_->layers.size(); ++l) {
+    const LayerWeights& lw = w_->layers[l];
+    DeviceWeights::Layer& dl = d.layers[l];
+    SIROCCO_RETURN_IF_ERROR(put(lw.input_norm, &dl.input_norm));
+    SIROCCO_RETURN_IF_ERROR(put(lw.post_norm, &dl.post_norm));
+    SIROCCO_RETURN_IF_ERROR(put(lw.attn.q_proj.data, &dl.q_proj));
+    SIROCCO_RETURN_IF_ERROR(put(lw.attn.q_a_proj.data, &dl.q_a_proj));
+    SIROCCO_RETURN_IF_ERROR(put(lw.attn.q_a_norm, &dl.q_a_norm));
+    SIROCCO_RETURN_IF_ERROR(put(lw.attn.q_b_proj.data, &dl.q_b_proj));
+    SIROCCO_RETURN_IF_ERROR(put(lw.attn.kv_a_proj.data, &dl.kv_a_proj));
+    SIROCCO_RETURN_IF_ERROR(put(lw.attn.kv_a_norm, &dl.kv_a_norm));
+    SIROCCO_RETURN_IF_ERROR(put(lw.attn.kv_b_proj.data, &dl.kv_b_proj));
+    SIROCCO_RETURN_IF_ERROR(put(lw.attn.o_proj.data, &dl.o_proj));
+    const MlpWeights& mlp = lw.is_moe ? lw.moe.shared : lw.dense;
+    SIROCCO_RETURN_IF_ERROR(put(mlp.gate.data, &dl.gate));
+    SIROCCO_RETURN_IF_ERROR(put(mlp.up.data, &dl.up));
+    SIROCCO_RETURN_IF_ERROR(put(mlp.down.data, &dl.down));
+    if (lw.is_moe) {
+      SIROCCO_RETURN_IF_ERROR(put(lw.moe.router.data, &dl.router));
+      SIROCCO_RETURN_IF_ERROR(put(lw.moe.gate_up, &dl.experts_gate_up));
+      SIROCCO_RETURN_IF_ERROR(put(lw.moe.down, &dl.experts_down));
+    }
+  }
+  return absl::OkStatus();
 }
 
 KvPoolOptions Mistral4Model::PoolOptions(std::int64_t num_blocks, std::int64_t block_size) const {
@@ -76,10 +186,20 @@ absl::Status Mistral4Model::Forward(std::span<const ForwardItem> items, KvPool& 
   if (pool.entry_dim() != c.kv_entry_dim() || pool.num_layers() != c.num_hidden_layers) {
     return absl::InvalidArgumentError("KV pool layout does not match the model");
   }
+  if (device_->host_accessible() && !pool.host_accessible()) {
+    return absl::InvalidArgumentError("the KV pool is device memory but the model runs on the host");
+  }
+  absl::MutexLock lock(&mu_);
+  Device& dev = *device_;
   Batch b;
+  b.dev = &dev;
+  b.scratch = scratch_.get();
   b.items = items;
   b.item_begin.push_back(0);
-  std::int64_t logit_rows = 0;
+  b.key_begin.push_back(0);
+  const std::int64_t bs = pool.block_size();
+  std::vector<std::int32_t> tokens, slots, logit_rows, key_slots;
+  std::int64_t max_blocks = 1;
   for (std::size_t i = 0; i < items.size(); ++i) {
     const ForwardItem& it = items[i];
     if (it.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("item ", i, " has no tokens"));
@@ -101,140 +221,180 @@ absl::Status Mistral4Model::Forward(std::span<const ForwardItem> items, KvPool& 
         return absl::InvalidArgumentError(
             absl::StrCat("item ", i, ": token id ", tok, " is outside the vocabulary [0, ", c.vocab_size, ")"));
       }
-      b.pos.push_back(static_cast<std::int32_t>(it.start_pos + static_cast<std::int64_t>(j)));
+      const std::int64_t p = it.start_pos + static_cast<std::int64_t>(j);
+      tokens.push_back(tok);
+      b.pos.push_back(static_cast<std::int32_t>(p));
       b.item_of.push_back(static_cast<std::int32_t>(i));
+      slots.push_back(static_cast<std::int32_t>(it.blocks->block(p / bs).value * bs + p % bs));
     }
     b.item_begin.push_back(static_cast<std::int64_t>(b.pos.size()));
-    logit_rows += it.all_logits ? static_cast<std::int64_t>(it.tokens.size()) : 1;
+    for (std::int64_t t = it.all_logits ? b.item_begin[i] : b.item_begin[i + 1] - 1; t < b.item_begin[i + 1]; ++t) {
+      logit_rows.push_back(static_cast<std::int32_t>(t));
+    }
+    if (form == AttentionForm::kExpanded) {
+      for (std::int64_t p = 0; p < end; ++p) {
+        key_slots.push_back(static_cast<std::int32_t>(it.blocks->block(p / bs).value * bs + p % bs));
+      }
+      b.key_begin.push_back(static_cast<std::int64_t>(key_slots.size()));
+    }
+    max_blocks = std::max(max_blocks, it.blocks->num_blocks());
+    b.max_ctx = std::max(b.max_ctx, static_cast<std::int32_t>(end));
   }
   const std::int64_t T = b.num_tokens = static_cast<std::int64_t>(b.pos.size());
+  const std::int64_t LR = static_cast<std::int64_t>(logit_rows.size());
   const std::int64_t H = c.hidden_size;
+  const std::int64_t n_items = static_cast<std::int64_t>(items.size());
 
-  // Embedding.
-  float* x = Data(b.x, static_cast<std::size_t>(T * H));
-  for (std::int64_t t = 0, r = 0; t < T; ++r) {
-    for (std::int32_t tok : items[static_cast<std::size_t>(r)].tokens) {
-      std::memcpy(x + t * H, w_->embed.ptr() + tok * H, sizeof(float) * static_cast<std::size_t>(H));
-      ++t;
+  // The layout, uploaded once: ints = tokens | pos | slots | logit rows | ctx
+  // | block tables [items, max_blocks] | key slots; then one block-table
+  // pointer per query and the llama-4 query scales.
+  std::vector<std::int32_t> ints;
+  ints.reserve(Z(5 * T + n_items * max_blocks) + key_slots.size());
+  const std::size_t o_tokens = 0, o_pos = Z(T), o_slots = Z(2 * T), o_logit = Z(3 * T), o_ctx = Z(3 * T + LR);
+  const std::size_t o_tables = Z(4 * T + LR), o_keys = o_tables + Z(n_items * max_blocks);
+  ints.insert(ints.end(), tokens.begin(), tokens.end());
+  ints.insert(ints.end(), b.pos.begin(), b.pos.end());
+  ints.insert(ints.end(), slots.begin(), slots.end());
+  ints.insert(ints.end(), logit_rows.begin(), logit_rows.end());
+  for (std::int32_t p : b.pos) ints.push_back(p + 1);
+  for (const ForwardItem& it : items) {
+    ints.insert(ints.end(), it.blocks->data(), it.blocks->data() + it.blocks->num_blocks());
+    ints.resize(ints.size() + Z(max_blocks - it.blocks->num_blocks()), 0);
+  }
+  ints.insert(ints.end(), key_slots.begin(), key_slots.end());
+  SIROCCO_ASSIGN_OR_RETURN(std::int32_t * d_ints, b.Get<std::int32_t>(kInts, static_cast<std::int64_t>(ints.size())));
+  SIROCCO_RETURN_IF_ERROR(dev.CopyToDevice(d_ints, ints.data(), ints.size() * sizeof(std::int32_t)));
+  b.d_tokens = d_ints + o_tokens;
+  b.d_pos = d_ints + o_pos;
+  b.d_slots = d_ints + o_slots;
+  b.d_logit_rows = d_ints + o_logit;
+  b.d_ctx = d_ints + o_ctx;
+  b.d_key_slots = d_ints + o_keys;
+  std::vector<const std::int32_t*> tables(Z(T));
+  for (std::int64_t t = 0; t < T; ++t) {
+    tables[Z(t)] = d_ints + o_tables + Z(b.item_of[Z(t)] * max_blocks);
+  }
+  SIROCCO_ASSIGN_OR_RETURN(auto d_tables, b.Get<const std::int32_t*>(kPtrs, T));
+  SIROCCO_RETURN_IF_ERROR(dev.CopyToDevice(d_tables, tables.data(), tables.size() * sizeof(tables[0])));
+  b.d_tables = d_tables;
+  if (c.rope.llama_4_scaling_beta) {
+    std::vector<float> qscale(Z(T));
+    for (std::int64_t t = 0; t < T; ++t) {
+      qscale[Z(t)] = Llama4QueryScale(c, b.pos[Z(t)]);
+      b.query_scaled |= qscale[Z(t)] != 1.0f;
     }
+    SIROCCO_ASSIGN_OR_RETURN(float* d_qscale, b.Get<float>(kFloats, T));
+    SIROCCO_RETURN_IF_ERROR(dev.CopyToDevice(d_qscale, qscale.data(), qscale.size() * sizeof(float)));
+    b.d_qscale = d_qscale;
   }
 
+  // Embedding.
+  SIROCCO_ASSIGN_OR_RETURN(float* x, b.Get<float>(kX, T * H));
+  SIROCCO_ASSIGN_OR_RETURN(float* h, b.Get<float>(kH, T * H));
+  SIROCCO_RETURN_IF_ERROR(dev.GatherRows(I(T), I(H), dw_->embed, I(H), b.d_tokens, x, I(H)));
+
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const std::int64_t attn_width = c.num_attention_heads * c.v_head_dim;
   for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const LayerWeights& lw = w_->layers[static_cast<std::size_t>(l)];
-    float* h = Data(b.h, static_cast<std::size_t>(T * H));
-    k_.rms_norm(I(T), I(H), x, I(H), lw.input_norm.data(), static_cast<float>(c.rms_norm_eps), h, I(H));
-    Attention(l, b, pool, form);
+    const DeviceWeights::Layer& dl = dw_->layers[Z(l)];
+    SIROCCO_RETURN_IF_ERROR(dev.RmsNorm(I(T), I(H), x, I(H), dl.input_norm, eps, h, I(H)));
+    SIROCCO_RETURN_IF_ERROR(Attention(l, b, pool, form));
     if (on_layer_done) on_layer_done(l);
     // x += attn · o_proj^T
-    k_.gemm_nt(I(T), I(H), I(c.num_attention_heads * c.v_head_dim), b.attn.data(),
-               I(c.num_attention_heads * c.v_head_dim), lw.attn.o_proj.ptr(), I(lw.attn.o_proj.cols), 1.0f, x, I(H));
-    k_.rms_norm(I(T), I(H), x, I(H), lw.post_norm.data(), static_cast<float>(c.rms_norm_eps), h, I(H));
-    if (lw.is_moe) {
-      Moe(lw, b);
+    SIROCCO_RETURN_IF_ERROR(dev.GemmNt(I(T), I(H), I(attn_width), b.Ptr<float>(kAttn), I(attn_width), dl.o_proj,
+                                       I(attn_width), 1.0f, x, I(H)));
+    SIROCCO_RETURN_IF_ERROR(dev.RmsNorm(I(T), I(H), x, I(H), dl.post_norm, eps, h, I(H)));
+    if (w_->layers[Z(l)].is_moe) {
+      SIROCCO_RETURN_IF_ERROR(Moe(l, b));
     } else {
-      Mlp(lw.dense, c.intermediate_size, h, T, 1.0f, x, b);
+      SIROCCO_RETURN_IF_ERROR(Mlp(dl.gate, dl.up, dl.down, c.intermediate_size, h, T, x, b));
     }
   }
 
   // Final norm and LM head on the rows that want logits.
-  std::vector<float> rows(static_cast<std::size_t>(logit_rows * H));
-  std::int64_t r = 0;
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    const std::int64_t begin = items[i].all_logits ? b.item_begin[i] : b.item_begin[i + 1] - 1;
-    for (std::int64_t t = begin; t < b.item_begin[i + 1]; ++t, ++r) {
-      std::memcpy(rows.data() + r * H, x + t * H, sizeof(float) * static_cast<std::size_t>(H));
-    }
+  SIROCCO_ASSIGN_OR_RETURN(float* rows, b.Get<float>(kRows, LR * H));
+  SIROCCO_RETURN_IF_ERROR(dev.GatherRows(I(LR), I(H), x, I(H), b.d_logit_rows, rows, I(H)));
+  SIROCCO_RETURN_IF_ERROR(dev.RmsNorm(I(LR), I(H), rows, I(H), dw_->final_norm, eps, rows, I(H)));
+  logits->resize(Z(LR * c.vocab_size));
+  if (dev.host_accessible()) {
+    return dev.GemmNt(I(LR), I(c.vocab_size), I(H), rows, I(H), dw_->head, I(H), 0.0f, logits->data(),
+                      I(c.vocab_size));
   }
-  k_.rms_norm(I(logit_rows), I(H), rows.data(), I(H), w_->final_norm.data(), static_cast<float>(c.rms_norm_eps),
-              rows.data(), I(H));
-  logits->resize(static_cast<std::size_t>(logit_rows * c.vocab_size));
-  const Matrix& head = w_->head();
-  k_.gemm_nt(I(logit_rows), I(c.vocab_size), I(H), rows.data(), I(H), head.ptr(), I(H), 0.0f, logits->data(),
-             I(c.vocab_size));
-  return absl::OkStatus();
+  SIROCCO_ASSIGN_OR_RETURN(float* d_logits, b.Get<float>(kLogits, LR * c.vocab_size));
+  SIROCCO_RETURN_IF_ERROR(
+      dev.GemmNt(I(LR), I(c.vocab_size), I(H), rows, I(H), dw_->head, I(H), 0.0f, d_logits, I(c.vocab_size)));
+  return dev.CopyToHost(logits->data(), d_logits, logits->size() * sizeof(float));
 }
 
-void Mistral4Model::Attention(std::int64_t layer, Batch& b, KvPool& pool, AttentionForm form) const {
+absl::Status Mistral4Model::Attention(std::int64_t layer, Batch& b, KvPool& pool, AttentionForm form) const {
   const ModelConfig& c = config_;
-  const AttentionWeights& a = w_->layers[static_cast<std::size_t>(layer)].attn;
+  const DeviceWeights::Layer& dl = dw_->layers[Z(layer)];
+  Device& dev = *b.dev;
   const std::int64_t T = b.num_tokens, H = c.hidden_size, heads = c.num_attention_heads;
   const std::int64_t qk = c.qk_head_dim(), nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
   const std::int64_t R = c.kv_lora_rank, E = c.kv_entry_dim();
+  const float* h = b.Ptr<float>(kH);
 
   // Queries: [T, heads, qk].
-  float* q = Data(b.q, static_cast<std::size_t>(T * heads * qk));
+  SIROCCO_ASSIGN_OR_RETURN(float* q, b.Get<float>(kQ, T * heads * qk));
   if (c.q_lora_rank > 0) {
-    float* qa = Data(b.q_a, static_cast<std::size_t>(T * c.q_lora_rank));
-    k_.gemm_nt(I(T), I(c.q_lora_rank), I(H), b.h.data(), I(H), a.q_a_proj.ptr(), I(H), 0.0f, qa, I(c.q_lora_rank));
-    k_.rms_norm(I(T), I(c.q_lora_rank), qa, I(c.q_lora_rank), a.q_a_norm.data(), kLatentNormEps, qa,
-                I(c.q_lora_rank));
-    k_.gemm_nt(I(T), I(heads * qk), I(c.q_lora_rank), qa, I(c.q_lora_rank), a.q_b_proj.ptr(), I(c.q_lora_rank),
-               0.0f, q, I(heads * qk));
+    const std::int64_t QR = c.q_lora_rank;
+    SIROCCO_ASSIGN_OR_RETURN(float* qa, b.Get<float>(kQa, T * QR));
+    SIROCCO_RETURN_IF_ERROR(dev.GemmNt(I(T), I(QR), I(H), h, I(H), dl.q_a_proj, I(H), 0.0f, qa, I(QR)));
+    SIROCCO_RETURN_IF_ERROR(dev.RmsNorm(I(T), I(QR), qa, I(QR), dl.q_a_norm, kLatentNormEps, qa, I(QR)));
+    SIROCCO_RETURN_IF_ERROR(
+        dev.GemmNt(I(T), I(heads * qk), I(QR), qa, I(QR), dl.q_b_proj, I(QR), 0.0f, q, I(heads * qk)));
   } else {
-    k_.gemm_nt(I(T), I(heads * qk), I(H), b.h.data(), I(H), a.q_proj.ptr(), I(H), 0.0f, q, I(heads * qk));
+    SIROCCO_RETURN_IF_ERROR(dev.GemmNt(I(T), I(heads * qk), I(H), h, I(H), dl.q_proj, I(H), 0.0f, q, I(heads * qk)));
   }
   // Latent and rope key: [T, R + rope]; norm the latent, rotate the key.
-  float* kv = Data(b.kv, static_cast<std::size_t>(T * E));
-  k_.gemm_nt(I(T), I(E), I(H), b.h.data(), I(H), a.kv_a_proj.ptr(), I(H), 0.0f, kv, I(E));
-  k_.rms_norm(I(T), I(R), kv, I(E), a.kv_a_norm.data(), kLatentNormEps, kv, I(E));
-  k_.rope_interleaved(I(T), 1, I(rope), kv + R, I(E), b.pos.data(), rope_.inv_freq.data(), rope_.attention_factor);
-  k_.rope_interleaved(I(T * heads), I(heads), I(rope), q + nope, I(qk), b.pos.data(), rope_.inv_freq.data(),
-                      rope_.attention_factor);
+  SIROCCO_ASSIGN_OR_RETURN(float* kv, b.Get<float>(kKv, T * E));
+  SIROCCO_RETURN_IF_ERROR(dev.GemmNt(I(T), I(E), I(H), h, I(H), dl.kv_a_proj, I(H), 0.0f, kv, I(E)));
+  SIROCCO_RETURN_IF_ERROR(dev.RmsNorm(I(T), I(R), kv, I(E), dl.kv_a_norm, kLatentNormEps, kv, I(E)));
+  SIROCCO_RETURN_IF_ERROR(
+      dev.RopeInterleaved(I(T), 1, I(rope), kv + R, I(E), b.d_pos, dw_->inv_freq, rope_.attention_factor));
+  SIROCCO_RETURN_IF_ERROR(dev.RopeInterleaved(I(T * heads), I(heads), I(rope), q + nope, I(qk), b.d_pos,
+                                              dw_->inv_freq, rope_.attention_factor));
   // llama-4 position-dependent query scale (whole query, all heads).
-  if (c.rope.llama_4_scaling_beta) {
-    for (std::int64_t t = 0; t < T; ++t) {
-      const float s = Llama4QueryScale(c, b.pos[static_cast<std::size_t>(t)]);
-      if (s == 1.0f) continue;
-      float* row = q + t * heads * qk;
-      for (std::int64_t i = 0; i < heads * qk; ++i) row[i] *= s;
-    }
+  if (b.query_scaled) {
+    SIROCCO_RETURN_IF_ERROR(dev.ScaleRows(I(T), I(heads * qk), q, I(heads * qk), b.d_qscale));
   }
   // Write every new token's entry into its sequence's blocks.
-  const std::int64_t bs = pool.block_size();
-  for (std::int64_t t = 0; t < T; ++t) {
-    const ForwardItem& it = b.items[static_cast<std::size_t>(b.item_of[static_cast<std::size_t>(t)])];
-    const std::int64_t p = b.pos[static_cast<std::size_t>(t)];
-    float* dst = pool.entry(layer, it.blocks->block(p / bs), p % bs);
-    std::memcpy(dst, kv + t * E, sizeof(float) * static_cast<std::size_t>(E));
-  }
-  Data(b.attn, static_cast<std::size_t>(T * heads * c.v_head_dim));
-  if (form == AttentionForm::kExpanded) {
-    AttentionExpanded(layer, b, pool);
-  } else {
-    AttentionAbsorbed(layer, b, pool);
-  }
+  SIROCCO_RETURN_IF_ERROR(dev.ScatterRows(I(T), I(E), kv, I(E), b.d_slots, pool.layer(layer), I(E)));
+  SIROCCO_RETURN_IF_ERROR(b.Get<float>(kAttn, T * heads * c.v_head_dim).status());
+  return form == AttentionForm::kExpanded ? AttentionExpanded(layer, b, pool) : AttentionAbsorbed(layer, b, pool);
 }
 
-void Mistral4Model::AttentionExpanded(std::int64_t layer, Batch& b, KvPool& pool) const {
+absl::Status Mistral4Model::AttentionExpanded(std::int64_t layer, Batch& b, KvPool& pool) const {
   const ModelConfig& c = config_;
-  const AttentionWeights& a = w_->layers[static_cast<std::size_t>(layer)].attn;
+  const DeviceWeights::Layer& dl = dw_->layers[Z(layer)];
+  Device& dev = *b.dev;
   const std::int64_t heads = c.num_attention_heads, qk = c.qk_head_dim(), nope = c.qk_nope_head_dim;
   const std::int64_t rope = c.qk_rope_head_dim, vd = c.v_head_dim, R = c.kv_lora_rank, E = c.kv_entry_dim();
-  const std::int64_t kvw = nope + vd, bs = pool.block_size();
+  const std::int64_t kvw = nope + vd;
+  std::int64_t max_keys = 1;
+  for (std::size_t i = 0; i < b.items.size(); ++i) max_keys = std::max(max_keys, b.key_begin[i + 1] - b.key_begin[i]);
+  SIROCCO_ASSIGN_OR_RETURN(float* ent, b.Get<float>(kT0, max_keys * E));
+  SIROCCO_ASSIGN_OR_RETURN(float* expd, b.Get<float>(kT1, max_keys * heads * kvw));
+  SIROCCO_ASSIGN_OR_RETURN(float* keys, b.Get<float>(kT2, max_keys * heads * qk));
+  SIROCCO_ASSIGN_OR_RETURN(float* vals, b.Get<float>(kT3, max_keys * heads * vd));
   for (std::size_t i = 0; i < b.items.size(); ++i) {
     const ForwardItem& it = b.items[i];
     const std::int64_t n_q = static_cast<std::int64_t>(it.tokens.size());
     const std::int64_t n_k = it.start_pos + n_q;
-    // Gather the sequence's cached entries [n_k, E].
-    float* ent = Data(b.tmp0, static_cast<std::size_t>(n_k * E));
-    for (std::int64_t j = 0; j < n_k; ++j) {
-      std::memcpy(ent + j * E, pool.entry(layer, it.blocks->block(j / bs), j % bs),
-                  sizeof(float) * static_cast<std::size_t>(E));
+    // Gather the sequence's cached entries [n_k, E] and expand them into
+    // [n_k, heads, nope + v].
+    SIROCCO_RETURN_IF_ERROR(
+        dev.GatherRows(I(n_k), I(E), pool.layer(layer), I(E), b.d_key_slots + b.key_begin[i], ent, I(E)));
+    SIROCCO_RETURN_IF_ERROR(
+        dev.GemmNt(I(n_k), I(heads * kvw), I(R), ent, I(E), dl.kv_b_proj, I(R), 0.0f, expd, I(heads * kvw)));
+    // Keys [n_k, heads, nope | rope] (the rope key is shared by all heads) and
+    // values [n_k, heads, v].
+    SIROCCO_RETURN_IF_ERROR(dev.Copy2D(I(n_k * heads), I(nope), expd, I(kvw), keys, I(qk)));
+    for (std::int64_t hd = 0; hd < heads; ++hd) {
+      SIROCCO_RETURN_IF_ERROR(dev.Copy2D(I(n_k), I(rope), ent + R, I(E), keys + hd * qk + nope, I(heads * qk)));
     }
-    // Expand: [n_k, heads, nope + v].
-    float* expd = Data(b.tmp1, static_cast<std::size_t>(n_k * heads * kvw));
-    k_.gemm_nt(I(n_k), I(heads * kvw), I(R), ent, I(E), a.kv_b_proj.ptr(), I(R), 0.0f, expd, I(heads * kvw));
-    float* keys = Data(b.tmp2, static_cast<std::size_t>(n_k * heads * qk));
-    float* vals = Data(b.tmp3, static_cast<std::size_t>(n_k * heads * vd));
-    for (std::int64_t j = 0; j < n_k; ++j) {
-      for (std::int64_t hd = 0; hd < heads; ++hd) {
-        const float* src = expd + (j * heads + hd) * kvw;
-        float* kd = keys + (j * heads + hd) * qk;
-        std::memcpy(kd, src, sizeof(float) * static_cast<std::size_t>(nope));
-        std::memcpy(kd + nope, ent + j * E + R, sizeof(float) * static_cast<std::size_t>(rope));
-        std::memcpy(vals + (j * heads + hd) * vd, src + nope, sizeof(float) * static_cast<std::size_t>(vd));
-      }
-    }
+    SIROCCO_RETURN_IF_ERROR(dev.Copy2D(I(n_k * heads), I(vd), expd + nope, I(kvw), vals, I(vd)));
     kernels::AttentionParams p;
     p.num_queries = I(n_q);
     p.num_keys = I(n_k);
@@ -242,39 +402,32 @@ void Mistral4Model::AttentionExpanded(std::int64_t layer, Batch& b, KvPool& pool
     p.num_heads = I(heads);
     p.qk_dim = I(qk);
     p.v_dim = I(vd);
-    p.q = b.q.data() + b.item_begin[i] * heads * qk;
+    p.q = b.Ptr<float>(kQ) + b.item_begin[i] * heads * qk;
     p.k = keys;
     p.v = vals;
     p.scale = rope_.softmax_scale;
-    p.out = b.attn.data() + b.item_begin[i] * heads * vd;
-    k_.attention(p);
+    p.out = b.Ptr<float>(kAttn) + b.item_begin[i] * heads * vd;
+    SIROCCO_RETURN_IF_ERROR(dev.Attention(p));
   }
+  return absl::OkStatus();
 }
 
-void Mistral4Model::AttentionAbsorbed(std::int64_t layer, Batch& b, KvPool& pool) const {
+absl::Status Mistral4Model::AttentionAbsorbed(std::int64_t layer, Batch& b, KvPool& pool) const {
   const ModelConfig& c = config_;
-  const AttentionWeights& a = w_->layers[static_cast<std::size_t>(layer)].attn;
+  const DeviceWeights::Layer& dl = dw_->layers[Z(layer)];
+  Device& dev = *b.dev;
   const std::int64_t T = b.num_tokens, heads = c.num_attention_heads, qk = c.qk_head_dim();
   const std::int64_t nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, vd = c.v_head_dim;
   const std::int64_t R = c.kv_lora_rank, kvw = nope + vd;
-  // Fold W_uk into the query: q_lat[t, h] = q_nope[t, h] · W_uk[h]  ([nope] x [nope, R]).
-  float* q_lat = Data(b.tmp0, static_cast<std::size_t>(T * heads * R));
-  float* q_rope = Data(b.tmp1, static_cast<std::size_t>(T * heads * rope));
-  for (std::int64_t hd = 0; hd < heads; ++hd) {
-    k_.gemm_nn(I(T), I(R), I(nope), b.q.data() + hd * qk, I(heads * qk), a.kv_b_proj.ptr() + hd * kvw * R, I(R),
-               0.0f, q_lat + hd * R, I(heads * R));
-  }
-  for (std::int64_t t = 0; t < T * heads; ++t) {
-    std::memcpy(q_rope + t * rope, b.q.data() + t * qk + nope, sizeof(float) * static_cast<std::size_t>(rope));
-  }
-  std::vector<const std::int32_t*> tables(static_cast<std::size_t>(T));
-  std::vector<std::int32_t> ctx(static_cast<std::size_t>(T));
-  for (std::int64_t t = 0; t < T; ++t) {
-    const auto st = static_cast<std::size_t>(t);
-    tables[st] = b.items[static_cast<std::size_t>(b.item_of[st])].blocks->data();
-    ctx[st] = b.pos[st] + 1;
-  }
-  float* out_lat = Data(b.tmp2, static_cast<std::size_t>(T * heads * R));
+  const float* q = b.Ptr<float>(kQ);
+  // Fold W_uk into the query, head by head: q_lat[t, h] = q_nope[t, h] · W_uk[h]
+  // ([nope] x [nope, R]; W_uk[h] is rows h * kvw .. h * kvw + nope of kv_b_proj).
+  SIROCCO_ASSIGN_OR_RETURN(float* q_lat, b.Get<float>(kT0, T * heads * R));
+  SIROCCO_ASSIGN_OR_RETURN(float* q_rope, b.Get<float>(kT1, T * heads * rope));
+  SIROCCO_ASSIGN_OR_RETURN(float* out_lat, b.Get<float>(kT2, T * heads * R));
+  SIROCCO_RETURN_IF_ERROR(dev.GemmNnBatched(I(heads), I(T), I(R), I(nope), q, I(heads * qk), qk, dl.kv_b_proj, I(R),
+                                            kvw * R, 0.0f, q_lat, I(heads * R), R));
+  SIROCCO_RETURN_IF_ERROR(dev.Copy2D(I(T * heads), I(rope), q + nope, I(qk), q_rope, I(rope)));
   kernels::MlaAttentionParams p;
   p.num_queries = I(T);
   p.num_heads = I(heads);
@@ -284,38 +437,50 @@ void Mistral4Model::AttentionAbsorbed(std::int64_t layer, Batch& b, KvPool& pool
   p.q_lat = q_lat;
   p.q_rope = q_rope;
   p.cache = pool.layer(layer);
-  p.block_tables = tables.data();
-  p.ctx_lens = ctx.data();
+  p.block_tables = b.d_tables;
+  p.ctx_lens = b.d_ctx;
   p.scale = rope_.softmax_scale;
   p.out = out_lat;
-  k_.mla_attention(p);
+  SIROCCO_RETURN_IF_ERROR(dev.MlaAttention(p, b.max_ctx));
   // Unfold W_uv: attn[t, h] = out_lat[t, h] · W_uv[h]^T  ([R] x [v, R]^T).
-  for (std::int64_t hd = 0; hd < heads; ++hd) {
-    k_.gemm_nt(I(T), I(vd), I(R), out_lat + hd * R, I(heads * R), a.kv_b_proj.ptr() + (hd * kvw + nope) * R, I(R),
-               0.0f, b.attn.data() + hd * vd, I(heads * vd));
-  }
+  return dev.GemmNtBatched(I(heads), I(T), I(vd), I(R), out_lat, I(heads * R), R, dl.kv_b_proj + nope * R, I(R),
+                           kvw * R, 0.0f, b.Ptr<float>(kAttn), I(heads * vd), vd);
 }
 
-void Mistral4Model::Mlp(const MlpWeights& w, std::int64_t inter, const float* x, std::int64_t rows, float beta,
-                        float* out, Batch& b) const {
+// out += down(silu(gate x) * up x).
+absl::Status Mistral4Model::Mlp(const float* gate, const float* up, const float* down, std::int64_t inter,
+                                const float* x, std::int64_t rows, float* out, Batch& b) const {
+  Device& dev = *b.dev;
   const std::int64_t H = config_.hidden_size;
-  float* g = Data(b.tmp0, static_cast<std::size_t>(rows * inter));
-  float* u = Data(b.tmp1, static_cast<std::size_t>(rows * inter));
-  k_.gemm_nt(I(rows), I(inter), I(H), x, I(H), w.gate.ptr(), I(H), 0.0f, g, I(inter));
-  k_.gemm_nt(I(rows), I(inter), I(H), x, I(H), w.up.ptr(), I(H), 0.0f, u, I(inter));
-  k_.silu_mul(I(rows), I(inter), g, I(inter), u, I(inter), g, I(inter));
-  k_.gemm_nt(I(rows), I(H), I(inter), g, I(inter), w.down.ptr(), I(inter), beta, out, I(H));
+  SIROCCO_ASSIGN_OR_RETURN(float* g, b.Get<float>(kT0, rows * inter));
+  SIROCCO_ASSIGN_OR_RETURN(float* u, b.Get<float>(kT1, rows * inter));
+  SIROCCO_RETURN_IF_ERROR(dev.GemmNt(I(rows), I(inter), I(H), x, I(H), gate, I(H), 0.0f, g, I(inter)));
+  SIROCCO_RETURN_IF_ERROR(dev.GemmNt(I(rows), I(inter), I(H), x, I(H), up, I(H), 0.0f, u, I(inter)));
+  SIROCCO_RETURN_IF_ERROR(dev.SiluMul(I(rows), I(inter), g, I(inter), u, I(inter), g, I(inter)));
+  return dev.GemmNt(I(rows), I(H), I(inter), g, I(inter), down, I(inter), 1.0f, out, I(H));
 }
 
-void Mistral4Model::Moe(const LayerWeights& lw, Batch& b) const {
+// x += routed experts (grouped by expert, one product per expert) + shared expert.
+absl::Status Mistral4Model::Moe(std::int64_t layer, Batch& b) const {
   const ModelConfig& c = config_;
+  const DeviceWeights::Layer& dl = dw_->layers[Z(layer)];
+  Device& dev = *b.dev;
   const std::int64_t T = b.num_tokens, H = c.hidden_size, E = c.n_routed_experts;
-  const std::int64_t K = c.num_experts_per_tok, I2 = c.moe_intermediate_size;
-  // Router.
-  std::vector<float> router_logits(static_cast<std::size_t>(T * E));
-  k_.gemm_nt(I(T), I(E), I(H), b.h.data(), I(H), lw.moe.router.ptr(), I(H), 0.0f, router_logits.data(), I(E));
-  std::vector<std::int32_t> ids(static_cast<std::size_t>(T * K));
-  std::vector<float> weights(static_cast<std::size_t>(T * K));
+  const std::int64_t K = c.num_experts_per_tok, I2 = c.moe_intermediate_size, A = T * K;
+  const float* h = b.Ptr<float>(kH);
+  float* x = b.Ptr<float>(kX);
+  SIROCCO_ASSIGN_OR_RETURN(float* router_logits, b.Get<float>(kRouter, T * E));
+  SIROCCO_ASSIGN_OR_RETURN(std::int32_t * ids, b.Get<std::int32_t>(kExpertIds, A));
+  SIROCCO_ASSIGN_OR_RETURN(float* weights, b.Get<float>(kExpertWeights, A));
+  SIROCCO_ASSIGN_OR_RETURN(std::int32_t * counts, b.Get<std::int32_t>(kCounts, E));
+  SIROCCO_ASSIGN_OR_RETURN(std::int32_t * offsets, b.Get<std::int32_t>(kOffsets, E + 1));
+  SIROCCO_ASSIGN_OR_RETURN(std::int32_t * sorted, b.Get<std::int32_t>(kSorted, A));
+  SIROCCO_ASSIGN_OR_RETURN(std::int32_t * position, b.Get<std::int32_t>(kPosition, A));
+  SIROCCO_ASSIGN_OR_RETURN(float* xs, b.Get<float>(kXs, A * H));
+  SIROCCO_ASSIGN_OR_RETURN(float* gu, b.Get<float>(kGu, A * 2 * I2));
+  SIROCCO_ASSIGN_OR_RETURN(float* ys, b.Get<float>(kYs, A * H));
+
+  SIROCCO_RETURN_IF_ERROR(dev.GemmNt(I(T), I(E), I(H), h, I(H), dl.router, I(H), 0.0f, router_logits, I(E)));
   kernels::RouterParams rp;
   rp.num_tokens = I(T);
   rp.num_experts = I(E);
@@ -324,46 +489,24 @@ void Mistral4Model::Moe(const LayerWeights& lw, Batch& b) const {
   rp.top_k = I(K);
   rp.normalize = c.norm_topk_prob;
   rp.scaling = static_cast<float>(c.routed_scaling_factor);
-  rp.logits = router_logits.data();
-  rp.expert_ids = ids.data();
-  rp.expert_weights = weights.data();
-  k_.route_topk(rp);
-
-  // Group (token, weight) pairs by expert, tokens in order within an expert.
-  std::vector<std::vector<std::pair<std::int32_t, float>>> by_expert(static_cast<std::size_t>(E));
-  for (std::int64_t t = 0; t < T; ++t) {
-    for (std::int64_t j = 0; j < K; ++j) {
-      const auto idx = static_cast<std::size_t>(t * K + j);
-      by_expert[static_cast<std::size_t>(ids[idx])].emplace_back(static_cast<std::int32_t>(t), weights[idx]);
-    }
-  }
-  std::vector<float> moe_out(static_cast<std::size_t>(T * H), 0.0f);
-  std::vector<float> xe, gu, ye;
-  for (std::int64_t e = 0; e < E; ++e) {
-    const auto& list = by_expert[static_cast<std::size_t>(e)];
-    if (list.empty()) continue;
-    const std::int64_t n = static_cast<std::int64_t>(list.size());
-    xe.resize(static_cast<std::size_t>(n * H));
-    for (std::int64_t r = 0; r < n; ++r) {
-      std::memcpy(xe.data() + r * H, b.h.data() + list[static_cast<std::size_t>(r)].first * H,
-                  sizeof(float) * static_cast<std::size_t>(H));
-    }
-    gu.resize(static_cast<std::size_t>(n * 2 * I2));
-    const float* w_gu = lw.moe.gate_up.data() + e * 2 * I2 * H;
-    k_.gemm_nt(I(n), I(2 * I2), I(H), xe.data(), I(H), w_gu, I(H), 0.0f, gu.data(), I(2 * I2));
-    k_.silu_mul(I(n), I(I2), gu.data(), I(2 * I2), gu.data() + I2, I(2 * I2), gu.data(), I(2 * I2));
-    ye.resize(static_cast<std::size_t>(n * H));
-    k_.gemm_nt(I(n), I(H), I(I2), gu.data(), I(2 * I2), lw.moe.down.data() + e * H * I2, I(I2), 0.0f, ye.data(),
-               I(H));
-    for (std::int64_t r = 0; r < n; ++r) {
-      const auto& [t, wt] = list[static_cast<std::size_t>(r)];
-      k_.axpy(I(H), wt, ye.data() + r * H, moe_out.data() + t * H);
-    }
-  }
+  rp.logits = router_logits;
+  rp.expert_ids = ids;
+  rp.expert_weights = weights;
+  SIROCCO_RETURN_IF_ERROR(dev.RouteTopk(rp));
+  SIROCCO_RETURN_IF_ERROR(dev.MoeDispatch(I(T), I(K), I(E), ids, counts, offsets, sorted, position));
+  SIROCCO_RETURN_IF_ERROR(dev.MoeGatherRows(I(A), I(H), h, I(H), sorted, I(K), xs, I(H)));
+  // Each expert's rows: gate and up in one product ([2 * I2, H], gate rows
+  // first), SwiGLU in place, then down.
+  SIROCCO_RETURN_IF_ERROR(dev.GroupedGemmNt(I(E), I(A), I(2 * I2), I(H), xs, I(H), offsets, dl.experts_gate_up, I(H),
+                                            2 * I2 * H, gu, I(2 * I2)));
+  SIROCCO_RETURN_IF_ERROR(dev.SiluMul(I(A), I(I2), gu, I(2 * I2), gu + I2, I(2 * I2), gu, I(2 * I2)));
+  SIROCCO_RETURN_IF_ERROR(dev.GroupedGemmNt(I(E), I(A), I(H), I(I2), gu, I(2 * I2), offsets, dl.experts_down, I(I2),
+                                            H * I2, ys, I(H)));
+  SIROCCO_RETURN_IF_ERROR(dev.MoeCombine(I(T), I(K), I(H), ys, I(H), position, weights, true, x, I(H)));
   if (c.n_shared_experts > 0) {
-    Mlp(lw.moe.shared, I2 * c.n_shared_experts, b.h.data(), T, 1.0f, moe_out.data(), b);
+    SIROCCO_RETURN_IF_ERROR(Mlp(dl.gate, dl.up, dl.down, I2 * c.n_shared_experts, h, T, x, b));
   }
-  k_.axpy(I(T * H), 1.0f, moe_out.data(), b.x.data());
+  return absl::OkStatus();
 }
 
 }  // namespace sirocco::engine

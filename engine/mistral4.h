@@ -1,5 +1,8 @@
 // The Mistral 4 text decoder (DeepSeek-V3-style MLA + group-limited MoE),
-// written once against the kernel table. One Forward call runs a batch of
+// written once against the Device interface (engine/device.h): the CPU device
+// runs it on a kernel table over host memory, the CUDA device on a GPU with
+// weights, activations and the KV pool in device memory and no host round
+// trip inside a step. One Forward call runs a batch of
 // sequence chunks of any lengths: prompts being prefilled, single tokens being
 // decoded, or chunks continuing a cached prefix. Every chunk's latent KV is
 // written into the paged pool before attention reads it.
@@ -10,8 +13,9 @@
 //   * absorbed: kv_b_proj is folded into the query and the output, so
 //     attention runs over the cached latent itself (decode, or prefill).
 //
-// Thread-safety: Forward mutates the pool; call it from the one engine thread.
-// The model itself is immutable after Load.
+// Thread-safety: Forward mutates the pool and the model's scratch memory; call
+// it from one thread at a time (the engine thread; concurrent calls are
+// serialised). The weights are immutable after Load.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +26,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "engine/config.h"
+#include "engine/device.h"
 #include "engine/kv_cache.h"
 #include "engine/mistral4_weights.h"
 #include "kernels/kernels.h"
@@ -32,7 +39,11 @@ namespace sirocco::engine {
 enum class AttentionForm : std::uint8_t { kExpanded, kAbsorbed };
 
 struct ModelOptions {
+  // The CPU kernels, used when `device` is null.
   kernels::Backend backend = kernels::Backend::kRef;
+  // Where the model runs; null: the CPU device over `backend`. Pools passed to
+  // Forward must live on this device (KvPool::Create(options, device)).
+  std::shared_ptr<Device> device;
 };
 
 // One sequence's share of a forward step.
@@ -47,13 +58,19 @@ class Mistral4Model {
  public:
   // Loads config.json and the safetensors weights from a checkpoint folder.
   static absl::StatusOr<std::unique_ptr<Mistral4Model>> Load(const std::string& dir, const ModelOptions& options);
+  ~Mistral4Model();
+  Mistral4Model(const Mistral4Model&) = delete;
+  Mistral4Model& operator=(const Mistral4Model&) = delete;
+
   static absl::StatusOr<std::unique_ptr<Mistral4Model>> FromWeights(const ModelConfig& config,
                                                                     std::unique_ptr<Mistral4Weights> weights,
                                                                     const ModelOptions& options);
 
   // Called on the engine thread as soon as layer `layer`'s KV of every item
   // is in the pool, while later layers still compute: a prefill worker posts
-  // that layer's transfer from here.
+  // that layer's transfer from here. On a device that is not host-accessible
+  // the writes are enqueued, not yet done: the device's next synchronising
+  // call orders after them.
   using LayerDoneFn = std::function<void(std::int64_t layer)>;
 
   // Runs the items as one batch. `logits` receives, item by item, one row of
@@ -62,25 +79,32 @@ class Mistral4Model {
                        std::vector<float>* logits, const LayerDoneFn& on_layer_done = nullptr) const;
 
   const ModelConfig& config() const { return config_; }
-  const kernels::KernelTable& kernels() const { return k_; }
+  Device& device() const { return *device_; }
   // Options for a pool that fits this model.
   KvPoolOptions PoolOptions(std::int64_t num_blocks, std::int64_t block_size) const;
 
  private:
-  Mistral4Model(const ModelConfig& config, std::unique_ptr<Mistral4Weights> weights, const ModelOptions& options);
+  Mistral4Model(const ModelConfig& config, std::unique_ptr<Mistral4Weights> weights,
+                std::shared_ptr<Device> device);
+  absl::Status UploadWeights();
 
-  struct Batch;  // per-call token layout and scratch buffers
-  void Attention(std::int64_t layer, Batch& b, KvPool& pool, AttentionForm form) const;
-  void AttentionExpanded(std::int64_t layer, Batch& b, KvPool& pool) const;
-  void AttentionAbsorbed(std::int64_t layer, Batch& b, KvPool& pool) const;
-  void Moe(const LayerWeights& lw, Batch& b) const;
-  void Mlp(const MlpWeights& w, std::int64_t inter, const float* x, std::int64_t rows, float beta, float* out,
-           Batch& b) const;
+  struct DeviceWeights;  // the weights' device addresses
+  struct Batch;          // per-call token layout and device buffers
+  struct Scratch;        // device buffers reused across calls
+  absl::Status Attention(std::int64_t layer, Batch& b, KvPool& pool, AttentionForm form) const;
+  absl::Status AttentionExpanded(std::int64_t layer, Batch& b, KvPool& pool) const;
+  absl::Status AttentionAbsorbed(std::int64_t layer, Batch& b, KvPool& pool) const;
+  absl::Status Moe(std::int64_t layer, Batch& b) const;
+  absl::Status Mlp(const float* gate, const float* up, const float* down, std::int64_t inter, const float* x,
+                   std::int64_t rows, float* out, Batch& b) const;
 
   ModelConfig config_;
-  std::unique_ptr<Mistral4Weights> w_;
-  const kernels::KernelTable& k_;
+  std::unique_ptr<Mistral4Weights> w_;  // host weights (the CPU device computes on them in place)
+  std::shared_ptr<Device> device_;
+  std::unique_ptr<DeviceWeights> dw_;
   RopeTables rope_;
+  mutable absl::Mutex mu_;
+  std::unique_ptr<Scratch> scratch_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace sirocco::engine

@@ -97,6 +97,44 @@ absl::Status Blas::GemmNn(int m, int n, int k, const float* a, int lda, const fl
 
 namespace {
 
+absl::Status GemmBatchedImpl(cublasHandle_t handle, cublasOperation_t op_b, int batch, int m, int n, int k,
+                             const float* a, int lda, std::int64_t stride_a, const float* b, int ldb,
+                             std::int64_t stride_b, float beta, float* c, int ldc, std::int64_t stride_c,
+                             Stream stream) {
+  const int b_width = op_b == CUBLAS_OP_T ? k : n;
+  if (batch < 0) return Invalid("negative batch " + std::to_string(batch));
+  if (stride_a < 0 || stride_b < 0 || stride_c < 0) return Invalid("negative batch stride");
+  SIROCCO_CUDA_RETURN_IF_ERROR(CheckGemm(m, n, k, a, lda, b, ldb, b_width, c, ldc));
+  if (batch == 0 || m == 0 || n == 0) return absl::OkStatus();
+  SIROCCO_CUDA_RETURN_IF_ERROR(CublasStatus(cublasSetStream(handle, stream), "cublasSetStream"));
+  if (k == 0) {
+    for (int i = 0; i < batch; ++i) SIROCCO_CUDA_RETURN_IF_ERROR(ScaleC(handle, m, n, beta, c + i * stride_c, ldc, stream));
+    return absl::OkStatus();
+  }
+  const float alpha = 1.0f;
+  return CublasStatus(cublasSgemmStridedBatched(handle, op_b, CUBLAS_OP_N, n, m, k, &alpha, b, ldb, stride_b, a, lda,
+                                                stride_a, &beta, c, ldc, stride_c, batch),
+                      "cuda::Blas: cublasSgemmStridedBatched");
+}
+
+}  // namespace
+
+absl::Status Blas::GemmNtBatched(int batch, int m, int n, int k, const float* a, int lda, std::int64_t stride_a,
+                                 const float* b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
+                                 std::int64_t stride_c, Stream stream) {
+  return GemmBatchedImpl(handle_, CUBLAS_OP_T, batch, m, n, k, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc,
+                         stride_c, stream);
+}
+
+absl::Status Blas::GemmNnBatched(int batch, int m, int n, int k, const float* a, int lda, std::int64_t stride_a,
+                                 const float* b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
+                                 std::int64_t stride_c, Stream stream) {
+  return GemmBatchedImpl(handle_, CUBLAS_OP_N, batch, m, n, k, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc,
+                         stride_c, stream);
+}
+
+namespace {
+
 absl::Status GemmNtBf16Impl(cublasHandle_t handle, int m, int n, int k, const Bf16* a, int lda, const Bf16* b, int ldb,
                             float beta, void* c, cudaDataType_t c_type, int ldc, Stream stream) {
   SIROCCO_CUDA_RETURN_IF_ERROR(CheckGemm(m, n, k, a, lda, b, ldb, k, c, ldc));

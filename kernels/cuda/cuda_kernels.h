@@ -106,6 +106,43 @@ struct MoeDispatchParams {
                                       const std::int32_t* position, const float* weights, bool accumulate, float* out,
                                       int ldo, Stream stream);
 
+// Grouped products (MoE experts) with the grouping on the device: for each
+// group g and each row r in [offsets[g], offsets[g + 1]):
+//   c[r, :n] = a[r, :k] · W_g^T,   W_g = w + g * w_stride ([n, k], leading dim ldw)
+// offsets (device, [num_groups + 1], non-decreasing, offsets[0] = 0) as
+// MoeDispatch writes them; `rows` = offsets[num_groups] is known on the host
+// (tokens * top_k), the split between groups is not, so the grid covers every
+// possible tiling and tiles past a group's rows exit at once. float32
+// arithmetic with float32 accumulation, like the CPU gemm_nt.
+struct GroupedGemmParams {
+  int num_groups = 0;
+  int rows = 0;
+  int n = 0;
+  int k = 0;
+  const float* a = nullptr;  // [rows, k], leading dimension lda
+  int lda = 0;
+  const std::int32_t* offsets = nullptr;
+  const float* w = nullptr;
+  int ldw = 0;
+  std::int64_t w_stride = 0;
+  float* c = nullptr;  // [rows, n], leading dimension ldc
+  int ldc = 0;
+};
+[[nodiscard]] absl::Status GroupedGemmNt(const GroupedGemmParams& p, Stream stream);
+
+// ---------------------------------------------------------------------------
+// Row movement (the engine's gathers and scatters; idx on the device, trusted).
+// dst[r, :] = src[idx[r], :]
+[[nodiscard]] absl::Status GatherRows(int rows, int dim, const float* src, int lds, const std::int32_t* idx,
+                                      float* dst, int ldd, Stream stream);
+// dst[idx[r], :] = src[r, :]; idx entries distinct.
+[[nodiscard]] absl::Status ScatterRows(int rows, int dim, const float* src, int lds, const std::int32_t* idx,
+                                       float* dst, int ldd, Stream stream);
+// x[r, :n] *= scales[r] (scales on the device).
+[[nodiscard]] absl::Status ScaleRows(int rows, int n, float* x, int ldx, const float* scales, Stream stream);
+// dst[r, :cols] = src[r, :cols] (cudaMemcpy2DAsync, device to device).
+[[nodiscard]] absl::Status Copy2D(int rows, int cols, const float* src, int lds, float* dst, int ldd, Stream stream);
+
 // ---------------------------------------------------------------------------
 // KV blocks: packing a request's blocks of the paged pool into a contiguous
 // staging buffer (gather) and back (scatter), for transports that move
@@ -194,6 +231,15 @@ class Blas {
   // C[m,n] = sum_k A[m,k] B[k,n] + beta C[m,n].
   [[nodiscard]] absl::Status GemmNn(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta,
                                     float* c, int ldc, Stream stream);
+  // `batch` independent products; operand i starts at a + i * stride_a (and so
+  // on), strides in elements (cublasSgemmStridedBatched). The per-head
+  // products of absorbed MLA attention.
+  [[nodiscard]] absl::Status GemmNtBatched(int batch, int m, int n, int k, const float* a, int lda,
+                                           std::int64_t stride_a, const float* b, int ldb, std::int64_t stride_b,
+                                           float beta, float* c, int ldc, std::int64_t stride_c, Stream stream);
+  [[nodiscard]] absl::Status GemmNnBatched(int batch, int m, int n, int k, const float* a, int lda,
+                                           std::int64_t stride_a, const float* b, int ldb, std::int64_t stride_b,
+                                           float beta, float* c, int ldc, std::int64_t stride_c, Stream stream);
   // gemm_nt on bf16 inputs with float32 accumulation (tensor cores), storing
   // float32 or bf16 (rounded to nearest even).
   [[nodiscard]] absl::Status GemmNtBf16(int m, int n, int k, const Bf16* a, int lda, const Bf16* b, int ldb, float beta,

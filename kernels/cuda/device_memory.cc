@@ -65,6 +65,39 @@ absl::Status FillBytes(void* dst, int value, std::size_t bytes) {
   return CudaStatus(cudaMemset(dst, value, bytes), "cudaMemset");
 }
 
+absl::Status CopyToDeviceAsync(void* dst, const void* src, std::size_t bytes, Stream stream) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaStatus(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream),
+                    "cudaMemcpyAsync(host to device)");
+}
+
+absl::Status CopyToHostAsync(void* dst, const void* src, std::size_t bytes, Stream stream) {
+  if (bytes == 0) return absl::OkStatus();
+  return CudaStatus(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream),
+                    "cudaMemcpyAsync(device to host)");
+}
+
+absl::StatusOr<StreamHandle> StreamHandle::Create() {
+  cudaStream_t stream = nullptr;
+  const absl::Status st = CudaStatus(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  if (!st.ok()) return st;
+  return StreamHandle(stream);
+}
+
+StreamHandle::~StreamHandle() {
+  if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
+}
+
+StreamHandle::StreamHandle(StreamHandle&& other) noexcept : stream_(std::exchange(other.stream_, nullptr)) {}
+
+StreamHandle& StreamHandle::operator=(StreamHandle&& other) noexcept {
+  if (this != &other) {
+    if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
+    stream_ = std::exchange(other.stream_, nullptr);
+  }
+  return *this;
+}
+
 absl::Status Synchronize(Stream stream) { return CudaStatus(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); }
 
 }  // namespace sirocco::kernels::cuda

@@ -43,6 +43,30 @@ class DeviceBuffer {
 [[nodiscard]] absl::Status CopyToHost(void* dst, const void* src, std::size_t bytes);
 // Sets `bytes` bytes of device memory to `value`, synchronously.
 [[nodiscard]] absl::Status FillBytes(void* dst, int value, std::size_t bytes);
+// Asynchronous copies on `stream`. For CopyToDeviceAsync from pageable host
+// memory the source may be reused once the call returns (CUDA stages it); for
+// CopyToHostAsync the destination is valid after Synchronize(stream).
+[[nodiscard]] absl::Status CopyToDeviceAsync(void* dst, const void* src, std::size_t bytes, Stream stream);
+[[nodiscard]] absl::Status CopyToHostAsync(void* dst, const void* src, std::size_t bytes, Stream stream);
+
+// Owns one non-blocking CUDA stream; move-only.
+class StreamHandle {
+ public:
+  [[nodiscard]] static absl::StatusOr<StreamHandle> Create();
+  StreamHandle() = default;
+  ~StreamHandle();
+  StreamHandle(StreamHandle&& other) noexcept;
+  StreamHandle& operator=(StreamHandle&& other) noexcept;
+  StreamHandle(const StreamHandle&) = delete;
+  StreamHandle& operator=(const StreamHandle&) = delete;
+
+  Stream get() const { return stream_; }
+
+ private:
+  explicit StreamHandle(Stream stream) : stream_(stream) {}
+  Stream stream_ = nullptr;
+};
+
 // Waits for `stream`; returns the first error a kernel on it raised.
 [[nodiscard]] absl::Status Synchronize(Stream stream);
 

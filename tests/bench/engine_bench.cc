@@ -302,7 +302,7 @@ absl::StatusOr<Mistral4Model*> GetModel(const std::string& preset) {
     }
   }
   const auto t0 = std::chrono::steady_clock::now();
-  auto model = Mistral4Model::Load(dir, ModelOptions{BenchBackend()});
+  auto model = Mistral4Model::Load(dir, ModelOptions{.backend = BenchBackend(), .device = nullptr});
   if (!model.ok()) return model.status();
   std::fprintf(stderr, "engine_bench: loaded %s in %.1f s\n", preset.c_str(),
                Seconds(std::chrono::steady_clock::now() - t0));

@@ -6,7 +6,8 @@
 # CUDA kernel benchmarks, and writes everything under $OUT:
 #   env.txt              nvidia-smi, nvcc, cmake, compiler versions
 #   configure.log        build.log
-#   cuda_ops_test.xml    JUnit XML (gtest)          cuda_ops_test.log
+#   cuda_ops_test.xml    JUnit XML (gtest)          cuda_ops_test.log     every CUDA op vs the CPU reference
+#   cuda_engine_test.xml JUnit XML (gtest)          cuda_engine_test.log  the whole model on the GPU vs the CPU engine
 #   bench_cuda.json      Google Benchmark JSON      bench_cuda.log
 #   summary.txt          the summary printed at the end
 #
@@ -16,7 +17,7 @@
 #   run(command="bash tests/gpu/run.sh", carry=["third_party_prefix"], timeout_s=540)
 #
 # Finishes in under 8 minutes: each step has its own time limit (configure
-# 90 s, build 210 s, tests 150 s, benchmarks 150 s at most).
+# 60 s, build 170 s, op tests 80 s, engine tests 90 s, benchmarks 70 s at most).
 # Exit status: 0 only if the build succeeded, every GPU test ran and passed
 # (a skipped test means no usable device, which counts as a failure here) and
 # no benchmark reported an error.
@@ -69,7 +70,7 @@ command -v ninja >/dev/null && GENERATOR=(-G Ninja)
 # shellcheck disable=SC2206
 EXTRA=(${SIROCCO_EXTRA_CMAKE_ARGS:-})
 say "configure (archs $ARCHS)"
-timeout 90 cmake -S "$ROOT" -B "$BUILD" "${GENERATOR[@]}" \
+timeout 60 cmake -S "$ROOT" -B "$BUILD" "${GENERATOR[@]}" \
   -DCMAKE_BUILD_TYPE=Release \
   -DSIROCCO_BUILD_TESTS=ON -DSIROCCO_BUILD_BENCHMARKS=ON -DSIROCCO_WERROR=OFF \
   -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" \
@@ -85,19 +86,25 @@ grep -q "CUDA backend ON" "$OUT/configure.log" || { grep -i cuda "$OUT/configure
 # libraries those pull in are found through LD_LIBRARY_PATH. It is needed
 # from the build on: gtest_discover_tests runs cuda_ops_test after linking.
 export LD_LIBRARY_PATH=$ARCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-say "build cuda_ops_test bench_cuda (-j$JOBS)"
-timeout 210 cmake --build "$BUILD" --target cuda_ops_test bench_cuda -j "$JOBS" >"$OUT/build.log" 2>&1 ||
+say "build cuda_ops_test cuda_engine_test bench_cuda (-j$JOBS)"
+timeout 170 cmake --build "$BUILD" --target cuda_ops_test cuda_engine_test bench_cuda -j "$JOBS" >"$OUT/build.log" 2>&1 ||
   { tail -40 "$OUT/build.log"; fail "build (see build.log)"; }
 
 # --- tests -------------------------------------------------------------------
 say "cuda_ops_test"
-timeout 150 "$BUILD/tests/gpu/cuda_ops_test" --gtest_output="xml:$OUT/cuda_ops_test.xml" >"$OUT/cuda_ops_test.log" 2>&1
+timeout 80 "$BUILD/tests/gpu/cuda_ops_test" --gtest_output="xml:$OUT/cuda_ops_test.xml" >"$OUT/cuda_ops_test.log" 2>&1
 TEST_RC=$?
 tail -25 "$OUT/cuda_ops_test.log"
+say "cuda_engine_test"
+timeout 90 "$BUILD/tests/gpu/cuda_engine_test" --gtest_output="xml:$OUT/cuda_engine_test.xml" \
+  >"$OUT/cuda_engine_test.log" 2>&1
+ENGINE_RC=$?
+tail -25 "$OUT/cuda_engine_test.log"
+[[ $ENGINE_RC -ne 0 && $TEST_RC -eq 0 ]] && TEST_RC=$ENGINE_RC
 
 # --- benchmarks --------------------------------------------------------------
 say "bench_cuda"
-timeout 150 "$BUILD/tests/gpu/bench_cuda" --benchmark_min_time=0.1 --benchmark_counters_tabular=true \
+timeout 70 "$BUILD/tests/gpu/bench_cuda" --benchmark_min_time=0.1 --benchmark_counters_tabular=true \
   --benchmark_out="$OUT/bench_cuda.json" --benchmark_out_format=json >"$OUT/bench_cuda.log" 2>&1
 BENCH_RC=$?
 cat "$OUT/bench_cuda.log"
@@ -107,11 +114,11 @@ python3 - "$OUT" "$TEST_RC" "$BENCH_RC" <<'PY' | tee "$OUT/summary.txt"
 import json, sys, xml.etree.ElementTree as ET
 out, test_rc, bench_rc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ok = test_rc == 0 and bench_rc == 0
-print(f"cuda_ops_test exit {test_rc}, bench_cuda exit {bench_rc}")
+print(f"gpu tests exit {test_rc}, bench_cuda exit {bench_rc}")
 try:
-    root = ET.parse(f"{out}/cuda_ops_test.xml").getroot()
-    cases = root.iter("testcase")
     counts = {"run": 0, "passed": 0, "failed": 0, "skipped": 0}
+    cases = [c for name in ("cuda_ops_test", "cuda_engine_test")
+             for c in ET.parse(f"{out}/{name}.xml").getroot().iter("testcase")]
     for c in cases:
         counts["run"] += 1
         if c.find("failure") is not None or c.find("error") is not None:

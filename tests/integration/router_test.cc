@@ -100,7 +100,7 @@ class RouterClusterTest : public ::testing::Test {
 
   static std::vector<std::int32_t> Reference(const std::vector<std::int32_t>& prompt, int max_tokens,
                                              const engine::SamplingParams* sampling = nullptr) {
-    auto model = engine::Mistral4Model::Load(*model_dir_, engine::ModelOptions{kernels::Backend::kRef});
+    auto model = engine::Mistral4Model::Load(*model_dir_, engine::ModelOptions{.backend = kernels::Backend::kRef, .device = nullptr});
     EXPECT_TRUE(model.ok()) << model.status();
     if (!model.ok()) return {};
     const std::int64_t blocks = (static_cast<std::int64_t>(prompt.size()) + max_tokens) / 8 + 2;

@@ -194,7 +194,7 @@ inline sirocco::worker::v1::SamplingParams Greedy() {
 // what every worker topology must reproduce token for token.
 inline std::vector<std::int32_t> GreedyReference(const std::string& model_dir, const std::vector<std::int32_t>& prompt,
                                                  int max_tokens, std::int64_t pool_blocks, std::int64_t block_size) {
-  auto model = engine::Mistral4Model::Load(model_dir, engine::ModelOptions{kernels::Backend::kRef});
+  auto model = engine::Mistral4Model::Load(model_dir, engine::ModelOptions{.backend = kernels::Backend::kRef, .device = nullptr});
   EXPECT_TRUE(model.ok()) << model.status();
   if (!model.ok()) return {};
   auto pool = *engine::KvPool::Create((*model)->PoolOptions(pool_blocks, block_size));

@@ -12,6 +12,9 @@
 #include "engine/generator.h"
 #include "engine/kv_cache.h"
 #include "engine/mistral4.h"
+#ifdef SIROCCO_WITH_CUDA
+#include "engine/cuda/cuda_device.h"
+#endif
 #include "engine/model_maker.h"
 #include "engine/npy.h"
 #include "engine/status_macros.h"
@@ -58,15 +61,29 @@ absl::Status Number(Flags& f, const std::string& name, T* out) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<kernels::Backend> ParseBackend(Flags& f) {
+// --backend ref|avx2|cuda: the CPU kernels (default avx2 where the CPU has
+// it), or the whole model on the GPU (builds with the CUDA backend only).
+absl::StatusOr<engine::ModelOptions> ParseBackend(Flags& f) {
+  engine::ModelOptions options{.backend = kernels::Available(kernels::Backend::kAvx2) ? kernels::Backend::kAvx2
+                                                                                       : kernels::Backend::kRef,
+                               .device = nullptr};
   auto v = f.Get("backend");
-  if (!v) return kernels::Available(kernels::Backend::kAvx2) ? kernels::Backend::kAvx2 : kernels::Backend::kRef;
-  kernels::Backend b;
-  if (*v == "ref") b = kernels::Backend::kRef;
-  else if (*v == "avx2") b = kernels::Backend::kAvx2;
-  else return absl::InvalidArgumentError(absl::StrCat("--backend: '", *v, "' is not one of ref, avx2"));
-  if (!kernels::Available(b)) return absl::FailedPreconditionError(absl::StrCat("--backend ", *v, " is not available"));
-  return b;
+  if (!v) return options;
+  if (*v == "cuda") {
+#ifdef SIROCCO_WITH_CUDA
+    SIROCCO_ASSIGN_OR_RETURN(options.device, engine::cuda::MakeCudaDevice());
+    return options;
+#else
+    return absl::FailedPreconditionError("--backend cuda: this sirocco was built without the CUDA backend");
+#endif
+  }
+  if (*v == "ref") options.backend = kernels::Backend::kRef;
+  else if (*v == "avx2") options.backend = kernels::Backend::kAvx2;
+  else return absl::InvalidArgumentError(absl::StrCat("--backend: '", *v, "' is not one of ref, avx2, cuda"));
+  if (!kernels::Available(options.backend)) {
+    return absl::FailedPreconditionError(absl::StrCat("--backend ", *v, " is not available"));
+  }
+  return options;
 }
 
 absl::StatusOr<AttentionForm> ParseForm(Flags& f) {
@@ -131,15 +148,16 @@ absl::Status RunLogits(int argc, char** argv) {
   SIROCCO_ASSIGN_OR_RETURN(std::string tokens_text, Required(f, "tokens"));
   SIROCCO_ASSIGN_OR_RETURN(std::string out, Required(f, "out"));
   const bool incremental = f.Get("incremental").has_value();
-  SIROCCO_ASSIGN_OR_RETURN(kernels::Backend backend, ParseBackend(f));
+  SIROCCO_ASSIGN_OR_RETURN(engine::ModelOptions model_options, ParseBackend(f));
   SIROCCO_ASSIGN_OR_RETURN(AttentionForm form, ParseForm(f));
   SIROCCO_RETURN_IF_ERROR(f.CheckAllUsed());
   SIROCCO_ASSIGN_OR_RETURN(std::vector<std::int32_t> tokens, ParseIds("tokens", tokens_text));
 
-  SIROCCO_ASSIGN_OR_RETURN(auto model, engine::Mistral4Model::Load(model_dir, {backend}));
+  SIROCCO_ASSIGN_OR_RETURN(auto model, engine::Mistral4Model::Load(model_dir, model_options));
   const std::int64_t n = static_cast<std::int64_t>(tokens.size());
   const std::int64_t vocab = model->config().vocab_size;
-  SIROCCO_ASSIGN_OR_RETURN(auto pool, engine::KvPool::Create(model->PoolOptions(n / kBlockSize + 1, kBlockSize)));
+  SIROCCO_ASSIGN_OR_RETURN(auto pool, engine::KvPool::Create(model->PoolOptions(n / kBlockSize + 1, kBlockSize),
+                                                             model->device()));
   engine::BlockTable blocks(pool.get());
   SIROCCO_RETURN_IF_ERROR(blocks.Reserve(n));
 
@@ -191,16 +209,16 @@ absl::Status RunGenerate(int argc, char** argv) {
     SIROCCO_ASSIGN_OR_RETURN(request.stop.stop_token_ids, ParseIds("stop-token-ids", *stop));
   }
   request.stop.ignore_eos = f.Get("ignore-eos").has_value();
-  SIROCCO_ASSIGN_OR_RETURN(kernels::Backend backend, ParseBackend(f));
+  SIROCCO_ASSIGN_OR_RETURN(engine::ModelOptions model_options, ParseBackend(f));
   engine::GeneratorOptions options;
   SIROCCO_ASSIGN_OR_RETURN(options.prefill_form, ParseForm(f));
   SIROCCO_RETURN_IF_ERROR(f.CheckAllUsed());
   if (request.stop.max_tokens < 1) return absl::InvalidArgumentError("--max-tokens must be at least 1");
 
-  SIROCCO_ASSIGN_OR_RETURN(auto model, engine::Mistral4Model::Load(model_dir, {backend}));
+  SIROCCO_ASSIGN_OR_RETURN(auto model, engine::Mistral4Model::Load(model_dir, model_options));
   const std::int64_t total = static_cast<std::int64_t>(request.prompt.size()) + request.stop.max_tokens;
-  SIROCCO_ASSIGN_OR_RETURN(auto pool,
-                           engine::KvPool::Create(model->PoolOptions(total / kBlockSize + 1, kBlockSize)));
+  SIROCCO_ASSIGN_OR_RETURN(auto pool, engine::KvPool::Create(model->PoolOptions(total / kBlockSize + 1, kBlockSize),
+                                                             model->device()));
   SIROCCO_ASSIGN_OR_RETURN(auto outputs, engine::Generate(*model, *pool, {&request, 1}, options));
   const engine::GenerateOutput& o = outputs[0];
   nlohmann::json j;

@@ -34,7 +34,7 @@ inline std::unique_ptr<Mistral4Model> MakeTestModel(const ModelConfig& config, c
   o.seed = 7;
   o.dtype = dtype;
   if (!MakeModel(config, o, dir).ok()) return nullptr;
-  auto model = Mistral4Model::Load(dir, ModelOptions{backend});
+  auto model = Mistral4Model::Load(dir, ModelOptions{.backend = backend, .device = nullptr});
   std::filesystem::remove_all(dir);
   return model.ok() ? std::move(*model) : nullptr;
 }

@@ -1,0 +1,220 @@
+#include "engine/cuda/cuda_device.h"
+
+#include <cstdint>
+#include <memory>
+#include <utility>
+
+#include "engine/status_macros.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/device_memory.h"
+
+namespace sirocco::engine::cuda {
+namespace {
+
+namespace kc = ::sirocco::kernels::cuda;
+
+class CudaMemory final : public DeviceMemory {
+ public:
+  CudaMemory(kc::DeviceBuffer buffer, std::shared_ptr<const kc::StreamHandle> stream)
+      : DeviceMemory(buffer.data(), buffer.size()), buffer_(std::move(buffer)), stream_(std::move(stream)) {}
+  // Work enqueued earlier may still read this memory: wait for it before the
+  // buffer goes back to the allocator. The stream is shared, so memory may
+  // outlive its device (a KV pool destroyed after the model).
+  ~CudaMemory() override { (void)kc::Synchronize(stream_->get()); }
+
+ private:
+  kc::DeviceBuffer buffer_;
+  std::shared_ptr<const kc::StreamHandle> stream_;
+};
+
+class CudaDevice final : public Device {
+ public:
+  CudaDevice(kc::StreamHandle stream, std::unique_ptr<kc::Blas> blas)
+      : stream_(std::make_shared<const kc::StreamHandle>(std::move(stream))), blas_(std::move(blas)) {}
+  ~CudaDevice() override { (void)kc::Synchronize(s()); }
+
+  const char* name() const override { return "cuda"; }
+  bool host_accessible() const override { return false; }
+
+  absl::StatusOr<std::unique_ptr<DeviceMemory>> Allocate(std::size_t bytes) override {
+    // Round up so that every buffer keeps 256-byte alignment for its views.
+    SIROCCO_ASSIGN_OR_RETURN(kc::DeviceBuffer buffer, kc::DeviceBuffer::Allocate((bytes + 255) / 256 * 256));
+    return std::make_unique<CudaMemory>(std::move(buffer), stream_);
+  }
+  absl::StatusOr<std::unique_ptr<DeviceMemory>> Upload(std::span<const float> host) override {
+    SIROCCO_ASSIGN_OR_RETURN(auto memory, Allocate(host.size_bytes()));
+    SIROCCO_RETURN_IF_ERROR(kc::CopyToDeviceAsync(memory->data(), host.data(), host.size_bytes(), s()));
+    return memory;
+  }
+  absl::Status CopyToDevice(void* dst, const void* src, std::size_t bytes) override {
+    return kc::CopyToDeviceAsync(dst, src, bytes, s());
+  }
+  absl::Status CopyToHost(void* dst, const void* src, std::size_t bytes) override {
+    SIROCCO_RETURN_IF_ERROR(kc::CopyToHostAsync(dst, src, bytes, s()));
+    return kc::Synchronize(s());
+  }
+  absl::Status Synchronize() override { return kc::Synchronize(s()); }
+
+  absl::Status GemmNt(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta, float* c,
+                      int ldc) override {
+    return blas_->GemmNt(m, n, k, a, lda, b, ldb, beta, c, ldc, s());
+  }
+  absl::Status GemmNn(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta, float* c,
+                      int ldc) override {
+    return blas_->GemmNn(m, n, k, a, lda, b, ldb, beta, c, ldc, s());
+  }
+  absl::Status GemmNnBatched(int batch, int m, int n, int k, const float* a, int lda, std::int64_t stride_a,
+                             const float* b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
+                             std::int64_t stride_c) override {
+    return blas_->GemmNnBatched(batch, m, n, k, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c, s());
+  }
+  absl::Status GemmNtBatched(int batch, int m, int n, int k, const float* a, int lda, std::int64_t stride_a,
+                             const float* b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
+                             std::int64_t stride_c) override {
+    return blas_->GemmNtBatched(batch, m, n, k, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c, s());
+  }
+  absl::Status RmsNorm(int rows, int dim, const float* x, int ldx, const float* w, float eps, float* y,
+                       int ldy) override {
+    return kc::RmsNorm(rows, dim, x, ldx, w, eps, y, ldy, s());
+  }
+  absl::Status RopeInterleaved(int rows, int rows_per_pos, int dim, float* x, int ldx, const std::int32_t* pos,
+                               const float* inv_freq, float attn_factor) override {
+    return kc::RopeInterleaved(rows, rows_per_pos, dim, x, ldx, pos, inv_freq, attn_factor, s());
+  }
+  absl::Status SiluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out,
+                       int ldo) override {
+    return kc::SiluMul(rows, n, gate, ldg, up, ldu, out, ldo, s());
+  }
+  absl::Status ScaleRows(int rows, int n, float* x, int ldx, const float* scales) override {
+    return kc::ScaleRows(rows, n, x, ldx, scales, s());
+  }
+  absl::Status GatherRows(int rows, int dim, const float* src, int lds, const std::int32_t* idx, float* dst,
+                          int ldd) override {
+    return kc::GatherRows(rows, dim, src, lds, idx, dst, ldd, s());
+  }
+  absl::Status ScatterRows(int rows, int dim, const float* src, int lds, const std::int32_t* idx, float* dst,
+                           int ldd) override {
+    return kc::ScatterRows(rows, dim, src, lds, idx, dst, ldd, s());
+  }
+  absl::Status Copy2D(int rows, int cols, const float* src, int lds, float* dst, int ldd) override {
+    return kc::Copy2D(rows, cols, src, lds, dst, ldd, s());
+  }
+
+  absl::Status MlaAttention(const kernels::MlaAttentionParams& p, int max_ctx_len) override {
+    kc::MlaAttentionParams q;
+    q.num_queries = p.num_queries;
+    q.num_heads = p.num_heads;
+    q.kv_rank = p.kv_rank;
+    q.rope_dim = p.rope_dim;
+    q.block_size = p.block_size;
+    q.max_ctx_len = max_ctx_len;
+    q.q_lat = p.q_lat;
+    q.q_rope = p.q_rope;
+    q.cache = p.cache;
+    q.block_tables = p.block_tables;
+    q.ctx_lens = p.ctx_lens;
+    q.scale = p.scale;
+    q.out = p.out;
+    const std::size_t bytes = kc::MlaAttentionWorkspaceBytes(q);
+    if (bytes > 0) {
+      if (mla_workspace_ == nullptr || mla_workspace_->size() < bytes) {
+        mla_workspace_.reset();
+        SIROCCO_ASSIGN_OR_RETURN(mla_workspace_, Allocate(bytes));
+      }
+      q.workspace = mla_workspace_->data();
+      q.workspace_bytes = mla_workspace_->size();
+    }
+    return kc::MlaAttention(q, s());
+  }
+  absl::Status Attention(const kernels::AttentionParams& p) override {
+    kc::AttentionParams q;
+    q.num_queries = p.num_queries;
+    q.num_keys = p.num_keys;
+    q.q_offset = p.q_offset;
+    q.num_heads = p.num_heads;
+    q.qk_dim = p.qk_dim;
+    q.v_dim = p.v_dim;
+    q.q = p.q;
+    q.k = p.k;
+    q.v = p.v;
+    q.scale = p.scale;
+    q.out = p.out;
+    return kc::Attention(q, s());
+  }
+
+  absl::Status RouteTopk(const kernels::RouterParams& p) override {
+    kc::RouterParams q;
+    q.num_tokens = p.num_tokens;
+    q.num_experts = p.num_experts;
+    q.num_groups = p.num_groups;
+    q.topk_group = p.topk_group;
+    q.top_k = p.top_k;
+    q.normalize = p.normalize;
+    q.scaling = p.scaling;
+    q.logits = p.logits;
+    q.expert_ids = p.expert_ids;
+    q.expert_weights = p.expert_weights;
+    return kc::RouteTopk(q, s());
+  }
+  absl::Status MoeDispatch(int num_tokens, int top_k, int num_experts, const std::int32_t* expert_ids,
+                           std::int32_t* counts, std::int32_t* offsets, std::int32_t* sorted,
+                           std::int32_t* position) override {
+    kc::MoeDispatchParams q;
+    q.num_tokens = num_tokens;
+    q.top_k = top_k;
+    q.num_experts = num_experts;
+    q.expert_ids = expert_ids;
+    q.counts = counts;
+    q.offsets = offsets;
+    q.sorted = sorted;
+    q.position = position;
+    return kc::MoeDispatch(q, s());
+  }
+  absl::Status MoeGatherRows(int rows, int dim, const float* x, int ldx, const std::int32_t* sorted, int top_k,
+                             float* xs, int ldxs) override {
+    return kc::MoeGatherRows(rows, dim, x, ldx, sorted, top_k, xs, ldxs, s());
+  }
+  absl::Status GroupedGemmNt(int num_groups, int rows, int n, int k, const float* a, int lda,
+                             const std::int32_t* offsets, const float* w, int ldw, std::int64_t w_stride, float* c,
+                             int ldc) override {
+    kc::GroupedGemmParams q;
+    q.num_groups = num_groups;
+    q.rows = rows;
+    q.n = n;
+    q.k = k;
+    q.a = a;
+    q.lda = lda;
+    q.offsets = offsets;
+    q.w = w;
+    q.ldw = ldw;
+    q.w_stride = w_stride;
+    q.c = c;
+    q.ldc = ldc;
+    return kc::GroupedGemmNt(q, s());
+  }
+  absl::Status MoeCombine(int num_tokens, int top_k, int dim, const float* ys, int ldys,
+                          const std::int32_t* position, const float* weights, bool accumulate, float* out,
+                          int ldo) override {
+    return kc::MoeCombine(num_tokens, top_k, dim, ys, ldys, position, weights, accumulate, out, ldo, s());
+  }
+
+ private:
+  kc::Stream s() const { return stream_->get(); }
+
+  std::shared_ptr<const kc::StreamHandle> stream_;
+  std::unique_ptr<kc::Blas> blas_;
+  std::unique_ptr<DeviceMemory> mla_workspace_;
+};
+
+}  // namespace
+
+bool Available() { return kc::CudaDeviceAvailable(); }
+
+absl::StatusOr<std::unique_ptr<Device>> MakeCudaDevice() {
+  if (!kc::CudaDeviceAvailable()) return absl::FailedPreconditionError("no usable CUDA device (driver or GPU missing)");
+  SIROCCO_ASSIGN_OR_RETURN(kc::StreamHandle stream, kc::StreamHandle::Create());
+  SIROCCO_ASSIGN_OR_RETURN(std::unique_ptr<kc::Blas> blas, kc::Blas::Create());
+  return std::make_unique<CudaDevice>(std::move(stream), std::move(blas));
+}
+
+}  // namespace sirocco::engine::cuda

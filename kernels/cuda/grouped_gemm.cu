@@ -1,0 +1,134 @@
+// Grouped products for the MoE experts, with the grouping read on the device
+// (no host round trip per layer): each expert's rows are contiguous in
+// dispatch order and offsets[] says where they start.
+//
+// The grid's y dimension enumerates row tiles of all groups together: group g
+// has ceil(count_g / kTileM) tiles, so the total is at most
+// ceil(rows / kTileM) + num_groups, which the host can bound without knowing
+// the split. Each block finds its (group, tile) with a scan over offsets and
+// exits when it has none. The tile product is a classic shared-memory float32
+// kernel (64 x 64 outputs, 16-deep k slices, 4 x 4 outputs per thread) with
+// float32 accumulation in k order, like the CPU gemm_nt; tensor-core tiles for
+// bf16 / FP8 weights are the next step where the benchmark shows the need.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/cuda_status.h"
+
+namespace sirocco::kernels::cuda {
+namespace {
+
+using internal::CeilDiv;
+using internal::Invalid;
+using internal::LaunchStatus;
+
+constexpr int kTileM = 64;
+constexpr int kTileN = 64;
+constexpr int kTileK = 16;
+constexpr int kThreads = 256;  // 16 x 16 threads, 4 x 4 outputs each
+
+__global__ void __launch_bounds__(kThreads) GroupedGemmNtKernel(int num_groups, int n, int k, const float* a, int lda,
+                                                                const std::int32_t* offsets, const float* w, int ldw,
+                                                                std::int64_t w_stride, float* c, int ldc) {
+  __shared__ int s_group, s_row0, s_row_end;
+  __shared__ float as[kTileK][kTileM + 4];  // a tile, k-major so a thread's 4 rows are adjacent
+  __shared__ float bs[kTileK][kTileN + 4];  // W tile, k-major
+
+  if (threadIdx.x == 0) {
+    // Which group and which of its tiles this block computes.
+    int tile = blockIdx.y;
+    s_group = -1;
+    for (int g = 0; g < num_groups; ++g) {
+      const int begin = offsets[g], end = offsets[g + 1];
+      const int tiles = CeilDiv(end - begin, kTileM);
+      if (tile < tiles) {
+        s_group = g;
+        s_row0 = begin + tile * kTileM;
+        s_row_end = end;
+        break;
+      }
+      tile -= tiles;
+    }
+  }
+  __syncthreads();
+  const int g = s_group;
+  if (g < 0) return;
+  const int row0 = s_row0, row_end = s_row_end;
+  const int col0 = blockIdx.x * kTileN;
+  const float* wg = w + g * w_stride;
+
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  float acc[4][4] = {};
+  for (int k0 = 0; k0 < k; k0 += kTileK) {
+    // Each of the 256 threads loads 4 of the 64 x 16 values of each tile.
+#pragma unroll
+    for (int i = 0; i < (kTileM * kTileK) / kThreads; ++i) {
+      const int e = threadIdx.x + i * kThreads;
+      const int rr = e / kTileK, kk = e % kTileK;
+      const int r = row0 + rr, kc = k0 + kk;
+      as[kk][rr] = (r < row_end && kc < k) ? a[static_cast<std::int64_t>(r) * lda + kc] : 0.0f;
+      const int col = col0 + rr;
+      bs[kk][rr] = (col < n && kc < k) ? wg[static_cast<std::int64_t>(col) * ldw + kc] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTileK; ++kk) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        av[i] = as[kk][ty * 4 + i];
+        bv[i] = bs[kk][tx * 4 + i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = row0 + ty * 4 + i;
+    if (r >= row_end) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int col = col0 + tx * 4 + j;
+      if (col < n) c[static_cast<std::int64_t>(r) * ldc + col] = acc[i][j];
+    }
+  }
+}
+
+}  // namespace
+
+absl::Status GroupedGemmNt(const GroupedGemmParams& p, Stream stream) {
+  constexpr const char* kOp = "cuda::GroupedGemmNt";
+  if (p.num_groups < 1) return Invalid(kOp, "num_groups must be >= 1");
+  if (p.rows < 0 || p.n < 0 || p.k < 0) {
+    return Invalid(kOp, "negative shape rows=" + std::to_string(p.rows) + " n=" + std::to_string(p.n) +
+                            " k=" + std::to_string(p.k));
+  }
+  if (p.lda < std::max(1, p.k)) return Invalid(kOp, "lda < k");
+  if (p.ldw < std::max(1, p.k)) return Invalid(kOp, "ldw < k");
+  if (p.ldc < std::max(1, p.n)) return Invalid(kOp, "ldc < n");
+  if (p.w_stride < static_cast<std::int64_t>(p.n) * p.ldw - (p.ldw - p.k)) {
+    return Invalid(kOp, "w_stride smaller than one group's weights");
+  }
+  if (p.rows == 0 || p.n == 0) return absl::OkStatus();
+  if (p.offsets == nullptr || p.c == nullptr || (p.k > 0 && (p.a == nullptr || p.w == nullptr))) {
+    return Invalid(kOp, "null pointer");
+  }
+  const long long max_tiles = CeilDiv(p.rows, kTileM) + static_cast<long long>(p.num_groups);
+  if (max_tiles > 65535) return absl::UnimplementedError("cuda::GroupedGemmNt: too many rows for one launch");
+  const dim3 grid(static_cast<unsigned>(CeilDiv(p.n, kTileN)), static_cast<unsigned>(max_tiles));
+  GroupedGemmNtKernel<<<grid, kThreads, 0, stream>>>(p.num_groups, p.n, p.k, p.a, p.lda, p.offsets, p.w, p.ldw,
+                                                     p.w_stride, p.c, p.ldc);
+  return LaunchStatus(kOp);
+}
+
+}  // namespace sirocco::kernels::cuda

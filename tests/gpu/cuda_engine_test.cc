@@ -1,0 +1,343 @@
+// The engine on a GPU against the engine on the CPU.
+//
+// DeviceOps: the Device ops that only the engine uses (row gathers and
+// scatters, per-row scaling, strided copies, batched per-head products, the
+// grouped expert product) run on the CUDA device and on the CPU device over
+// the scalar reference kernels, on the same inputs; the results must agree to
+// float32 rounding (exact for pure data movement).
+//
+// Model: whole-model logits of the `tiny`, `tiny-noqlora` and `small` presets
+// computed on the GPU (weights, activations and KV pool in device memory)
+// against the CPU engine (which tests/reference checks against transformers),
+// for a batch mixing a long prompt, a short one and a chunk continuing a cached
+// prefix, in both attention forms, and through decode steps; then greedy
+// continuations of 24 tokens must be identical.
+//
+// Without a CUDA device every test reports SKIPPED.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/cuda/cuda_device.h"
+#include "engine/device.h"
+#include "engine/generator.h"
+#include "engine/kv_cache.h"
+#include "engine/mistral4.h"
+#include "engine/model_maker.h"
+#include "tests/unit/kernels/kernel_test_util.h"
+
+namespace sirocco::engine {
+namespace {
+
+using kernels::test_util::GemmTolerance;
+using kernels::test_util::NormalizedError;
+using kernels::test_util::RandomVector;
+
+#define SIROCCO_ASSERT_OK(expr)                         \
+  do {                                                  \
+    const ::absl::Status assert_status_ = (expr);       \
+    ASSERT_TRUE(assert_status_.ok()) << assert_status_; \
+  } while (false)
+
+template <typename T>
+std::unique_ptr<DeviceMemory> Put(Device& d, const std::vector<T>& host) {
+  auto memory = d.Allocate(host.size() * sizeof(T));
+  if (!memory.ok()) {
+    ADD_FAILURE() << memory.status();
+    return nullptr;
+  }
+  const absl::Status st = d.CopyToDevice((*memory)->data(), host.data(), host.size() * sizeof(T));
+  if (!st.ok()) ADD_FAILURE() << st;
+  return *std::move(memory);
+}
+
+template <typename T>
+std::vector<T> Fetch(Device& d, const DeviceMemory& memory, std::size_t n) {
+  std::vector<T> host(n);
+  const absl::Status st = d.CopyToHost(host.data(), memory.data(), n * sizeof(T));
+  if (!st.ok()) ADD_FAILURE() << st;
+  return host;
+}
+
+class DeviceOpsTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda::Available()) GTEST_SKIP() << "no CUDA device";
+    auto gpu = cuda::MakeCudaDevice();
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    gpu_ = *std::move(gpu);
+    cpu_ = MakeHostDevice(kernels::Backend::kRef);
+  }
+
+  // Runs `op` on both devices over copies of `inputs` and an output buffer of
+  // `out_size` floats initialised to `out_init`; returns {gpu, cpu} outputs.
+  template <typename Op>
+  std::pair<std::vector<float>, std::vector<float>> RunBoth(const std::vector<std::vector<float>>& inputs,
+                                                            const std::vector<std::vector<std::int32_t>>& ints,
+                                                            const std::vector<float>& out_init, Op op) {
+    std::vector<float> results[2];
+    Device* devices[2] = {gpu_.get(), cpu_.get()};
+    for (int d = 0; d < 2; ++d) {
+      std::vector<std::unique_ptr<DeviceMemory>> in, in_ints;
+      std::vector<const float*> in_ptrs;
+      std::vector<const std::int32_t*> int_ptrs;
+      for (const auto& v : inputs) {
+        in.push_back(Put(*devices[d], v));
+        in_ptrs.push_back(in.back()->as<const float>());
+      }
+      for (const auto& v : ints) {
+        in_ints.push_back(Put(*devices[d], v));
+        int_ptrs.push_back(in_ints.back()->as<const std::int32_t>());
+      }
+      auto out = Put(*devices[d], out_init);
+      const absl::Status st = op(*devices[d], in_ptrs, int_ptrs, out->as<float>());
+      EXPECT_TRUE(st.ok()) << devices[d]->name() << ": " << st;
+      results[d] = Fetch<float>(*devices[d], *out, out_init.size());
+    }
+    return {results[0], results[1]};
+  }
+
+  std::unique_ptr<Device> gpu_, cpu_;
+  std::mt19937 rng_{7u};
+};
+
+using Ptrs = std::vector<const float*>;
+using IntPtrs = std::vector<const std::int32_t*>;
+
+TEST_F(DeviceOpsTest, GatherScatterScaleAndCopyMoveRowsExactly) {
+  for (int dim : {1, 33, 320, 4096}) {
+    const int src_rows = 50, rows = 20, ld = dim + 3;
+    const auto src = RandomVector(static_cast<std::size_t>(src_rows * ld), rng_);
+    std::vector<std::int32_t> idx(src_rows);
+    for (int i = 0; i < src_rows; ++i) idx[static_cast<std::size_t>(i)] = i;
+    std::shuffle(idx.begin(), idx.end(), rng_);
+    idx.resize(rows);  // distinct, so a scatter is well defined
+    const auto init = RandomVector(static_cast<std::size_t>(src_rows * ld), rng_);
+
+    auto [g1, c1] = RunBoth({src}, {idx}, init, [&](Device& d, const Ptrs& in, const IntPtrs& ii, float* out) {
+      return d.GatherRows(rows, dim, in[0], ld, ii[0], out, ld);
+    });
+    EXPECT_EQ(g1, c1) << "GatherRows dim=" << dim;
+    auto [g2, c2] = RunBoth({src}, {idx}, init, [&](Device& d, const Ptrs& in, const IntPtrs& ii, float* out) {
+      return d.ScatterRows(rows, dim, in[0], ld, ii[0], out, ld);
+    });
+    EXPECT_EQ(g2, c2) << "ScatterRows dim=" << dim;
+    const auto scales = RandomVector(static_cast<std::size_t>(src_rows), rng_, 0.5f, 2.0f);
+    auto [g3, c3] = RunBoth({scales}, {}, init, [&](Device& d, const Ptrs& in, const IntPtrs&, float* out) {
+      return d.ScaleRows(src_rows, dim, out, ld, in[0]);
+    });
+    EXPECT_EQ(g3, c3) << "ScaleRows dim=" << dim;  // one float32 product per element: exact
+    auto [g4, c4] = RunBoth({src}, {}, init, [&](Device& d, const Ptrs& in, const IntPtrs&, float* out) {
+      return d.Copy2D(rows, dim - dim / 3, in[0] + dim / 3, ld, out + 1, ld);
+    });
+    EXPECT_EQ(g4, c4) << "Copy2D dim=" << dim;
+  }
+}
+
+TEST_F(DeviceOpsTest, BatchedPerHeadProductsMatchTheReference) {
+  // The absorbed-attention shapes: 32 heads, nope 128 -> rank 256 and back to v 128.
+  for (int T : {1, 5, 64}) {
+    const int heads = 32, nope = 128, R = 256, vd = 128, qk = 192, kvw = nope + vd;
+    const auto q = RandomVector(static_cast<std::size_t>(T * heads * qk), rng_);
+    const auto kvb = RandomVector(static_cast<std::size_t>(heads * kvw * R), rng_);
+    const std::vector<float> out_init(static_cast<std::size_t>(T * heads * R), 0.0f);
+    auto [g1, c1] = RunBoth({q, kvb}, {}, out_init, [&](Device& d, const Ptrs& in, const IntPtrs&, float* out) {
+      return d.GemmNnBatched(heads, T, R, nope, in[0], heads * qk, qk, in[1], R, std::int64_t{kvw} * R, 0.0f, out,
+                             heads * R, R);
+    });
+    EXPECT_LE(NormalizedError(g1, c1), GemmTolerance(nope)) << "GemmNnBatched T=" << T;
+    const auto lat = RandomVector(static_cast<std::size_t>(T * heads * R), rng_);
+    const std::vector<float> attn_init(static_cast<std::size_t>(T * heads * vd), 0.0f);
+    auto [g2, c2] = RunBoth({lat, kvb}, {}, attn_init, [&](Device& d, const Ptrs& in, const IntPtrs&, float* out) {
+      return d.GemmNtBatched(heads, T, vd, R, in[0], heads * R, R, in[1] + nope * R, R, std::int64_t{kvw} * R, 0.0f,
+                             out, heads * vd, vd);
+    });
+    EXPECT_LE(NormalizedError(g2, c2), GemmTolerance(R)) << "GemmNtBatched T=" << T;
+  }
+}
+
+TEST_F(DeviceOpsTest, GroupedExpertProductsMatchTheReference) {
+  struct Case {
+    int groups, n, k;
+    std::vector<std::int32_t> counts;
+  };
+  std::vector<Case> cases = {
+      {4, 7, 5, {0, 3, 0, 1}},
+      {3, 70, 33, {65, 0, 130}},     // tiles crossing group boundaries
+      {8, 128, 64, {1, 1, 1, 1, 0, 0, 0, 0}},
+  };
+  // Real-model expert shapes: 128 experts, top-4 of 16 tokens (decode) and of
+  // 300 tokens (prefill), gate_up [4096 -> 2 x 2048] and down [2048 -> 4096].
+  for (int tokens : {16, 300}) {
+    for (auto [n, k] : {std::pair{4096, 4096}, std::pair{4096, 2048}}) {
+      Case c{128, n, k, std::vector<std::int32_t>(128, 0)};
+      std::discrete_distribution<int> skew({8, 4, 2, 1});  // a few hot experts
+      for (int i = 0; i < tokens * 4; ++i) ++c.counts[static_cast<std::size_t>(skew(rng_) * 32 + i % 32)];
+      cases.push_back(c);
+    }
+  }
+  for (const Case& c : cases) {
+    std::vector<std::int32_t> offsets(static_cast<std::size_t>(c.groups) + 1, 0);
+    for (int g = 0; g < c.groups; ++g) offsets[static_cast<std::size_t>(g) + 1] = offsets[static_cast<std::size_t>(g)] + c.counts[static_cast<std::size_t>(g)];
+    const int rows = offsets.back();
+    const int lda = c.k + 1, ldc = c.n + 2;
+    const auto a = RandomVector(static_cast<std::size_t>(std::max(rows, 1) * lda), rng_);
+    const std::int64_t w_stride = std::int64_t{c.n} * c.k;
+    const auto w = RandomVector(static_cast<std::size_t>(w_stride * c.groups), rng_, -0.1f, 0.1f);
+    const std::vector<float> out_init(static_cast<std::size_t>(std::max(rows, 1) * ldc), 7.0f);
+    auto [g, r] = RunBoth({a, w}, {offsets}, out_init, [&](Device& d, const Ptrs& in, const IntPtrs& ii, float* out) {
+      return d.GroupedGemmNt(c.groups, rows, c.n, c.k, in[0], lda, ii[0], in[1], c.k, w_stride, out, ldc);
+    });
+    EXPECT_LE(NormalizedError(g, r), GemmTolerance(c.k)) << "groups=" << c.groups << " n=" << c.n << " k=" << c.k;
+    // Padding columns keep their initial value on both devices.
+    for (int row = 0; row < rows; ++row) {
+      ASSERT_EQ(g[static_cast<std::size_t>(row * ldc + c.n)], 7.0f) << "padding written, row " << row;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Whole model.
+
+class CudaModelTest : public testing::TestWithParam<std::string> {
+ protected:
+
+  void SetUp() override {
+    if (!cuda::Available()) GTEST_SKIP() << "no CUDA device";
+    const std::string preset = GetParam();
+    dir_ = (std::filesystem::temp_directory_path() / ("sirocco_cuda_engine_" + preset)).string();
+    if (!std::filesystem::exists(dir_ + "/config.json")) {
+      auto config = PresetConfig(preset);
+      ASSERT_TRUE(config.ok()) << config.status();
+      MakeModelOptions mo;
+      mo.seed = 11;
+      mo.dtype = DType::kBF16;
+      SIROCCO_ASSERT_OK(MakeModel(*config, mo, dir_));
+    }
+    const kernels::Backend cpu_backend =
+        kernels::Available(kernels::Backend::kAvx2) ? kernels::Backend::kAvx2 : kernels::Backend::kRef;
+    auto cpu = Mistral4Model::Load(dir_, ModelOptions{.backend = cpu_backend, .device = nullptr});
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    cpu_ = *std::move(cpu);
+    auto device = cuda::MakeCudaDevice();
+    ASSERT_TRUE(device.ok()) << device.status();
+    auto gpu = Mistral4Model::Load(dir_, ModelOptions{.backend = cpu_backend, .device = *std::move(device)});
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    gpu_ = *std::move(gpu);
+  }
+
+  // Fresh pools, one per model, of the same shape.
+  void MakePools(std::int64_t blocks, std::int64_t block_size) {
+    auto cp = KvPool::Create(cpu_->PoolOptions(blocks, block_size));
+    ASSERT_TRUE(cp.ok()) << cp.status();
+    cpu_pool_ = *std::move(cp);
+    auto gp = KvPool::Create(gpu_->PoolOptions(blocks, block_size), gpu_->device());
+    ASSERT_TRUE(gp.ok()) << gp.status();
+    gpu_pool_ = *std::move(gp);
+  }
+
+  std::vector<std::int32_t> Tokens(int n) {
+    std::uniform_int_distribution<std::int32_t> tok(1000, static_cast<std::int32_t>(cpu_->config().vocab_size) - 1);
+    std::vector<std::int32_t> t(static_cast<std::size_t>(n));
+    for (auto& v : t) v = tok(rng_);
+    return t;
+  }
+
+  // Logits of the same step on both models; the GPU's must be within
+  // `tol` of the CPU's, relative to the largest |logit|.
+  void ExpectSameStep(const std::vector<ForwardItem>& cpu_items, const std::vector<ForwardItem>& gpu_items,
+                      AttentionForm form, const std::string& what) {
+    std::vector<float> want, got;
+    SIROCCO_ASSERT_OK(cpu_->Forward(cpu_items, *cpu_pool_, form, &want));
+    SIROCCO_ASSERT_OK(gpu_->Forward(gpu_items, *gpu_pool_, form, &got));
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_LE(NormalizedError(got, want), 2e-4) << what;
+  }
+
+  std::string dir_;
+  std::unique_ptr<Mistral4Model> cpu_, gpu_;
+  std::unique_ptr<KvPool> cpu_pool_, gpu_pool_;
+  std::mt19937 rng_{99u};
+};
+
+TEST_P(CudaModelTest, LogitsMatchTheCpuEngineInBothFormsAndThroughDecode) {
+  for (AttentionForm form : {AttentionForm::kExpanded, AttentionForm::kAbsorbed}) {
+    const std::string fname = form == AttentionForm::kExpanded ? "expanded" : "absorbed";
+    MakePools(64, 16);
+    // Three sequences: a 300-token prompt, a 1-token prompt, and a 40-token
+    // prompt whose last 9 tokens arrive as a second chunk over the cache.
+    const auto long_prompt = Tokens(300), short_prompt = Tokens(1), chunked = Tokens(40);
+    BlockTable ct[3] = {BlockTable(cpu_pool_.get()), BlockTable(cpu_pool_.get()), BlockTable(cpu_pool_.get())};
+    BlockTable gt[3] = {BlockTable(gpu_pool_.get()), BlockTable(gpu_pool_.get()), BlockTable(gpu_pool_.get())};
+    for (int i = 0; i < 3; ++i) {
+      SIROCCO_ASSERT_OK(ct[i].Reserve(400));
+      SIROCCO_ASSERT_OK(gt[i].Reserve(400));
+    }
+    const std::span<const std::int32_t> head(chunked.data(), 31), tail(chunked.data() + 31, 9);
+    {
+      std::vector<ForwardItem> c = {{long_prompt, 0, &ct[0], true}, {short_prompt, 0, &ct[1], true},
+                                    {head, 0, &ct[2], true}};
+      std::vector<ForwardItem> g = {{long_prompt, 0, &gt[0], true}, {short_prompt, 0, &gt[1], true},
+                                    {head, 0, &gt[2], true}};
+      ExpectSameStep(c, g, form, GetParam() + " prefill " + fname);
+    }
+    {
+      std::vector<ForwardItem> c = {{tail, 31, &ct[2], true}};
+      std::vector<ForwardItem> g = {{tail, 31, &gt[2], true}};
+      ExpectSameStep(c, g, form, GetParam() + " continued chunk " + fname);
+    }
+    // Decode steps for all three, absorbed as decode always is.
+    std::int64_t len[3] = {300, 1, 40};
+    for (int step = 0; step < 4; ++step) {
+      const auto next = Tokens(3);
+      std::vector<ForwardItem> c, g;
+      for (int i = 0; i < 3; ++i) {
+        const std::span<const std::int32_t> one(next.data() + i, 1);
+        c.push_back({one, len[i], &ct[i], false});
+        g.push_back({one, len[i], &gt[i], false});
+        ++len[i];
+      }
+      ExpectSameStep(c, g, AttentionForm::kAbsorbed, GetParam() + " decode step " + std::to_string(step));
+    }
+  }
+}
+
+TEST_P(CudaModelTest, GreedyContinuationsAreIdentical) {
+  MakePools(128, 16);
+  std::vector<GenerateRequest> requests(4);
+  const int lengths[4] = {1, 17, 120, 700};
+  for (int i = 0; i < 4; ++i) {
+    requests[static_cast<std::size_t>(i)].prompt = Tokens(lengths[i]);
+    requests[static_cast<std::size_t>(i)].sampling.temperature = 0.0f;
+    requests[static_cast<std::size_t>(i)].stop.max_tokens = 24;
+    requests[static_cast<std::size_t>(i)].stop.ignore_eos = true;
+  }
+  auto want = Generate(*cpu_, *cpu_pool_, requests);
+  ASSERT_TRUE(want.ok()) << want.status();
+  auto got = Generate(*gpu_, *gpu_pool_, requests);
+  ASSERT_TRUE(got.ok()) << got.status();
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ((*got)[i].tokens, (*want)[i].tokens) << GetParam() << " request " << i;
+  }
+  // Every block went back to each pool.
+  EXPECT_EQ(gpu_pool_->num_free(), gpu_pool_->num_blocks());
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, CudaModelTest, testing::Values("tiny", "tiny-noqlora", "small"),
+                         [](const testing::TestParamInfo<std::string>& param) {
+                           std::string name = param.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
+
+}  // namespace
+}  // namespace sirocco::engine
