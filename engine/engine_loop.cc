@@ -74,7 +74,9 @@ void RequestStream::Push(StreamEvent event) {
 absl::StatusOr<std::unique_ptr<EngineLoop>> EngineLoop::Create(const EngineOptions& options) {
   if (options.model == nullptr) return absl::InvalidArgumentError("EngineOptions.model is null");
   const ModelConfig& c = options.model->config();
-  SIROCCO_ASSIGN_OR_RETURN(auto pool, KvPool::Create(options.model->PoolOptions(options.num_blocks, options.block_size)));
+  // The pool lives where the model runs (device memory on a GPU).
+  SIROCCO_ASSIGN_OR_RETURN(auto pool, KvPool::Create(options.model->PoolOptions(options.num_blocks, options.block_size),
+                                                     options.model->device()));
   SchedulerOptions so;
   so.max_tokens_per_step = options.max_tokens_per_step;
   so.max_seqs_per_step = options.max_seqs_per_step;

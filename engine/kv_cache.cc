@@ -34,6 +34,9 @@ absl::StatusOr<std::unique_ptr<KvPool>> KvPool::Create(const KvPoolOptions& o, D
                      sizeof(float);
   auto memory = device.Allocate(bytes);
   if (!memory.ok()) return memory.status();
+  // Host memory is zero-filled as in the host-only pool, so a CPU worker's
+  // pool starts in the same state whichever way it was made.
+  if (device.host_accessible() && bytes != 0) std::memset((*memory)->data(), 0, bytes);
   return std::unique_ptr<KvPool>(new KvPool(o, nullptr, *std::move(memory), device.host_accessible()));
 }
 

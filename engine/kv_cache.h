@@ -35,8 +35,8 @@ class KvPool {
  public:
   // A pool in host memory, zero-filled.
   static absl::StatusOr<std::unique_ptr<KvPool>> Create(const KvPoolOptions& options);
-  // A pool in `device`'s memory (uninitialised: every entry is written before
-  // it is read). On a device that is not host-accessible, layer() returns
+  // A pool in `device`'s memory: zero-filled on a host-accessible device,
+  // uninitialised on a GPU (every entry is written before it is read). On a device that is not host-accessible, layer() returns
   // device addresses and entry() must not be dereferenced on the host.
   static absl::StatusOr<std::unique_ptr<KvPool>> Create(const KvPoolOptions& options, Device& device);
 

@@ -299,7 +299,13 @@ absl::Status Mistral4Model::Forward(std::span<const ForwardItem> items, KvPool& 
     const DeviceWeights::Layer& dl = dw_->layers[Z(l)];
     SIROCCO_RETURN_IF_ERROR(dev.RmsNorm(I(T), I(H), x, I(H), dl.input_norm, eps, h, I(H)));
     SIROCCO_RETURN_IF_ERROR(Attention(l, b, pool, form));
-    if (on_layer_done) on_layer_done(l);
+    if (on_layer_done) {
+      // A KV transfer reads the pool outside the device's stream: on a GPU the
+      // layer's writes must have landed first. Only steps that stream their KV
+      // out layer by layer (prefill workers) pay this wait.
+      if (!dev.host_accessible()) SIROCCO_RETURN_IF_ERROR(dev.Synchronize());
+      on_layer_done(l);
+    }
     // x += attn · o_proj^T
     SIROCCO_RETURN_IF_ERROR(dev.GemmNt(I(T), I(H), I(attn_width), b.Ptr<float>(kAttn), I(attn_width), dl.o_proj,
                                        I(attn_width), 1.0f, x, I(H)));

@@ -69,8 +69,8 @@ class Mistral4Model {
   // Called on the engine thread as soon as layer `layer`'s KV of every item
   // is in the pool, while later layers still compute: a prefill worker posts
   // that layer's transfer from here. On a device that is not host-accessible
-  // the writes are enqueued, not yet done: the device's next synchronising
-  // call orders after them.
+  // Forward waits for the device before each call, so the layer's KV is in
+  // device memory when the callback runs.
   using LayerDoneFn = std::function<void(std::int64_t layer)>;
 
   // Runs the items as one batch. `logits` receives, item by item, one row of
