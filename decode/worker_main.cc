@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "engine/device_loader.h"
 #include "engine/engine_loop.h"
 #include "engine/mistral4.h"
 #include "services/metrics.h"
@@ -133,8 +134,13 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
     model_options.backend = kernels::Backend::kRef;
   } else if (kernels_name == "avx2") {
     model_options.backend = kernels::Backend::kAvx2;
+  } else if (kernels_name == "cuda") {
+    // The model, its activations and the KV pool on the GPU.
+    absl::StatusOr<std::unique_ptr<engine::Device>> device = engine::LoadCudaDevice();
+    if (!device.ok()) return Fail(device.status());
+    model_options.device = *std::move(device);
   } else {
-    return Fail(absl::InvalidArgumentError("--kernels: must be ref or avx2"));
+    return Fail(absl::InvalidArgumentError("--kernels: must be ref, avx2 or cuda"));
   }
   absl::StatusOr<std::int64_t> num_blocks = flags->GetInt("num-blocks", 1024);
   absl::StatusOr<std::int64_t> block_size = flags->GetInt("block-size", 16);
@@ -200,6 +206,15 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
     ucx.transports = transfer::UcxTransports::kDefault;
   } else {
     return Fail(absl::InvalidArgumentError("--ucx-transports: must be cma-tcp, tcp, shm or default"));
+  }
+  if (!pool.host_accessible()) {
+    if (ucx.transports != transfer::UcxTransports::kDefault) {
+      // A pool in GPU memory is written by UCX's CUDA-aware lanes (cuda_ipc,
+      // GPUDirect RDMA), which only UCX's own transport choice includes.
+      return Fail(absl::InvalidArgumentError(
+          "--kernels cuda needs --ucx-transports default (the KV pool is GPU memory)"));
+    }
+    ucx.pool_in_device_memory = true;
   }
   absl::StatusOr<std::int64_t> transfer_timeout_ms = flags->GetInt("kv-transfer-timeout-ms", 60000);
   if (!transfer_timeout_ms.ok()) return Fail(transfer_timeout_ms.status());

@@ -69,6 +69,11 @@ struct UcxOptions {
   std::uint64_t max_op_bytes = std::uint64_t{8} << 20;  // coalescing cap per put/message
   int max_ops_in_flight = 16;                           // per peer
   std::shared_ptr<FaultInjector> faults;                // tests only
+  // The registered pool is GPU memory. UCX moves data into it itself (RMA,
+  // rendezvous fetches); small eager messages, which would be copied on the
+  // host, are refused and their transfer fails (the decode side then
+  // prefills the prompt itself).
+  bool pool_in_device_memory = false;
 };
 
 absl::StatusOr<std::unique_ptr<TransferAgent>> CreateUcxAgent(const UcxOptions& options);

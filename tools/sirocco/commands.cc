@@ -12,9 +12,7 @@
 #include "engine/generator.h"
 #include "engine/kv_cache.h"
 #include "engine/mistral4.h"
-#ifdef SIROCCO_WITH_CUDA
-#include "engine/cuda/cuda_device.h"
-#endif
+#include "engine/device_loader.h"
 #include "engine/model_maker.h"
 #include "engine/npy.h"
 #include "engine/status_macros.h"
@@ -70,12 +68,8 @@ absl::StatusOr<engine::ModelOptions> ParseBackend(Flags& f) {
   auto v = f.Get("backend");
   if (!v) return options;
   if (*v == "cuda") {
-#ifdef SIROCCO_WITH_CUDA
-    SIROCCO_ASSIGN_OR_RETURN(options.device, engine::cuda::MakeCudaDevice());
+    SIROCCO_ASSIGN_OR_RETURN(options.device, engine::LoadCudaDevice());
     return options;
-#else
-    return absl::FailedPreconditionError("--backend cuda: this sirocco was built without the CUDA backend");
-#endif
   }
   if (*v == "ref") options.backend = kernels::Backend::kRef;
   else if (*v == "avx2") options.backend = kernels::Backend::kAvx2;

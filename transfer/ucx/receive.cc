@@ -164,6 +164,13 @@ ucs_status_t UcxAgent::OnData(std::uint64_t conn_id, std::string_view header, vo
     return UCS_OK;
   }
   char* const base = pit->second.base;
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) == 0 && options_.pool_in_device_memory) {
+    in.error = absl::FailedPreconditionError(
+        "an eager KV message cannot be copied into a pool in GPU memory (UCX has no CUDA-aware lane to this peer)");
+    ++in.landed;
+    MaybeCompleteIncoming(conn_id, conn, msg->transfer);
+    return UCS_OK;
+  }
   if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) == 0) {
     // Eager: the payload is already here; scatter it.
     const char* src = static_cast<const char*>(data);
