@@ -11,13 +11,15 @@
 # everything relative to themselves, work unchanged):
 #   include/{absl,gtest,gmock,benchmark,nlohmann}/, include/cblas.h
 #   lib/x86_64-linux-gnu/{libabsl_*.so*, libgtest*.a, libgmock*.a,
-#                         libbenchmark*.{so*,a}, libblas.so*}
+#                         libbenchmark*.{so*,a}, libopenblas.so.0 + libblas.so,
+#                         libgfortran.so.5, libquadmath.so.0}
 #   lib/x86_64-linux-gnu/cmake/{absl,GTest,benchmark}/
 #   share/cmake/nlohmann_json/
-# BLAS is the netlib reference build (libblas3: 450 KB, CBLAS included, no
-# Fortran runtime) rather than OpenBLAS (36 MB + libgfortran): the GPU tests
-# compare against the scalar reference, so BLAS only has to link there.
-# The result is about 11 MB. Its shared libraries need glibc >= 2.34 and a
+# BLAS is OpenBLAS (pthreads build, with its Fortran runtime): the engine test
+# runs the CPU engine as the reference for whole-model logits on the `small`
+# preset, which the netlib reference BLAS would take minutes for. The header
+# is netlib's cblas.h (the same C ABI). The result is about 51 MB, under the
+# device tool's 64 MiB carry limit. Its shared libraries need glibc >= 2.34 and a
 # libstdc++ from GCC >= 12 (GLIBCXX_3.4.30) on the GPU machine (Debian 12,
 # Ubuntu 22.04 and newer have both).
 set -euo pipefail
@@ -35,7 +37,8 @@ need() {
 }
 need /usr/include/absl /usr/include/gtest /usr/include/gmock /usr/include/benchmark /usr/include/nlohmann \
   "$SYS_LIB/cmake/absl" "$SYS_LIB/cmake/GTest" "$SYS_LIB/cmake/benchmark" /usr/share/cmake/nlohmann_json \
-  "/usr/include/$ARCH/cblas-netlib.h" "/usr/include/$ARCH/cblas_mangling.h" "$SYS_LIB/blas/libblas.so.3"
+  "/usr/include/$ARCH/cblas-netlib.h" "/usr/include/$ARCH/cblas_mangling.h" \
+  "$SYS_LIB/openblas-pthread/libopenblas.so.0" "/lib/$ARCH/libgfortran.so.5" "/lib/$ARCH/libquadmath.so.0"
 
 rm -rf "$DEST"
 mkdir -p "$DEST/include" "$DEST_LIB/cmake" "$DEST/share/cmake"
@@ -55,8 +58,9 @@ cp -a /usr/share/cmake/nlohmann_json "$DEST/share/cmake/"
 cp -a "$SYS_LIB"/libabsl_*.so* "$DEST_LIB/"
 cp -a "$SYS_LIB"/libgtest.a "$SYS_LIB"/libgtest_main.a "$SYS_LIB"/libgmock.a "$SYS_LIB"/libgmock_main.a "$DEST_LIB/"
 cp -a "$SYS_LIB"/libbenchmark.so* "$SYS_LIB"/libbenchmark_main.a "$DEST_LIB/"
-cp -L "$SYS_LIB/blas/libblas.so.3" "$DEST_LIB/libblas.so.3"
-ln -s libblas.so.3 "$DEST_LIB/libblas.so"
+cp -L "$SYS_LIB/openblas-pthread/libopenblas.so.0" "/lib/$ARCH/libgfortran.so.5" "/lib/$ARCH/libquadmath.so.0" \
+  "$DEST_LIB/"
+ln -s libopenblas.so.0 "$DEST_LIB/libblas.so"
 
 # Every file the imported targets name must exist under the prefix: expand
 # ${_IMPORT_PREFIX} as the config files compute it and check.
