@@ -52,6 +52,31 @@ class DeviceMemory {
   std::size_t bytes_;
 };
 
+// How a device stores a weight matrix. kBF16: bfloat16 weights, and every
+// product with them takes its activations rounded to bfloat16 and accumulates
+// in float32 (tensor-core numerics); everything else (residual stream, norms,
+// attention, softmax, the router's choice) stays float32.
+// kBF16AsF32 is how a float32-only device (the CPU) holds bf16 weights:
+// float32 values that are exactly bf16 numbers, with the same bf16 rounding of
+// activations in products.
+enum class WeightType : std::uint8_t { kF32, kBF16, kBF16AsF32 };
+
+// A weight matrix, or a view into one, resident on a device. Offsets count
+// elements of `type`. A plain float pointer converts to a float32 view, so
+// products on activations read the same.
+struct WeightView {
+  const void* data = nullptr;
+  WeightType type = WeightType::kF32;
+
+  WeightView() = default;
+  WeightView(const float* p) : data(p) {}  // NOLINT(google-explicit-constructor): float32 is the common case
+  WeightView(const void* p, WeightType t) : data(p), type(t) {}
+  WeightView Offset(std::int64_t elements) const {
+    const std::size_t size = type == WeightType::kBF16 ? 2 : 4;
+    return WeightView(static_cast<const char*>(data) + elements * static_cast<std::int64_t>(size), type);
+  }
+};
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -68,24 +93,33 @@ class Device {
   // (weights). A host-accessible device may return a view of `host` without
   // copying: `host` must then outlive the result.
   [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<DeviceMemory>> Upload(std::span<const float> host) = 0;
+  // A weight matrix with `type`'s numerics (kF32: Upload). A float32-only
+  // device keeps bf16 weights as float32 values rounded to bf16
+  // (kBF16AsF32): products see the same numbers.
+  [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<DeviceMemory>> UploadWeight(std::span<const float> host,
+                                                                                  WeightType type) = 0;
+  // The type of UploadWeight(_, type)'s views on this device.
+  virtual WeightType StoredType(WeightType type) const = 0;
   [[nodiscard]] virtual absl::Status CopyToDevice(void* dst, const void* src, std::size_t bytes) = 0;
   // Waits for every op enqueued before it, then copies.
   [[nodiscard]] virtual absl::Status CopyToHost(void* dst, const void* src, std::size_t bytes) = 0;
   [[nodiscard]] virtual absl::Status Synchronize() = 0;
 
   // ---- dense products and row ops (kernels.h) -------------------------------
-  [[nodiscard]] virtual absl::Status GemmNt(int m, int n, int k, const float* a, int lda, const float* b, int ldb,
-                                            float beta, float* c, int ldc) = 0;
-  [[nodiscard]] virtual absl::Status GemmNn(int m, int n, int k, const float* a, int lda, const float* b, int ldb,
+  // Products take their second operand as a WeightView: with a bf16 weight the
+  // float32 `a` is rounded to bf16 first (WeightType). c is float32.
+  [[nodiscard]] virtual absl::Status GemmNt(int m, int n, int k, const float* a, int lda, WeightView b, int ldb,
                                             float beta, float* c, int ldc) = 0;
   // `batch` independent products; operand i starts at a + i * stride_a (and so
   // on), strides in elements. The per-head products of absorbed attention.
+  // With a bf16 b, a's batches must lie side by side within its rows
+  // ((batch - 1) * stride_a + k <= lda), as the per-head slices do.
   [[nodiscard]] virtual absl::Status GemmNnBatched(int batch, int m, int n, int k, const float* a, int lda,
-                                                   std::int64_t stride_a, const float* b, int ldb,
+                                                   std::int64_t stride_a, WeightView b, int ldb,
                                                    std::int64_t stride_b, float beta, float* c, int ldc,
                                                    std::int64_t stride_c) = 0;
   [[nodiscard]] virtual absl::Status GemmNtBatched(int batch, int m, int n, int k, const float* a, int lda,
-                                                   std::int64_t stride_a, const float* b, int ldb,
+                                                   std::int64_t stride_a, WeightView b, int ldb,
                                                    std::int64_t stride_b, float beta, float* c, int ldc,
                                                    std::int64_t stride_c) = 0;
   [[nodiscard]] virtual absl::Status RmsNorm(int rows, int dim, const float* x, int ldx, const float* w, float eps,
@@ -97,8 +131,9 @@ class Device {
                                              float* out, int ldo) = 0;
   // x[r, :] *= scales[r].
   [[nodiscard]] virtual absl::Status ScaleRows(int rows, int n, float* x, int ldx, const float* scales) = 0;
-  // dst[r, :] = src[idx[r], :] for r < rows (idx on the device, trusted).
-  [[nodiscard]] virtual absl::Status GatherRows(int rows, int dim, const float* src, int lds, const std::int32_t* idx,
+  // dst[r, :] = src[idx[r], :] for r < rows (idx on the device, trusted); a
+  // bf16 table is widened to float32 (embedding lookup).
+  [[nodiscard]] virtual absl::Status GatherRows(int rows, int dim, WeightView src, int lds, const std::int32_t* idx,
                                                 float* dst, int ldd) = 0;
   // dst[idx[r], :] = src[r, :] for r < rows; idx entries distinct.
   [[nodiscard]] virtual absl::Status ScatterRows(int rows, int dim, const float* src, int lds,
@@ -130,7 +165,7 @@ class Device {
   //   c[r, :n] = a[r, :k] · W_g^T,  W_g = w + g * w_stride, [n, k] with ld ldw.
   // offsets (device) as MoeDispatch writes them; rows = offsets[num_groups].
   [[nodiscard]] virtual absl::Status GroupedGemmNt(int num_groups, int rows, int n, int k, const float* a, int lda,
-                                                   const std::int32_t* offsets, const float* w, int ldw,
+                                                   const std::int32_t* offsets, WeightView w, int ldw,
                                                    std::int64_t w_stride, float* c, int ldc) = 0;
   // out[t, :] = (accumulate ? out[t, :] : 0) + sum over slots s, in slot
   // order, of weights[t, s] * ys[position[t * top_k + s], :].

@@ -9,6 +9,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/device.h"
+#include "engine/dtype.h"
+#include "engine/status_macros.h"
 
 namespace sirocco::engine {
 namespace {
@@ -43,6 +45,18 @@ class HostDevice final : public Device {
   absl::StatusOr<std::unique_ptr<DeviceMemory>> Upload(std::span<const float> host) override {
     return std::make_unique<HostMemory>(const_cast<float*>(host.data()), host.size_bytes(), false);
   }
+  absl::StatusOr<std::unique_ptr<DeviceMemory>> UploadWeight(std::span<const float> host, WeightType type) override {
+    if (type == WeightType::kF32) return Upload(host);
+    // bf16 numerics on float32 kernels: the weights rounded once, here.
+    auto memory = Allocate(host.size_bytes());
+    if (!memory.ok()) return memory.status();
+    float* out = (*memory)->as<float>();
+    for (std::size_t i = 0; i < host.size(); ++i) out[i] = Bf16ToFloat(FloatToBf16(host[i]));
+    return memory;
+  }
+  WeightType StoredType(WeightType type) const override {
+    return type == WeightType::kF32 ? WeightType::kF32 : WeightType::kBF16AsF32;
+  }
   absl::Status CopyToDevice(void* dst, const void* src, std::size_t bytes) override {
     if (bytes != 0) std::memcpy(dst, src, bytes);
     return absl::OkStatus();
@@ -53,29 +67,30 @@ class HostDevice final : public Device {
   }
   absl::Status Synchronize() override { return absl::OkStatus(); }
 
-  absl::Status GemmNt(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta, float* c,
+  absl::Status GemmNt(int m, int n, int k, const float* a, int lda, WeightView b, int ldb, float beta, float* c,
                       int ldc) override {
-    k_.gemm_nt(m, n, k, a, lda, b, ldb, beta, c, ldc);
-    return absl::OkStatus();
-  }
-  absl::Status GemmNn(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta, float* c,
-                      int ldc) override {
-    k_.gemm_nn(m, n, k, a, lda, b, ldb, beta, c, ldc);
+    SIROCCO_ASSIGN_OR_RETURN(const float* w, Weights(b));
+    a = Operand(b, m, k, a, lda);
+    k_.gemm_nt(m, n, k, a, lda, w, ldb, beta, c, ldc);
     return absl::OkStatus();
   }
   absl::Status GemmNnBatched(int batch, int m, int n, int k, const float* a, int lda, std::int64_t stride_a,
-                             const float* b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
+                             WeightView b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
                              std::int64_t stride_c) override {
+    SIROCCO_ASSIGN_OR_RETURN(const float* w, Weights(b));
+    if (batch > 0) a = Operand(b, m, static_cast<int>((batch - 1) * stride_a + k), a, lda);
     for (int i = 0; i < batch; ++i) {
-      k_.gemm_nn(m, n, k, a + i * stride_a, lda, b + i * stride_b, ldb, beta, c + i * stride_c, ldc);
+      k_.gemm_nn(m, n, k, a + i * stride_a, lda, w + i * stride_b, ldb, beta, c + i * stride_c, ldc);
     }
     return absl::OkStatus();
   }
   absl::Status GemmNtBatched(int batch, int m, int n, int k, const float* a, int lda, std::int64_t stride_a,
-                             const float* b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
+                             WeightView b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
                              std::int64_t stride_c) override {
+    SIROCCO_ASSIGN_OR_RETURN(const float* w, Weights(b));
+    if (batch > 0) a = Operand(b, m, static_cast<int>((batch - 1) * stride_a + k), a, lda);
     for (int i = 0; i < batch; ++i) {
-      k_.gemm_nt(m, n, k, a + i * stride_a, lda, b + i * stride_b, ldb, beta, c + i * stride_c, ldc);
+      k_.gemm_nt(m, n, k, a + i * stride_a, lda, w + i * stride_b, ldb, beta, c + i * stride_c, ldc);
     }
     return absl::OkStatus();
   }
@@ -101,8 +116,9 @@ class HostDevice final : public Device {
     }
     return absl::OkStatus();
   }
-  absl::Status GatherRows(int rows, int dim, const float* src, int lds, const std::int32_t* idx, float* dst,
+  absl::Status GatherRows(int rows, int dim, WeightView table, int lds, const std::int32_t* idx, float* dst,
                           int ldd) override {
+    SIROCCO_ASSIGN_OR_RETURN(const float* src, Weights(table));
     for (int r = 0; r < rows; ++r) {
       std::memcpy(dst + static_cast<std::int64_t>(r) * ldd, src + static_cast<std::int64_t>(idx[r]) * lds,
                   sizeof(float) * static_cast<std::size_t>(dim));
@@ -163,9 +179,11 @@ class HostDevice final : public Device {
     }
     return absl::OkStatus();
   }
-  absl::Status GroupedGemmNt(int num_groups, int /*rows*/, int n, int k, const float* a, int lda,
-                             const std::int32_t* offsets, const float* w, int ldw, std::int64_t w_stride, float* c,
+  absl::Status GroupedGemmNt(int num_groups, int rows, int n, int k, const float* a, int lda,
+                             const std::int32_t* offsets, WeightView wv, int ldw, std::int64_t w_stride, float* c,
                              int ldc) override {
+    SIROCCO_ASSIGN_OR_RETURN(const float* w, Weights(wv));
+    a = Operand(wv, rows, k, a, lda);
     for (int g = 0; g < num_groups; ++g) {
       const std::int32_t begin = offsets[g], count = offsets[g + 1] - begin;
       if (count == 0) continue;
@@ -190,7 +208,28 @@ class HostDevice final : public Device {
   }
 
  private:
+  static absl::StatusOr<const float*> Weights(WeightView w) {
+    if (w.type == WeightType::kBF16) {
+      return absl::InvalidArgumentError("the CPU device holds bf16 weights as float32 (kBF16AsF32)");
+    }
+    return static_cast<const float*>(w.data);
+  }
+  // The activations a product with `w` reads: `a` itself, or for bf16 weights
+  // a copy of its rows x cols view rounded to bf16 (same leading dimension).
+  const float* Operand(WeightView w, int rows, int cols, const float* a, int lda) {
+    if (w.type != WeightType::kBF16AsF32 || rows <= 0 || cols <= 0) return a;
+    rounded_.resize(static_cast<std::size_t>(rows - 1) * static_cast<std::size_t>(lda) +
+                    static_cast<std::size_t>(cols));
+    for (int r = 0; r < rows; ++r) {
+      const float* src = a + static_cast<std::int64_t>(r) * lda;
+      float* dst = rounded_.data() + static_cast<std::int64_t>(r) * lda;
+      for (int i = 0; i < cols; ++i) dst[i] = Bf16ToFloat(FloatToBf16(src[i]));
+    }
+    return rounded_.data();
+  }
+
   const kernels::KernelTable& k_;
+  std::vector<float> rounded_;  // bf16-rounded activations of the current product
 };
 
 }  // namespace

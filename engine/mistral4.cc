@@ -19,16 +19,16 @@ constexpr float kLatentNormEps = 1e-6f;
 // weights themselves (Upload is a view); on a GPU into device copies.
 struct Mistral4Model::DeviceWeights {
   struct Layer {
-    const float *input_norm = nullptr, *post_norm = nullptr;
-    const float *q_proj = nullptr, *q_a_proj = nullptr, *q_a_norm = nullptr, *q_b_proj = nullptr;
-    const float *kv_a_proj = nullptr, *kv_a_norm = nullptr, *kv_b_proj = nullptr, *o_proj = nullptr;
-    const float *gate = nullptr, *up = nullptr, *down = nullptr;  // dense MLP, or the shared expert
-    const float *router = nullptr, *experts_gate_up = nullptr, *experts_down = nullptr;
+    const float *input_norm = nullptr, *post_norm = nullptr, *q_a_norm = nullptr, *kv_a_norm = nullptr;
+    WeightView q_proj, q_a_proj, q_b_proj, kv_a_proj, kv_b_proj, o_proj;
+    WeightView gate, up, down;  // dense MLP, or the shared expert
+    const float* router_f32 = nullptr;
+    WeightView router, experts_gate_up, experts_down;
   };
   std::vector<std::unique_ptr<DeviceMemory>> memory;
-  const float* embed = nullptr;
+  WeightView embed;
+  WeightView head;
   const float* final_norm = nullptr;
-  const float* head = nullptr;
   const float* inv_freq = nullptr;
   std::vector<Layer> layers;
 };
@@ -97,10 +97,11 @@ struct Mistral4Model::Batch {
 };
 
 Mistral4Model::Mistral4Model(const ModelConfig& config, std::unique_ptr<Mistral4Weights> weights,
-                             std::shared_ptr<Device> device)
+                             std::shared_ptr<Device> device, WeightType weight_type)
     : config_(config),
       w_(std::move(weights)),
       device_(std::move(device)),
+      weight_type_(weight_type),
       dw_(std::make_unique<DeviceWeights>()),
       rope_(ComputeRopeTables(config)),
       scratch_(std::make_unique<Scratch>()) {}
@@ -130,13 +131,18 @@ absl::StatusOr<std::unique_ptr<Mistral4Model>> Mistral4Model::FromWeights(const 
   if (weights == nullptr || static_cast<std::int64_t>(weights->layers.size()) != config.num_hidden_layers) {
     return absl::InvalidArgumentError("weights do not match the config's num_hidden_layers");
   }
-  std::unique_ptr<Mistral4Model> model(new Mistral4Model(config, std::move(weights), std::move(device)));
+  if (options.weight_type == WeightType::kBF16AsF32) {
+    return absl::InvalidArgumentError("weight_type: ask for kF32 or kBF16 (kBF16AsF32 is a device's storage)");
+  }
+  std::unique_ptr<Mistral4Model> model(
+      new Mistral4Model(config, std::move(weights), std::move(device), options.weight_type));
   SIROCCO_RETURN_IF_ERROR(model->UploadWeights());
   return model;
 }
 
 absl::Status Mistral4Model::UploadWeights() {
   DeviceWeights& d = *dw_;
+  // Norm weights and rope tables stay float32; matrices take weight_type_.
   auto put = [&](std::span<const float> host, const float** out) -> absl::Status {
     if (host.empty()) return absl::OkStatus();
     SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->Upload(host));
@@ -144,10 +150,18 @@ absl::Status Mistral4Model::UploadWeights() {
     d.memory.push_back(std::move(mem));
     return absl::OkStatus();
   };
-  SIROCCO_RETURN_IF_ERROR(put(w_->embed.data, &d.embed));
+  const WeightType stored = device_->StoredType(weight_type_);
+  auto put_matrix = [&](std::span<const float> host, WeightView* out) -> absl::Status {
+    if (host.empty()) return absl::OkStatus();
+    SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->UploadWeight(host, weight_type_));
+    *out = WeightView(mem->data(), stored);
+    d.memory.push_back(std::move(mem));
+    return absl::OkStatus();
+  };
+  SIROCCO_RETURN_IF_ERROR(put_matrix(w_->embed.data, &d.embed));
   SIROCCO_RETURN_IF_ERROR(put(w_->final_norm, &d.final_norm));
   d.head = d.embed;
-  if (!w_->lm_head.empty()) SIROCCO_RETURN_IF_ERROR(put(w_->lm_head.data, &d.head));
+  if (!w_->lm_head.empty()) SIROCCO_RETURN_IF_ERROR(put_matrix(w_->lm_head.data, &d.head));
   SIROCCO_RETURN_IF_ERROR(put(rope_.inv_freq, &d.inv_freq));
   d.layers.resize(w_->layers.size());
   for (std::size_t l = 0; l < w_->layers.size(); ++l) {
@@ -155,22 +169,25 @@ absl::Status Mistral4Model::UploadWeights() {
     DeviceWeights::Layer& dl = d.layers[l];
     SIROCCO_RETURN_IF_ERROR(put(lw.input_norm, &dl.input_norm));
     SIROCCO_RETURN_IF_ERROR(put(lw.post_norm, &dl.post_norm));
-    SIROCCO_RETURN_IF_ERROR(put(lw.attn.q_proj.data, &dl.q_proj));
-    SIROCCO_RETURN_IF_ERROR(put(lw.attn.q_a_proj.data, &dl.q_a_proj));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_proj.data, &dl.q_proj));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_a_proj.data, &dl.q_a_proj));
     SIROCCO_RETURN_IF_ERROR(put(lw.attn.q_a_norm, &dl.q_a_norm));
-    SIROCCO_RETURN_IF_ERROR(put(lw.attn.q_b_proj.data, &dl.q_b_proj));
-    SIROCCO_RETURN_IF_ERROR(put(lw.attn.kv_a_proj.data, &dl.kv_a_proj));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_b_proj.data, &dl.q_b_proj));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.kv_a_proj.data, &dl.kv_a_proj));
     SIROCCO_RETURN_IF_ERROR(put(lw.attn.kv_a_norm, &dl.kv_a_norm));
-    SIROCCO_RETURN_IF_ERROR(put(lw.attn.kv_b_proj.data, &dl.kv_b_proj));
-    SIROCCO_RETURN_IF_ERROR(put(lw.attn.o_proj.data, &dl.o_proj));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.kv_b_proj.data, &dl.kv_b_proj));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.o_proj.data, &dl.o_proj));
     const MlpWeights& mlp = lw.is_moe ? lw.moe.shared : lw.dense;
-    SIROCCO_RETURN_IF_ERROR(put(mlp.gate.data, &dl.gate));
-    SIROCCO_RETURN_IF_ERROR(put(mlp.up.data, &dl.up));
-    SIROCCO_RETURN_IF_ERROR(put(mlp.down.data, &dl.down));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.gate.data, &dl.gate));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.up.data, &dl.up));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.down.data, &dl.down));
     if (lw.is_moe) {
-      SIROCCO_RETURN_IF_ERROR(put(lw.moe.router.data, &dl.router));
-      SIROCCO_RETURN_IF_ERROR(put(lw.moe.gate_up, &dl.experts_gate_up));
-      SIROCCO_RETURN_IF_ERROR(put(lw.moe.down, &dl.experts_down));
+      // The router decides which experts run: it stays float32, so bf16
+      // weights never change a routing decision by rounding alone.
+      SIROCCO_RETURN_IF_ERROR(put(lw.moe.router.data, &dl.router_f32));
+      dl.router = WeightView(dl.router_f32);
+      SIROCCO_RETURN_IF_ERROR(put_matrix(lw.moe.gate_up, &dl.experts_gate_up));
+      SIROCCO_RETURN_IF_ERROR(put_matrix(lw.moe.down, &dl.experts_down));
     }
   }
   return absl::OkStatus();
@@ -449,12 +466,12 @@ absl::Status Mistral4Model::AttentionAbsorbed(std::int64_t layer, Batch& b, KvPo
   p.out = out_lat;
   SIROCCO_RETURN_IF_ERROR(dev.MlaAttention(p, b.max_ctx));
   // Unfold W_uv: attn[t, h] = out_lat[t, h] · W_uv[h]^T  ([R] x [v, R]^T).
-  return dev.GemmNtBatched(I(heads), I(T), I(vd), I(R), out_lat, I(heads * R), R, dl.kv_b_proj + nope * R, I(R),
+  return dev.GemmNtBatched(I(heads), I(T), I(vd), I(R), out_lat, I(heads * R), R, dl.kv_b_proj.Offset(nope * R), I(R),
                            kvw * R, 0.0f, b.Ptr<float>(kAttn), I(heads * vd), vd);
 }
 
 // out += down(silu(gate x) * up x).
-absl::Status Mistral4Model::Mlp(const float* gate, const float* up, const float* down, std::int64_t inter,
+absl::Status Mistral4Model::Mlp(WeightView gate, WeightView up, WeightView down, std::int64_t inter,
                                 const float* x, std::int64_t rows, float* out, Batch& b) const {
   Device& dev = *b.dev;
   const std::int64_t H = config_.hidden_size;

@@ -44,6 +44,11 @@ struct ModelOptions {
   // Where the model runs; null: the CPU device over `backend`. Pools passed to
   // Forward must live on this device (KvPool::Create(options, device)).
   std::shared_ptr<Device> device;
+  // How the weight matrices are held and multiplied (norm weights, the
+  // residual stream and attention stay float32 either way). kBF16 halves
+  // weight memory and bandwidth; products then see bf16 activations with
+  // float32 accumulation.
+  WeightType weight_type = WeightType::kF32;
 };
 
 // One sequence's share of a forward step.
@@ -80,12 +85,13 @@ class Mistral4Model {
 
   const ModelConfig& config() const { return config_; }
   Device& device() const { return *device_; }
+  WeightType weight_type() const { return weight_type_; }
   // Options for a pool that fits this model.
   KvPoolOptions PoolOptions(std::int64_t num_blocks, std::int64_t block_size) const;
 
  private:
   Mistral4Model(const ModelConfig& config, std::unique_ptr<Mistral4Weights> weights,
-                std::shared_ptr<Device> device);
+                std::shared_ptr<Device> device, WeightType weight_type);
   absl::Status UploadWeights();
 
   struct DeviceWeights;  // the weights' device addresses
@@ -95,12 +101,13 @@ class Mistral4Model {
   absl::Status AttentionExpanded(std::int64_t layer, Batch& b, KvPool& pool) const;
   absl::Status AttentionAbsorbed(std::int64_t layer, Batch& b, KvPool& pool) const;
   absl::Status Moe(std::int64_t layer, Batch& b) const;
-  absl::Status Mlp(const float* gate, const float* up, const float* down, std::int64_t inter, const float* x,
+  absl::Status Mlp(WeightView gate, WeightView up, WeightView down, std::int64_t inter, const float* x,
                    std::int64_t rows, float* out, Batch& b) const;
 
   ModelConfig config_;
   std::unique_ptr<Mistral4Weights> w_;  // host weights (the CPU device computes on them in place)
   std::shared_ptr<Device> device_;
+  WeightType weight_type_;
   std::unique_ptr<DeviceWeights> dw_;
   RopeTables rope_;
   mutable absl::Mutex mu_;

@@ -1,8 +1,10 @@
 #include "engine/cuda/cuda_device.h"
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "engine/status_macros.h"
 #include "kernels/cuda/cuda_kernels.h"
@@ -12,6 +14,16 @@ namespace sirocco::engine::cuda {
 namespace {
 
 namespace kc = ::sirocco::kernels::cuda;
+
+// float -> bfloat16 bits, round to nearest even (NaN stays a quiet NaN). The
+// module links no engine code, so it carries its own copy of this rule
+// (engine/dtype.h's FloatToBf16).
+std::uint16_t ToBf16Bits(float f) {
+  std::uint32_t u = 0;
+  std::memcpy(&u, &f, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
+  return static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
 
 class CudaMemory final : public DeviceMemory {
  public:
@@ -46,6 +58,18 @@ class CudaDevice final : public Device {
     SIROCCO_RETURN_IF_ERROR(kc::CopyToDeviceAsync(memory->data(), host.data(), host.size_bytes(), s()));
     return memory;
   }
+  absl::StatusOr<std::unique_ptr<DeviceMemory>> UploadWeight(std::span<const float> host, WeightType type) override {
+    if (type == WeightType::kF32) return Upload(host);
+    if (type != WeightType::kBF16) return absl::InvalidArgumentError("the CUDA device stores bf16 weights as bf16");
+    std::vector<std::uint16_t> bits(host.size());
+    for (std::size_t i = 0; i < host.size(); ++i) bits[i] = ToBf16Bits(host[i]);
+    SIROCCO_ASSIGN_OR_RETURN(auto memory, Allocate(bits.size() * sizeof(std::uint16_t)));
+    // A synchronous copy: `bits` goes away when this returns.
+    SIROCCO_RETURN_IF_ERROR(kc::CopyToDeviceAsync(memory->data(), bits.data(), bits.size() * sizeof(std::uint16_t), s()));
+    SIROCCO_RETURN_IF_ERROR(kc::Synchronize(s()));
+    return memory;
+  }
+  WeightType StoredType(WeightType type) const override { return type; }
   absl::Status CopyToDevice(void* dst, const void* src, std::size_t bytes) override {
     return kc::CopyToDeviceAsync(dst, src, bytes, s());
   }
@@ -55,23 +79,24 @@ class CudaDevice final : public Device {
   }
   absl::Status Synchronize() override { return kc::Synchronize(s()); }
 
-  absl::Status GemmNt(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta, float* c,
+  absl::Status GemmNt(int m, int n, int k, const float* a, int lda, WeightView b, int ldb, float beta, float* c,
                       int ldc) override {
-    return blas_->GemmNt(m, n, k, a, lda, b, ldb, beta, c, ldc, s());
-  }
-  absl::Status GemmNn(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta, float* c,
-                      int ldc) override {
-    return blas_->GemmNn(m, n, k, a, lda, b, ldb, beta, c, ldc, s());
+    if (b.type == WeightType::kF32) {
+      return blas_->GemmNt(m, n, k, a, lda, static_cast<const float*>(b.data), ldb, beta, c, ldc, s());
+    }
+    SIROCCO_RETURN_IF_ERROR(CheckBf16(b));
+    SIROCCO_ASSIGN_OR_RETURN(kc::Bf16 * a16, ToBf16(m, k, a, lda, k));
+    return blas_->GemmNtBf16(m, n, k, a16, k, static_cast<const kc::Bf16*>(b.data), ldb, beta, c, ldc, s());
   }
   absl::Status GemmNnBatched(int batch, int m, int n, int k, const float* a, int lda, std::int64_t stride_a,
-                             const float* b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
+                             WeightView b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
                              std::int64_t stride_c) override {
-    return blas_->GemmNnBatched(batch, m, n, k, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c, s());
+    return Batched(false, batch, m, n, k, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c);
   }
   absl::Status GemmNtBatched(int batch, int m, int n, int k, const float* a, int lda, std::int64_t stride_a,
-                             const float* b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
+                             WeightView b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
                              std::int64_t stride_c) override {
-    return blas_->GemmNtBatched(batch, m, n, k, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c, s());
+    return Batched(true, batch, m, n, k, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c);
   }
   absl::Status RmsNorm(int rows, int dim, const float* x, int ldx, const float* w, float eps, float* y,
                        int ldy) override {
@@ -88,9 +113,13 @@ class CudaDevice final : public Device {
   absl::Status ScaleRows(int rows, int n, float* x, int ldx, const float* scales) override {
     return kc::ScaleRows(rows, n, x, ldx, scales, s());
   }
-  absl::Status GatherRows(int rows, int dim, const float* src, int lds, const std::int32_t* idx, float* dst,
+  absl::Status GatherRows(int rows, int dim, WeightView src, int lds, const std::int32_t* idx, float* dst,
                           int ldd) override {
-    return kc::GatherRows(rows, dim, src, lds, idx, dst, ldd, s());
+    if (src.type == WeightType::kF32) {
+      return kc::GatherRows(rows, dim, static_cast<const float*>(src.data), lds, idx, dst, ldd, s());
+    }
+    SIROCCO_RETURN_IF_ERROR(CheckBf16(src));
+    return kc::GatherRowsBf16(rows, dim, static_cast<const kc::Bf16*>(src.data), lds, idx, dst, ldd, s());
   }
   absl::Status ScatterRows(int rows, int dim, const float* src, int lds, const std::int32_t* idx, float* dst,
                            int ldd) override {
@@ -175,8 +204,9 @@ class CudaDevice final : public Device {
     return kc::MoeGatherRows(rows, dim, x, ldx, sorted, top_k, xs, ldxs, s());
   }
   absl::Status GroupedGemmNt(int num_groups, int rows, int n, int k, const float* a, int lda,
-                             const std::int32_t* offsets, const float* w, int ldw, std::int64_t w_stride, float* c,
+                             const std::int32_t* offsets, WeightView w, int ldw, std::int64_t w_stride, float* c,
                              int ldc) override {
+    if (w.type != WeightType::kF32) SIROCCO_RETURN_IF_ERROR(CheckBf16(w));
     kc::GroupedGemmParams q;
     q.num_groups = num_groups;
     q.rows = rows;
@@ -185,7 +215,11 @@ class CudaDevice final : public Device {
     q.a = a;
     q.lda = lda;
     q.offsets = offsets;
-    q.w = w;
+    if (w.type == WeightType::kF32) {
+      q.w = static_cast<const float*>(w.data);
+    } else {
+      q.w_bf16 = static_cast<const kc::Bf16*>(w.data);
+    }
     q.ldw = ldw;
     q.w_stride = w_stride;
     q.c = c;
@@ -201,9 +235,47 @@ class CudaDevice final : public Device {
  private:
   kc::Stream s() const { return stream_->get(); }
 
+  static absl::Status CheckBf16(WeightView w) {
+    if (w.type != WeightType::kBF16) return absl::InvalidArgumentError("unsupported weight type on the CUDA device");
+    return absl::OkStatus();
+  }
+  // a's rows x cols view rounded to bf16 into scratch with leading dimension ld.
+  absl::StatusOr<kc::Bf16*> ToBf16(int rows, int cols, const float* a, int lda, int ld) {
+    const std::size_t bytes =
+        rows <= 0 ? 0 : (static_cast<std::size_t>(rows - 1) * static_cast<std::size_t>(ld) + static_cast<std::size_t>(cols)) * 2;
+    if (bf16_scratch_ == nullptr || bf16_scratch_->size() < bytes) {
+      bf16_scratch_.reset();
+      SIROCCO_ASSIGN_OR_RETURN(bf16_scratch_, Allocate(bytes + bytes / 2 + 256));
+    }
+    auto* out = bf16_scratch_->as<kc::Bf16>();
+    SIROCCO_RETURN_IF_ERROR(kc::ConvertToBf16(rows, cols, a, lda, out, ld, s()));
+    return out;
+  }
+  absl::Status Batched(bool transpose_b, int batch, int m, int n, int k, const float* a, int lda,
+                       std::int64_t stride_a, WeightView b, int ldb, std::int64_t stride_b, float beta, float* c,
+                       int ldc, std::int64_t stride_c) {
+    if (b.type == WeightType::kF32) {
+      const auto* w = static_cast<const float*>(b.data);
+      return transpose_b
+                 ? blas_->GemmNtBatched(batch, m, n, k, a, lda, stride_a, w, ldb, stride_b, beta, c, ldc, stride_c, s())
+                 : blas_->GemmNnBatched(batch, m, n, k, a, lda, stride_a, w, ldb, stride_b, beta, c, ldc, stride_c,
+                                        s());
+    }
+    SIROCCO_RETURN_IF_ERROR(CheckBf16(b));
+    if (batch <= 0 || m <= 0) return absl::OkStatus();
+    const std::int64_t width = (batch - 1) * stride_a + k;
+    if (width > lda) {
+      return absl::UnimplementedError("bf16 batched products need the batches side by side within a's rows");
+    }
+    SIROCCO_ASSIGN_OR_RETURN(kc::Bf16 * a16, ToBf16(m, static_cast<int>(width), a, lda, lda));
+    return blas_->GemmBf16Batched(transpose_b, batch, m, n, k, a16, lda, stride_a,
+                                  static_cast<const kc::Bf16*>(b.data), ldb, stride_b, beta, c, ldc, stride_c, s());
+  }
+
   std::shared_ptr<const kc::StreamHandle> stream_;
   std::unique_ptr<kc::Blas> blas_;
   std::unique_ptr<DeviceMemory> mla_workspace_;
+  std::unique_ptr<DeviceMemory> bf16_scratch_;  // activations rounded for products on bf16 weights
 };
 
 }  // namespace

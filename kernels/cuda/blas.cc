@@ -154,6 +154,28 @@ absl::Status GemmNtBf16Impl(cublasHandle_t handle, int m, int n, int k, const Bf
 
 }  // namespace
 
+absl::Status Blas::GemmBf16Batched(bool transpose_b, int batch, int m, int n, int k, const Bf16* a, int lda,
+                                   std::int64_t stride_a, const Bf16* b, int ldb, std::int64_t stride_b, float beta,
+                                   float* c, int ldc, std::int64_t stride_c, Stream stream) {
+  if (batch < 0) return Invalid("negative batch " + std::to_string(batch));
+  if (stride_a < 0 || stride_b < 0 || stride_c < 0) return Invalid("negative batch stride");
+  SIROCCO_CUDA_RETURN_IF_ERROR(CheckGemm(m, n, k, a, lda, b, ldb, transpose_b ? k : n, c, ldc));
+  if (batch == 0 || m == 0 || n == 0) return absl::OkStatus();
+  SIROCCO_CUDA_RETURN_IF_ERROR(CublasStatus(cublasSetStream(handle_, stream), "cublasSetStream"));
+  if (k == 0) {
+    for (int i = 0; i < batch; ++i) {
+      SIROCCO_CUDA_RETURN_IF_ERROR(ScaleC(handle_, m, n, beta, c + i * stride_c, ldc, stream));
+    }
+    return absl::OkStatus();
+  }
+  const float alpha = 1.0f;
+  return CublasStatus(
+      cublasGemmStridedBatchedEx(handle_, transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, n, m, k, &alpha, b,
+                                 CUDA_R_16BF, ldb, stride_b, a, CUDA_R_16BF, lda, stride_a, &beta, c, CUDA_R_32F, ldc,
+                                 stride_c, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      "cuda::Blas::GemmBf16Batched: cublasGemmStridedBatchedEx");
+}
+
 absl::Status Blas::GemmNtBf16(int m, int n, int k, const Bf16* a, int lda, const Bf16* b, int ldb, float beta, float* c,
                               int ldc, Stream stream) {
   return GemmNtBf16Impl(handle_, m, n, k, a, lda, b, ldb, beta, c, CUDA_R_32F, ldc, stream);

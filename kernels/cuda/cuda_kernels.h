@@ -106,6 +106,11 @@ struct MoeDispatchParams {
                                       const std::int32_t* position, const float* weights, bool accumulate, float* out,
                                       int ldo, Stream stream);
 
+// bf16 conversions for products on bf16 weights: dst[r, :cols] =
+// bf16(src[r, :cols]), round to nearest even (NaN stays NaN).
+[[nodiscard]] absl::Status ConvertToBf16(int rows, int cols, const float* src, int lds, Bf16* dst, int ldd,
+                                         Stream stream);
+
 // Grouped products (MoE experts) with the grouping on the device: for each
 // group g and each row r in [offsets[g], offsets[g + 1]):
 //   c[r, :n] = a[r, :k] · W_g^T,   W_g = w + g * w_stride ([n, k], leading dim ldw)
@@ -113,7 +118,9 @@ struct MoeDispatchParams {
 // MoeDispatch writes them; `rows` = offsets[num_groups] is known on the host
 // (tokens * top_k), the split between groups is not, so the grid covers every
 // possible tiling and tiles past a group's rows exit at once. float32
-// arithmetic with float32 accumulation, like the CPU gemm_nt.
+// arithmetic with float32 accumulation, like the CPU gemm_nt. With bf16
+// weights (w_bf16 set, w unused) each a value is rounded to bf16 as it is
+// loaded, so the products are those of bf16 operands, as cuBLAS's on bf16.
 struct GroupedGemmParams {
   int num_groups = 0;
   int rows = 0;
@@ -123,6 +130,7 @@ struct GroupedGemmParams {
   int lda = 0;
   const std::int32_t* offsets = nullptr;
   const float* w = nullptr;
+  const Bf16* w_bf16 = nullptr;
   int ldw = 0;
   std::int64_t w_stride = 0;
   float* c = nullptr;  // [rows, n], leading dimension ldc
@@ -135,6 +143,9 @@ struct GroupedGemmParams {
 // dst[r, :] = src[idx[r], :]
 [[nodiscard]] absl::Status GatherRows(int rows, int dim, const float* src, int lds, const std::int32_t* idx,
                                       float* dst, int ldd, Stream stream);
+// The same from a bf16 table (embedding lookup on bf16 weights), widened to float32.
+[[nodiscard]] absl::Status GatherRowsBf16(int rows, int dim, const Bf16* src, int lds, const std::int32_t* idx,
+                                          float* dst, int ldd, Stream stream);
 // dst[idx[r], :] = src[r, :]; idx entries distinct.
 [[nodiscard]] absl::Status ScatterRows(int rows, int dim, const float* src, int lds, const std::int32_t* idx,
                                        float* dst, int ldd, Stream stream);
@@ -240,6 +251,12 @@ class Blas {
   [[nodiscard]] absl::Status GemmNnBatched(int batch, int m, int n, int k, const float* a, int lda,
                                            std::int64_t stride_a, const float* b, int ldb, std::int64_t stride_b,
                                            float beta, float* c, int ldc, std::int64_t stride_c, Stream stream);
+  // `batch` products on bf16 operands with float32 accumulation and a float32
+  // C (cublasGemmStridedBatchedEx): C_i = A_i . op(B_i) + beta C_i with
+  // op(B) = B^T when transpose_b (B_i [n, k]) and B otherwise (B_i [k, n]).
+  [[nodiscard]] absl::Status GemmBf16Batched(bool transpose_b, int batch, int m, int n, int k, const Bf16* a, int lda,
+                                             std::int64_t stride_a, const Bf16* b, int ldb, std::int64_t stride_b,
+                                             float beta, float* c, int ldc, std::int64_t stride_c, Stream stream);
   // gemm_nt on bf16 inputs with float32 accumulation (tensor cores), storing
   // float32 or bf16 (rounded to nearest even).
   [[nodiscard]] absl::Status GemmNtBf16(int m, int n, int k, const Bf16* a, int lda, const Bf16* b, int ldb, float beta,

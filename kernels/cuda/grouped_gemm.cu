@@ -10,6 +10,7 @@
 // kernel (64 x 64 outputs, 16-deep k slices, 4 x 4 outputs per thread) with
 // float32 accumulation in k order, like the CPU gemm_nt; tensor-core tiles for
 // bf16 / FP8 weights are the next step where the benchmark shows the need.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -32,8 +33,17 @@ constexpr int kTileN = 64;
 constexpr int kTileK = 16;
 constexpr int kThreads = 256;  // 16 x 16 threads, 4 x 4 outputs each
 
+__device__ __forceinline__ float WeightValue(float w) { return w; }
+__device__ __forceinline__ float WeightValue(__nv_bfloat16 w) { return __bfloat162float(w); }
+// bf16 weights multiply bf16-rounded activations (the cuBLAS bf16 numerics).
+__device__ __forceinline__ float ActivationValue(float a, const float*) { return a; }
+__device__ __forceinline__ float ActivationValue(float a, const __nv_bfloat16*) {
+  return __bfloat162float(__float2bfloat16_rn(a));
+}
+
+template <typename W>
 __global__ void __launch_bounds__(kThreads) GroupedGemmNtKernel(int num_groups, int n, int k, const float* a, int lda,
-                                                                const std::int32_t* offsets, const float* w, int ldw,
+                                                                const std::int32_t* offsets, const W* w, int ldw,
                                                                 std::int64_t w_stride, float* c, int ldc) {
   __shared__ int s_group, s_row0, s_row_end;
   __shared__ float as[kTileK][kTileM + 4];  // a tile, k-major so a thread's 4 rows are adjacent
@@ -60,7 +70,7 @@ __global__ void __launch_bounds__(kThreads) GroupedGemmNtKernel(int num_groups, 
   if (g < 0) return;
   const int row0 = s_row0, row_end = s_row_end;
   const int col0 = blockIdx.x * kTileN;
-  const float* wg = w + g * w_stride;
+  const W* wg = w + g * w_stride;
 
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   float acc[4][4] = {};
@@ -71,9 +81,9 @@ __global__ void __launch_bounds__(kThreads) GroupedGemmNtKernel(int num_groups, 
       const int e = threadIdx.x + i * kThreads;
       const int rr = e / kTileK, kk = e % kTileK;
       const int r = row0 + rr, kc = k0 + kk;
-      as[kk][rr] = (r < row_end && kc < k) ? a[static_cast<std::int64_t>(r) * lda + kc] : 0.0f;
+      as[kk][rr] = (r < row_end && kc < k) ? ActivationValue(a[static_cast<std::int64_t>(r) * lda + kc], wg) : 0.0f;
       const int col = col0 + rr;
-      bs[kk][rr] = (col < n && kc < k) ? wg[static_cast<std::int64_t>(col) * ldw + kc] : 0.0f;
+      bs[kk][rr] = (col < n && kc < k) ? WeightValue(wg[static_cast<std::int64_t>(col) * ldw + kc]) : 0.0f;
     }
     __syncthreads();
 #pragma unroll
@@ -120,14 +130,21 @@ absl::Status GroupedGemmNt(const GroupedGemmParams& p, Stream stream) {
     return Invalid(kOp, "w_stride smaller than one group's weights");
   }
   if (p.rows == 0 || p.n == 0) return absl::OkStatus();
-  if (p.offsets == nullptr || p.c == nullptr || (p.k > 0 && (p.a == nullptr || p.w == nullptr))) {
+  if (p.w != nullptr && p.w_bf16 != nullptr) return Invalid(kOp, "give w or w_bf16, not both");
+  if (p.offsets == nullptr || p.c == nullptr || (p.k > 0 && (p.a == nullptr || (p.w == nullptr && p.w_bf16 == nullptr)))) {
     return Invalid(kOp, "null pointer");
   }
   const long long max_tiles = CeilDiv(p.rows, kTileM) + static_cast<long long>(p.num_groups);
   if (max_tiles > 65535) return absl::UnimplementedError("cuda::GroupedGemmNt: too many rows for one launch");
   const dim3 grid(static_cast<unsigned>(CeilDiv(p.n, kTileN)), static_cast<unsigned>(max_tiles));
-  GroupedGemmNtKernel<<<grid, kThreads, 0, stream>>>(p.num_groups, p.n, p.k, p.a, p.lda, p.offsets, p.w, p.ldw,
-                                                     p.w_stride, p.c, p.ldc);
+  if (p.w_bf16 != nullptr) {
+    GroupedGemmNtKernel<<<grid, kThreads, 0, stream>>>(p.num_groups, p.n, p.k, p.a, p.lda, p.offsets,
+                                                       reinterpret_cast<const __nv_bfloat16*>(p.w_bf16), p.ldw,
+                                                       p.w_stride, p.c, p.ldc);
+  } else {
+    GroupedGemmNtKernel<<<grid, kThreads, 0, stream>>>(p.num_groups, p.n, p.k, p.a, p.lda, p.offsets, p.w, p.ldw,
+                                                       p.w_stride, p.c, p.ldc);
+  }
   return LaunchStatus(kOp);
 }
 

@@ -2,6 +2,7 @@
 // that want logits, a sequence's cached latents), scatters (new KV entries into
 // their pool slots), per-row scaling (the llama-4 query scale) and strided
 // copies between views. One block per row; threads stride over the row.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -27,6 +28,21 @@ __global__ void GatherRowsKernel(int dim, const float* src, int lds, const std::
   const float* s = src + static_cast<std::int64_t>(idx[r]) * lds;
   float* d = dst + r * ldd;
   for (int j = threadIdx.x; j < dim; j += blockDim.x) d[j] = s[j];
+}
+
+__global__ void GatherRowsBf16Kernel(int dim, const __nv_bfloat16* src, int lds, const std::int32_t* idx, float* dst,
+                                     int ldd) {
+  const std::int64_t r = blockIdx.x;
+  const __nv_bfloat16* s = src + static_cast<std::int64_t>(idx[r]) * lds;
+  float* d = dst + r * ldd;
+  for (int j = threadIdx.x; j < dim; j += blockDim.x) d[j] = __bfloat162float(s[j]);
+}
+
+__global__ void ConvertToBf16Kernel(int cols, const float* src, int lds, __nv_bfloat16* dst, int ldd) {
+  const std::int64_t r = blockIdx.x;
+  const float* s = src + r * lds;
+  __nv_bfloat16* d = dst + r * ldd;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) d[j] = __float2bfloat16_rn(s[j]);
 }
 
 __global__ void ScatterRowsKernel(int dim, const float* src, int lds, const std::int32_t* idx, float* dst, int ldd) {
@@ -66,6 +82,25 @@ absl::Status GatherRows(int rows, int dim, const float* src, int lds, const std:
   SIROCCO_CUDA_RETURN_IF_ERROR(CheckRows(kOp, rows, dim, src, lds, idx, dst, ldd));
   if (rows == 0 || dim == 0) return absl::OkStatus();
   GatherRowsKernel<<<rows, kThreads, 0, stream>>>(dim, src, lds, idx, dst, ldd);
+  return LaunchStatus(kOp);
+}
+
+absl::Status GatherRowsBf16(int rows, int dim, const Bf16* src, int lds, const std::int32_t* idx, float* dst, int ldd,
+                            Stream stream) {
+  constexpr const char* kOp = "cuda::GatherRowsBf16";
+  SIROCCO_CUDA_RETURN_IF_ERROR(CheckRows(kOp, rows, dim, src, lds, idx, dst, ldd));
+  if (rows == 0 || dim == 0) return absl::OkStatus();
+  GatherRowsBf16Kernel<<<rows, kThreads, 0, stream>>>(dim, reinterpret_cast<const __nv_bfloat16*>(src), lds, idx, dst,
+                                                      ldd);
+  return LaunchStatus(kOp);
+}
+
+absl::Status ConvertToBf16(int rows, int cols, const float* src, int lds, Bf16* dst, int ldd, Stream stream) {
+  constexpr const char* kOp = "cuda::ConvertToBf16";
+  SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "src", rows, cols, src, lds));
+  SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "dst", rows, cols, dst, ldd));
+  if (rows == 0 || cols == 0) return absl::OkStatus();
+  ConvertToBf16Kernel<<<rows, kThreads, 0, stream>>>(cols, src, lds, reinterpret_cast<__nv_bfloat16*>(dst), ldd);
   return LaunchStatus(kOp);
 }
 

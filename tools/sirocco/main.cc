@@ -43,14 +43,14 @@ Usage:
       Writes a checkpoint with seeded random weights. Presets: tiny, tiny-noqlora, small,
       mistral-small-4 (119B: only with --config-only, which writes config.json alone).
   sirocco logits --model DIR --tokens 1,22,333 --out FILE.npy [--incremental]
-                 [--attention expanded|absorbed] [--backend ref|avx2|cuda]
+                 [--attention expanded|absorbed] [--backend ref|avx2|cuda] [--weights f32|bf16]
       Writes float32 logits [n_tokens, vocab] of every position as a NumPy .npy file. Without
       --incremental the sequence is one prefill; with it the first token is prefilled and each
       next one decoded against the cache.
   sirocco generate --model DIR --tokens 1,22,333 --max-tokens N [--temperature T] [--top-p P]
                    [--top-k K] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
                    [--frequency-penalty F] [--seed S] [--logprobs N] [--stop-token-ids 2,3]
-                   [--ignore-eos] [--attention expanded|absorbed] [--backend ref|avx2|cuda]
+                   [--ignore-eos] [--attention expanded|absorbed] [--backend ref|avx2|cuda] [--weights f32|bf16]
       Prints one JSON object: {"token_ids": [...], "finish_reason": "stop"|"length", ...}.
       Defaults: temperature 0 (greedy), top-p 1, top-k 0 (off), min-p 0, penalties off.
   sirocco tokenize --tokenizer FILE (--text STRING | --chat REQUEST.json)

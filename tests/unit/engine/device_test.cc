@@ -5,12 +5,18 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <string>
 #include <random>
 #include <vector>
 
+#include "engine/dtype.h"
 #include "engine/kv_cache.h"
 #include "engine/mistral4.h"
+#include "engine/model_maker.h"
 #include "tests/unit/engine/test_models.h"
 
 namespace sirocco::engine {
@@ -76,6 +82,74 @@ TEST(HostDeviceTest, PoolAllocatedThroughTheDeviceServesTheModel) {
     ASSERT_TRUE(model->Forward({&ib, 1}, **dev_pool, form, &got).ok());
     EXPECT_EQ(got, want);  // the same ops on the same data: bit-identical
   }
+}
+
+float RoundBf16(float v) { return Bf16ToFloat(FloatToBf16(v)); }
+
+TEST(HostDeviceTest, Bf16WeightProductsRoundTheActivations) {
+  // The CPU device's bf16 numerics, by definition: weights rounded to bf16 at
+  // upload, activations rounded to bf16 per product, float32 accumulation.
+  auto dev = MakeHostDevice(kernels::Backend::kRef);
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const int m = 3, n = 5, k = 7, lda = 9;
+  std::vector<float> a(static_cast<std::size_t>(m * lda)), w(static_cast<std::size_t>(n * k));
+  for (float& v : a) v = u(rng);
+  for (float& v : w) v = u(rng);
+  const std::vector<float> a_copy = a;
+  auto stored = dev->UploadWeight(w, WeightType::kBF16);
+  ASSERT_TRUE(stored.ok());
+  ASSERT_EQ(dev->StoredType(WeightType::kBF16), WeightType::kBF16AsF32);
+  std::vector<float> got(static_cast<std::size_t>(m * n), 0.0f);
+  ASSERT_TRUE(dev->GemmNt(m, n, k, a.data(), lda, WeightView((*stored)->data(), WeightType::kBF16AsF32), k, 0.0f,
+                          got.data(), n)
+                  .ok());
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < n; ++j) {
+      float want = 0.0f;  // the scalar reference's order: ascending k
+      for (int x = 0; x < k; ++x) {
+        want += RoundBf16(a[static_cast<std::size_t>(i * lda + x)]) * RoundBf16(w[static_cast<std::size_t>(j * k + x)]);
+      }
+      EXPECT_FLOAT_EQ(got[static_cast<std::size_t>(i * n + j)], want) << i << "," << j;
+    }
+  }
+  EXPECT_EQ(a, a_copy) << "the product rounded its input in place";
+}
+
+TEST(HostDeviceTest, Bf16WeightsStayCloseToFloat32) {
+  // A checkpoint stored in bf16 holds exactly the weights a bf16 model uses,
+  // so the two runs differ only by the activations' bf16 rounding.
+  const std::string dir = testing::TempDir("bf16_weights");
+  MakeModelOptions mo;
+  mo.seed = 5;
+  mo.dtype = DType::kBF16;
+  ASSERT_TRUE(MakeModel(testing::SmallVocabTiny(), mo, dir).ok());
+  auto f32 = Mistral4Model::Load(dir, ModelOptions{.backend = kernels::Backend::kRef, .device = nullptr});
+  auto b16 = Mistral4Model::Load(
+      dir, ModelOptions{.backend = kernels::Backend::kRef, .device = nullptr, .weight_type = WeightType::kBF16});
+  ASSERT_TRUE(f32.ok() && b16.ok());
+  const std::vector<std::int32_t> tokens = {3, 141, 59, 26, 5, 358, 97, 9, 32, 38, 46, 264};
+  for (AttentionForm form : {AttentionForm::kExpanded, AttentionForm::kAbsorbed}) {
+    std::vector<float> want, got;
+    for (auto* model : {&*f32, &*b16}) {
+      auto pool = KvPool::Create((*model)->PoolOptions(8, 4), (*model)->device());
+      ASSERT_TRUE(pool.ok());
+      BlockTable t(pool->get());
+      ASSERT_TRUE(t.Reserve(16).ok());
+      ForwardItem item{tokens, 0, &t, true};
+      ASSERT_TRUE((*model)->Forward({&item, 1}, **pool, form, model == &*f32 ? &want : &got).ok());
+    }
+    ASSERT_EQ(got.size(), want.size());
+    double max_diff = 0.0, max_abs = 1.0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      max_diff = std::max(max_diff, static_cast<double>(std::fabs(got[i] - want[i])));
+      max_abs = std::max(max_abs, static_cast<double>(std::fabs(want[i])));
+    }
+    // bf16 keeps 8 significant bits (relative rounding 2^-9) per activation.
+    EXPECT_LT(max_diff / max_abs, 3e-2) << "form " << static_cast<int>(form);
+    EXPECT_GT(max_diff, 0.0) << "bf16 products were not rounded";
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
