@@ -268,6 +268,45 @@ TEST_F(DeviceOpsTest, Bf16WeightProductsMatchTheCpuDevicesBf16Numerics) {
     }
     EXPECT_LE(NormalizedError(out[0], out[1]), GemmTolerance(c.k)) << "m=" << c.m << " n=" << c.n << " k=" << c.k;
   }
+
+  // The per-head products (absorbed attention's shapes at 4 heads) and the
+  // grouped expert product, on bf16 weights.
+  const int heads = 4, T = 6, nope = 128, R = 256, vd = 128, qk = 192, kvw = nope + vd;
+  const auto q = RandomVector(static_cast<std::size_t>(T * heads * qk), rng_);
+  const auto kvb = RandomVector(static_cast<std::size_t>(heads * kvw * R), rng_);
+  const std::vector<std::int32_t> offsets = {0, 5, 5, 17};
+  const auto xs = RandomVector(static_cast<std::size_t>(17 * 64), rng_);
+  const auto experts = RandomVector(static_cast<std::size_t>(3 * 80 * 64), rng_);
+  std::vector<float> lat[2], attn[2], grouped[2];
+  Device* devices[2] = {gpu_.get(), cpu_.get()};
+  for (int d = 0; d < 2; ++d) {
+    Device& dev = *devices[d];
+    auto wk = dev.UploadWeight(kvb, WeightType::kBF16);
+    auto we = dev.UploadWeight(experts, WeightType::kBF16);
+    ASSERT_TRUE(wk.ok() && we.ok());
+    const WeightType t = dev.StoredType(WeightType::kBF16);
+    const WeightView kv_b((*wk)->data(), t), ex((*we)->data(), t);
+    auto dq = Put(dev, q);
+    auto dlat = Put(dev, std::vector<float>(static_cast<std::size_t>(T * heads * R), 0.0f));
+    auto dattn = Put(dev, std::vector<float>(static_cast<std::size_t>(T * heads * vd), 0.0f));
+    SIROCCO_ASSERT_OK(dev.GemmNnBatched(heads, T, R, nope, dq->as<float>(), heads * qk, qk, kv_b, R,
+                                        std::int64_t{kvw} * R, 0.0f, dlat->as<float>(), heads * R, R));
+    SIROCCO_ASSERT_OK(dev.GemmNtBatched(heads, T, vd, R, dlat->as<float>(), heads * R, R, kv_b.Offset(nope * R), R,
+                                        std::int64_t{kvw} * R, 0.0f, dattn->as<float>(), heads * vd, vd));
+    lat[d] = Fetch<float>(dev, *dlat, static_cast<std::size_t>(T * heads * R));
+    attn[d] = Fetch<float>(dev, *dattn, static_cast<std::size_t>(T * heads * vd));
+    auto dx = Put(dev, xs);
+    auto doff = Put(dev, offsets);
+    auto dy = Put(dev, std::vector<float>(static_cast<std::size_t>(17 * 80), 0.0f));
+    SIROCCO_ASSERT_OK(dev.GroupedGemmNt(3, 17, 80, 64, dx->as<float>(), 64, doff->as<std::int32_t>(), ex, 64,
+                                        80 * 64, dy->as<float>(), 80));
+    grouped[d] = Fetch<float>(dev, *dy, static_cast<std::size_t>(17 * 80));
+  }
+  EXPECT_LE(NormalizedError(lat[0], lat[1]), GemmTolerance(nope)) << "bf16 GemmNnBatched";
+  // The second product reads the first's output, rounded to bf16 on each
+  // device from slightly different float32 sums: one bf16 ulp apart at worst.
+  EXPECT_LE(NormalizedError(attn[0], attn[1]), 1e-2) << "bf16 GemmNtBatched";
+  EXPECT_LE(NormalizedError(grouped[0], grouped[1]), GemmTolerance(64)) << "bf16 GroupedGemmNt";
 }
 
 // ---------------------------------------------------------------------------
