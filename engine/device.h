@@ -97,7 +97,7 @@ class Device {
   // device keeps bf16 weights as float32 values rounded to bf16
   // (kBF16AsF32): products see the same numbers.
   [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<DeviceMemory>> UploadWeight(std::span<const float> host,
-                                                                                  WeightType type) = 0;
+                                                                                   WeightType type) = 0;
   // The type of UploadWeight(_, type)'s views on this device.
   virtual WeightType StoredType(WeightType type) const = 0;
   [[nodiscard]] virtual absl::Status CopyToDevice(void* dst, const void* src, std::size_t bytes) = 0;
@@ -115,13 +115,11 @@ class Device {
   // With a bf16 b, a's batches must lie side by side within its rows
   // ((batch - 1) * stride_a + k <= lda), as the per-head slices do.
   [[nodiscard]] virtual absl::Status GemmNnBatched(int batch, int m, int n, int k, const float* a, int lda,
-                                                   std::int64_t stride_a, WeightView b, int ldb,
-                                                   std::int64_t stride_b, float beta, float* c, int ldc,
-                                                   std::int64_t stride_c) = 0;
+                                                   std::int64_t stride_a, WeightView b, int ldb, std::int64_t stride_b,
+                                                   float beta, float* c, int ldc, std::int64_t stride_c) = 0;
   [[nodiscard]] virtual absl::Status GemmNtBatched(int batch, int m, int n, int k, const float* a, int lda,
-                                                   std::int64_t stride_a, WeightView b, int ldb,
-                                                   std::int64_t stride_b, float beta, float* c, int ldc,
-                                                   std::int64_t stride_c) = 0;
+                                                   std::int64_t stride_a, WeightView b, int ldb, std::int64_t stride_b,
+                                                   float beta, float* c, int ldc, std::int64_t stride_c) = 0;
   [[nodiscard]] virtual absl::Status RmsNorm(int rows, int dim, const float* x, int ldx, const float* w, float eps,
                                              float* y, int ldy) = 0;
   [[nodiscard]] virtual absl::Status RopeInterleaved(int rows, int rows_per_pos, int dim, float* x, int ldx,
@@ -136,8 +134,8 @@ class Device {
   [[nodiscard]] virtual absl::Status GatherRows(int rows, int dim, WeightView src, int lds, const std::int32_t* idx,
                                                 float* dst, int ldd) = 0;
   // dst[idx[r], :] = src[r, :] for r < rows; idx entries distinct.
-  [[nodiscard]] virtual absl::Status ScatterRows(int rows, int dim, const float* src, int lds,
-                                                 const std::int32_t* idx, float* dst, int ldd) = 0;
+  [[nodiscard]] virtual absl::Status ScatterRows(int rows, int dim, const float* src, int lds, const std::int32_t* idx,
+                                                 float* dst, int ldd) = 0;
   // dst[r, :cols] = src[r, :cols]: a strided copy between views.
   [[nodiscard]] virtual absl::Status Copy2D(int rows, int cols, const float* src, int lds, float* dst, int ldd) = 0;
 

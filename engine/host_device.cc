@@ -21,7 +21,7 @@ class HostMemory final : public DeviceMemory {
  public:
   HostMemory(void* data, std::size_t bytes, bool owned) : DeviceMemory(data, bytes), owned_(owned) {}
   ~HostMemory() override {
-    if (owned_) ::operator delete(data(), std::align_val_t{kAlignment});
+    if (owned_) ::operator delete (data(), std::align_val_t{kAlignment});
   }
 
  private:
@@ -36,7 +36,7 @@ class HostDevice final : public Device {
   bool host_accessible() const override { return true; }
 
   absl::StatusOr<std::unique_ptr<DeviceMemory>> Allocate(std::size_t bytes) override {
-    void* p = bytes == 0 ? nullptr : ::operator new(bytes, std::align_val_t{kAlignment}, std::nothrow);
+    void* p = bytes == 0 ? nullptr : ::operator new (bytes, std::align_val_t{kAlignment}, std::nothrow);
     if (bytes != 0 && p == nullptr) {
       return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes of host memory"));
     }
@@ -192,9 +192,8 @@ class HostDevice final : public Device {
     }
     return absl::OkStatus();
   }
-  absl::Status MoeCombine(int num_tokens, int top_k, int dim, const float* ys, int ldys,
-                          const std::int32_t* position, const float* weights, bool accumulate, float* out,
-                          int ldo) override {
+  absl::Status MoeCombine(int num_tokens, int top_k, int dim, const float* ys, int ldys, const std::int32_t* position,
+                          const float* weights, bool accumulate, float* out, int ldo) override {
     // Slot by slot into the row, the order the CUDA device sums in.
     for (int t = 0; t < num_tokens; ++t) {
       float* row = out + static_cast<std::int64_t>(t) * ldo;

@@ -37,10 +37,31 @@ namespace {
 
 // Device buffers a Forward call uses; each grows to the largest call so far.
 enum Buf : int {
-  kX, kH, kQ, kQa, kKv, kAttn, kT0, kT1, kT2, kT3,  // activations, [tokens, ...]
-  kRouter, kExpertIds, kExpertWeights, kCounts, kOffsets, kSorted, kPosition, kXs, kGu, kYs,  // MoE
-  kInts, kPtrs, kFloats,  // the call's token layout, uploaded once
-  kRows, kLogits,         // final norm and LM head
+  kX,
+  kH,
+  kQ,
+  kQa,
+  kKv,
+  kAttn,
+  kT0,
+  kT1,
+  kT2,
+  kT3,  // activations, [tokens, ...]
+  kRouter,
+  kExpertIds,
+  kExpertWeights,
+  kCounts,
+  kOffsets,
+  kSorted,
+  kPosition,
+  kXs,
+  kGu,
+  kYs,  // MoE
+  kInts,
+  kPtrs,
+  kFloats,  // the call's token layout, uploaded once
+  kRows,
+  kLogits,  // final norm and LM head
   kNumBufs
 };
 
@@ -69,14 +90,14 @@ struct Mistral4Model::Batch {
   bool query_scaled = false;
 
   // Device copies of the layout.
-  const std::int32_t* d_tokens = nullptr;     // [T]
-  const std::int32_t* d_pos = nullptr;        // [T]
-  const std::int32_t* d_slots = nullptr;      // [T] pool row of each new token (block * block_size + offset)
-  const std::int32_t* d_logit_rows = nullptr; // [logit rows] token rows that want logits
-  const std::int32_t* d_ctx = nullptr;        // [T] context length of each query (pos + 1)
+  const std::int32_t* d_tokens = nullptr;         // [T]
+  const std::int32_t* d_pos = nullptr;            // [T]
+  const std::int32_t* d_slots = nullptr;          // [T] pool row of each new token (block * block_size + offset)
+  const std::int32_t* d_logit_rows = nullptr;     // [logit rows] token rows that want logits
+  const std::int32_t* d_ctx = nullptr;            // [T] context length of each query (pos + 1)
   const std::int32_t* const* d_tables = nullptr;  // [T] each query's block table
-  const std::int32_t* d_key_slots = nullptr;  // pool rows of every item's keys, 0 .. start_pos + n
-  const float* d_qscale = nullptr;            // [T] llama-4 query scale
+  const std::int32_t* d_key_slots = nullptr;      // pool rows of every item's keys, 0 .. start_pos + n
+  const float* d_qscale = nullptr;                // [T] llama-4 query scale
 
   // Returns buffer `which` with room for `count` values of T.
   template <typename T>
@@ -109,7 +130,7 @@ Mistral4Model::Mistral4Model(const ModelConfig& config, std::unique_ptr<Mistral4
 Mistral4Model::~Mistral4Model() = default;
 
 absl::StatusOr<std::unique_ptr<Mistral4Model>> Mistral4Model::Load(const std::string& dir,
-                                                                  const ModelOptions& options) {
+                                                                   const ModelOptions& options) {
   SIROCCO_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir + "/config.json"));
   SIROCCO_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(dir));
   SIROCCO_ASSIGN_OR_RETURN(auto weights, LoadMistral4Weights(*checkpoint, config));
@@ -123,8 +144,8 @@ absl::StatusOr<std::unique_ptr<Mistral4Model>> Mistral4Model::FromWeights(const 
   std::shared_ptr<Device> device = options.device;
   if (device == nullptr) {
     if (!kernels::Available(options.backend)) {
-      return absl::FailedPreconditionError(absl::StrCat("kernel backend ", kernels::BackendName(options.backend),
-                                                        " is not available on this machine"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("kernel backend ", kernels::BackendName(options.backend), " is not available on this machine"));
     }
     device = MakeHostDevice(options.backend);
   }
@@ -225,12 +246,12 @@ absl::Status Mistral4Model::Forward(std::span<const ForwardItem> items, KvPool& 
     }
     const std::int64_t end = it.start_pos + static_cast<std::int64_t>(it.tokens.size());
     if (it.start_pos < 0 || end > it.blocks->capacity()) {
-      return absl::InvalidArgumentError(absl::StrCat("item ", i, ": positions up to ", end,
-                                                     " exceed its KV capacity ", it.blocks->capacity()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("item ", i, ": positions up to ", end, " exceed its KV capacity ", it.blocks->capacity()));
     }
     if (end > c.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrCat("item ", i, ": ", end, " tokens exceed max_position_embeddings ",
-                                                     c.max_position_embeddings));
+      return absl::InvalidArgumentError(
+          absl::StrCat("item ", i, ": ", end, " tokens exceed max_position_embeddings ", c.max_position_embeddings));
     }
     for (std::size_t j = 0; j < it.tokens.size(); ++j) {
       const std::int32_t tok = it.tokens[j];
@@ -340,8 +361,7 @@ absl::Status Mistral4Model::Forward(std::span<const ForwardItem> items, KvPool& 
   SIROCCO_RETURN_IF_ERROR(dev.RmsNorm(I(LR), I(H), rows, I(H), dw_->final_norm, eps, rows, I(H)));
   logits->resize(Z(LR * c.vocab_size));
   if (dev.host_accessible()) {
-    return dev.GemmNt(I(LR), I(c.vocab_size), I(H), rows, I(H), dw_->head, I(H), 0.0f, logits->data(),
-                      I(c.vocab_size));
+    return dev.GemmNt(I(LR), I(c.vocab_size), I(H), rows, I(H), dw_->head, I(H), 0.0f, logits->data(), I(c.vocab_size));
   }
   SIROCCO_ASSIGN_OR_RETURN(float* d_logits, b.Get<float>(kLogits, LR * c.vocab_size));
   SIROCCO_RETURN_IF_ERROR(
@@ -376,8 +396,8 @@ absl::Status Mistral4Model::Attention(std::int64_t layer, Batch& b, KvPool& pool
   SIROCCO_RETURN_IF_ERROR(dev.RmsNorm(I(T), I(R), kv, I(E), dl.kv_a_norm, kLatentNormEps, kv, I(E)));
   SIROCCO_RETURN_IF_ERROR(
       dev.RopeInterleaved(I(T), 1, I(rope), kv + R, I(E), b.d_pos, dw_->inv_freq, rope_.attention_factor));
-  SIROCCO_RETURN_IF_ERROR(dev.RopeInterleaved(I(T * heads), I(heads), I(rope), q + nope, I(qk), b.d_pos,
-                                              dw_->inv_freq, rope_.attention_factor));
+  SIROCCO_RETURN_IF_ERROR(dev.RopeInterleaved(I(T * heads), I(heads), I(rope), q + nope, I(qk), b.d_pos, dw_->inv_freq,
+                                              rope_.attention_factor));
   // llama-4 position-dependent query scale (whole query, all heads).
   if (b.query_scaled) {
     SIROCCO_RETURN_IF_ERROR(dev.ScaleRows(I(T), I(heads * qk), q, I(heads * qk), b.d_qscale));
@@ -471,8 +491,8 @@ absl::Status Mistral4Model::AttentionAbsorbed(std::int64_t layer, Batch& b, KvPo
 }
 
 // out += down(silu(gate x) * up x).
-absl::Status Mistral4Model::Mlp(WeightView gate, WeightView up, WeightView down, std::int64_t inter,
-                                const float* x, std::int64_t rows, float* out, Batch& b) const {
+absl::Status Mistral4Model::Mlp(WeightView gate, WeightView up, WeightView down, std::int64_t inter, const float* x,
+                                std::int64_t rows, float* out, Batch& b) const {
   Device& dev = *b.dev;
   const std::int64_t H = config_.hidden_size;
   SIROCCO_ASSIGN_OR_RETURN(float* g, b.Get<float>(kT0, rows * inter));
@@ -523,8 +543,8 @@ absl::Status Mistral4Model::Moe(std::int64_t layer, Batch& b) const {
   SIROCCO_RETURN_IF_ERROR(dev.GroupedGemmNt(I(E), I(A), I(2 * I2), I(H), xs, I(H), offsets, dl.experts_gate_up, I(H),
                                             2 * I2 * H, gu, I(2 * I2)));
   SIROCCO_RETURN_IF_ERROR(dev.SiluMul(I(A), I(I2), gu, I(2 * I2), gu + I2, I(2 * I2), gu, I(2 * I2)));
-  SIROCCO_RETURN_IF_ERROR(dev.GroupedGemmNt(I(E), I(A), I(H), I(I2), gu, I(2 * I2), offsets, dl.experts_down, I(I2),
-                                            H * I2, ys, I(H)));
+  SIROCCO_RETURN_IF_ERROR(
+      dev.GroupedGemmNt(I(E), I(A), I(H), I(I2), gu, I(2 * I2), offsets, dl.experts_down, I(I2), H * I2, ys, I(H)));
   SIROCCO_RETURN_IF_ERROR(dev.MoeCombine(I(T), I(K), I(H), ys, I(H), position, weights, true, x, I(H)));
   if (c.n_shared_experts > 0) {
     SIROCCO_RETURN_IF_ERROR(Mlp(dl.gate, dl.up, dl.down, I2 * c.n_shared_experts, h, T, x, b));

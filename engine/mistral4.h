@@ -25,8 +25,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/status/statusor.h"
 #include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/config.h"
 #include "engine/device.h"
@@ -80,8 +80,8 @@ class Mistral4Model {
 
   // Runs the items as one batch. `logits` receives, item by item, one row of
   // vocab_size floats per token (all_logits) or for the last token.
-  absl::Status Forward(std::span<const ForwardItem> items, KvPool& pool, AttentionForm form,
-                       std::vector<float>* logits, const LayerDoneFn& on_layer_done = nullptr) const;
+  absl::Status Forward(std::span<const ForwardItem> items, KvPool& pool, AttentionForm form, std::vector<float>* logits,
+                       const LayerDoneFn& on_layer_done = nullptr) const;
 
   const ModelConfig& config() const { return config_; }
   Device& device() const { return *device_; }
@@ -90,8 +90,8 @@ class Mistral4Model {
   KvPoolOptions PoolOptions(std::int64_t num_blocks, std::int64_t block_size) const;
 
  private:
-  Mistral4Model(const ModelConfig& config, std::unique_ptr<Mistral4Weights> weights,
-                std::shared_ptr<Device> device, WeightType weight_type);
+  Mistral4Model(const ModelConfig& config, std::unique_ptr<Mistral4Weights> weights, std::shared_ptr<Device> device,
+                WeightType weight_type);
   absl::Status UploadWeights();
 
   struct DeviceWeights;  // the weights' device addresses

@@ -65,7 +65,8 @@ class CudaDevice final : public Device {
     for (std::size_t i = 0; i < host.size(); ++i) bits[i] = ToBf16Bits(host[i]);
     SIROCCO_ASSIGN_OR_RETURN(auto memory, Allocate(bits.size() * sizeof(std::uint16_t)));
     // A synchronous copy: `bits` goes away when this returns.
-    SIROCCO_RETURN_IF_ERROR(kc::CopyToDeviceAsync(memory->data(), bits.data(), bits.size() * sizeof(std::uint16_t), s()));
+    SIROCCO_RETURN_IF_ERROR(
+        kc::CopyToDeviceAsync(memory->data(), bits.data(), bits.size() * sizeof(std::uint16_t), s()));
     SIROCCO_RETURN_IF_ERROR(kc::Synchronize(s()));
     return memory;
   }
@@ -226,9 +227,8 @@ class CudaDevice final : public Device {
     q.ldc = ldc;
     return kc::GroupedGemmNt(q, s());
   }
-  absl::Status MoeCombine(int num_tokens, int top_k, int dim, const float* ys, int ldys,
-                          const std::int32_t* position, const float* weights, bool accumulate, float* out,
-                          int ldo) override {
+  absl::Status MoeCombine(int num_tokens, int top_k, int dim, const float* ys, int ldys, const std::int32_t* position,
+                          const float* weights, bool accumulate, float* out, int ldo) override {
     return kc::MoeCombine(num_tokens, top_k, dim, ys, ldys, position, weights, accumulate, out, ldo, s());
   }
 
@@ -242,7 +242,9 @@ class CudaDevice final : public Device {
   // a's rows x cols view rounded to bf16 into scratch with leading dimension ld.
   absl::StatusOr<kc::Bf16*> ToBf16(int rows, int cols, const float* a, int lda, int ld) {
     const std::size_t bytes =
-        rows <= 0 ? 0 : (static_cast<std::size_t>(rows - 1) * static_cast<std::size_t>(ld) + static_cast<std::size_t>(cols)) * 2;
+        rows <= 0
+            ? 0
+            : (static_cast<std::size_t>(rows - 1) * static_cast<std::size_t>(ld) + static_cast<std::size_t>(cols)) * 2;
     if (bf16_scratch_ == nullptr || bf16_scratch_->size() < bytes) {
       bf16_scratch_.reset();
       SIROCCO_ASSIGN_OR_RETURN(bf16_scratch_, Allocate(bytes + bytes / 2 + 256));
@@ -251,9 +253,9 @@ class CudaDevice final : public Device {
     SIROCCO_RETURN_IF_ERROR(kc::ConvertToBf16(rows, cols, a, lda, out, ld, s()));
     return out;
   }
-  absl::Status Batched(bool transpose_b, int batch, int m, int n, int k, const float* a, int lda,
-                       std::int64_t stride_a, WeightView b, int ldb, std::int64_t stride_b, float beta, float* c,
-                       int ldc, std::int64_t stride_c) {
+  absl::Status Batched(bool transpose_b, int batch, int m, int n, int k, const float* a, int lda, std::int64_t stride_a,
+                       WeightView b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
+                       std::int64_t stride_c) {
     if (b.type == WeightType::kF32) {
       const auto* w = static_cast<const float*>(b.data);
       return transpose_b
@@ -268,8 +270,8 @@ class CudaDevice final : public Device {
       return absl::UnimplementedError("bf16 batched products need the batches side by side within a's rows");
     }
     SIROCCO_ASSIGN_OR_RETURN(kc::Bf16 * a16, ToBf16(m, static_cast<int>(width), a, lda, lda));
-    return blas_->GemmBf16Batched(transpose_b, batch, m, n, k, a16, lda, stride_a,
-                                  static_cast<const kc::Bf16*>(b.data), ldb, stride_b, beta, c, ldc, stride_c, s());
+    return blas_->GemmBf16Batched(transpose_b, batch, m, n, k, a16, lda, stride_a, static_cast<const kc::Bf16*>(b.data),
+                                  ldb, stride_b, beta, c, ldc, stride_c, s());
   }
 
   std::shared_ptr<const kc::StreamHandle> stream_;

@@ -121,6 +121,11 @@ struct MoeDispatchParams {
 // arithmetic with float32 accumulation, like the CPU gemm_nt. With bf16
 // weights (w_bf16 set, w unused) each a value is rounded to bf16 as it is
 // loaded, so the products are those of bf16 operands, as cuBLAS's on bf16.
+// With FP8 weights (w_fp8 set: e4m3 codes, as the released checkpoint stores
+// them) each weight is its code times its 128 x 128 block's scale
+// (w_scales, per group [ceil(n / 128), ceil(k / 128)] row-major, groups
+// w_scale_stride floats apart), and the activations stay float32
+// (weight-only quantisation, so no activation scales are involved).
 struct GroupedGemmParams {
   int num_groups = 0;
   int rows = 0;
@@ -131,6 +136,9 @@ struct GroupedGemmParams {
   const std::int32_t* offsets = nullptr;
   const float* w = nullptr;
   const Bf16* w_bf16 = nullptr;
+  const std::uint8_t* w_fp8 = nullptr;
+  const float* w_scales = nullptr;
+  std::int64_t w_scale_stride = 0;
   int ldw = 0;
   std::int64_t w_stride = 0;
   float* c = nullptr;  // [rows, n], leading dimension ldc
@@ -141,8 +149,8 @@ struct GroupedGemmParams {
 // ---------------------------------------------------------------------------
 // Row movement (the engine's gathers and scatters; idx on the device, trusted).
 // dst[r, :] = src[idx[r], :]
-[[nodiscard]] absl::Status GatherRows(int rows, int dim, const float* src, int lds, const std::int32_t* idx,
-                                      float* dst, int ldd, Stream stream);
+[[nodiscard]] absl::Status GatherRows(int rows, int dim, const float* src, int lds, const std::int32_t* idx, float* dst,
+                                      int ldd, Stream stream);
 // The same from a bf16 table (embedding lookup on bf16 weights), widened to float32.
 [[nodiscard]] absl::Status GatherRowsBf16(int rows, int dim, const Bf16* src, int lds, const std::int32_t* idx,
                                           float* dst, int ldd, Stream stream);

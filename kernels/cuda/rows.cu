@@ -127,11 +127,11 @@ absl::Status Copy2D(int rows, int cols, const float* src, int lds, float* dst, i
   SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "src", rows, cols, src, lds));
   SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "dst", rows, cols, dst, ldd));
   if (rows == 0 || cols == 0) return absl::OkStatus();
-  return CudaStatus(cudaMemcpy2DAsync(dst, sizeof(float) * static_cast<std::size_t>(ldd), src,
-                                      sizeof(float) * static_cast<std::size_t>(lds),
-                                      sizeof(float) * static_cast<std::size_t>(cols), static_cast<std::size_t>(rows),
-                                      cudaMemcpyDeviceToDevice, stream),
-                    "cuda::Copy2D: cudaMemcpy2DAsync");
+  return CudaStatus(
+      cudaMemcpy2DAsync(dst, sizeof(float) * static_cast<std::size_t>(ldd), src,
+                        sizeof(float) * static_cast<std::size_t>(lds), sizeof(float) * static_cast<std::size_t>(cols),
+                        static_cast<std::size_t>(rows), cudaMemcpyDeviceToDevice, stream),
+      "cuda::Copy2D: cudaMemcpy2DAsync");
 }
 
 }  // namespace sirocco::kernels::cuda

@@ -38,10 +38,9 @@
 #include "kernels/cuda/device_memory.h"
 
 // Status plumbing inside benchmark helpers (no gtest here).
-#define SIROCCO_BENCH_RETURN_IF_ERROR(expr)                      \
-  do {                                                           \
-    if (::absl::Status bench_status_ = (expr); !bench_status_.ok()) \
-      return bench_status_;                                      \
+#define SIROCCO_BENCH_RETURN_IF_ERROR(expr)                                               \
+  do {                                                                                    \
+    if (::absl::Status bench_status_ = (expr); !bench_status_.ok()) return bench_status_; \
   } while (false)
 #define SIROCCO_BENCH_CONCAT_INNER(a, b) a##b
 #define SIROCCO_BENCH_CONCAT(a, b) SIROCCO_BENCH_CONCAT_INNER(a, b)
@@ -357,7 +356,8 @@ ExpertCase MakeExpertCase(int tokens) {
   ExpertCase c;
   c.offsets.assign(kExperts + 1, 0);
   for (int e = 0; e < kExperts; ++e) {
-    c.offsets[static_cast<std::size_t>(e) + 1] = c.offsets[static_cast<std::size_t>(e)] + counts[static_cast<std::size_t>(e)];
+    c.offsets[static_cast<std::size_t>(e) + 1] =
+        c.offsets[static_cast<std::size_t>(e)] + counts[static_cast<std::size_t>(e)];
     c.used += counts[static_cast<std::size_t>(e)] > 0 ? 1 : 0;
   }
   c.rows = c.offsets.back();
@@ -427,6 +427,43 @@ void BM_ExpertsCublasPerExpert(benchmark::State& state) {
   ExpertCounters(state, c, n, k);
 }
 
+// The same on FP8 weights (e4m3 codes with 128 x 128 block scales, widened in
+// the kernel): a quarter of the float32 weight bytes.
+void BM_ExpertsGroupedFp8(benchmark::State& state) {
+  if (!NeedDevice(state)) return;
+  const int tokens = static_cast<int>(state.range(0));
+  const int n = static_cast<int>(state.range(1));
+  const int k = static_cast<int>(state.range(2));
+  const ExpertCase c = MakeExpertCase(tokens);
+  const std::int64_t scale_stride = static_cast<std::int64_t>((n + 127) / 128) * ((k + 127) / 128);
+  const DeviceBuffer a = Filled(state, sizeof(float) * c.rows * static_cast<std::size_t>(k));
+  const DeviceBuffer w = Filled(state, 128 * static_cast<std::size_t>(n) * k);
+  const DeviceBuffer scales = Filled(state, sizeof(float) * 128 * static_cast<std::size_t>(scale_stride));
+  const DeviceBuffer out = Filled(state, sizeof(float) * c.rows * static_cast<std::size_t>(n));
+  const DeviceBuffer offsets = Upload(state, c.offsets);
+  GroupedGemmParams p;
+  p.num_groups = 128;
+  p.rows = c.rows;
+  p.n = n;
+  p.k = k;
+  p.a = a.as<float>();
+  p.lda = k;
+  p.offsets = offsets.as<std::int32_t>();
+  p.w_fp8 = w.as<std::uint8_t>();
+  p.w_scales = scales.as<float>();
+  p.w_scale_stride = scale_stride;
+  p.ldw = k;
+  p.w_stride = static_cast<std::int64_t>(n) * k;
+  p.c = out.as<float>();
+  p.ldc = n;
+  TimeLaunches(state, [&] { return GroupedGemmNt(p, nullptr); });
+  const double flops = 2.0 * c.rows * static_cast<double>(n) * k;
+  const double bytes = static_cast<double>(c.used) * n * k + sizeof(float) * static_cast<double>(c.rows) * (n + k);
+  SetRate(state, "TFLOP/s", flops * 1e-12);
+  SetRate(state, "peak_frac", flops / kPeakFp32FlopsPerSecond);
+  SetRate(state, "TB/s", bytes * 1e-12);
+}
+
 void ExpertShapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"tokens", "n", "k"});
   for (int tokens : {1, 16, 64, 512}) {
@@ -436,11 +473,12 @@ void ExpertShapes(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_ExpertsGrouped)->Apply(ExpertShapes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_ExpertsCublasPerExpert)->Apply(ExpertShapes)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_ExpertsGroupedFp8)->Apply(ExpertShapes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 // ---------------------------------------------------------------------------
 // One decode step of one real-size layer on the GPU engine: Mistral Small 4's
 // dimensions with one MoE layer (first_k_dense_replace 0) and a 1024-token
-// vocabulary (so the LM head does not dominate), float32 weights, `batch`
+// vocabulary (so the LM head does not dominate), float32 or bf16 weights, `batch`
 // sequences each with 1024 cached tokens. Wall time of Mistral4Model::Forward,
 // host work and the logits copy included: what a decode worker's step costs
 // per layer. The floor is the bytes the step must read at 4.8 TB/s: every
@@ -463,68 +501,86 @@ engine::Matrix Constant(std::int64_t rows, std::int64_t cols, float v) {
   return m;
 }
 
-absl::StatusOr<DecodeLayerFixture*> DecodeLayer() {
-  static absl::StatusOr<DecodeLayerFixture*> built = []() -> absl::StatusOr<DecodeLayerFixture*> {
-    SIROCCO_BENCH_ASSIGN_OR_RETURN(engine::ModelConfig c, engine::PresetConfig("mistral-small-4"));
-    c.num_hidden_layers = 1;
-    c.first_k_dense_replace = 0;
-    c.vocab_size = 1024;
-    const std::int64_t H = c.hidden_size, heads = c.num_attention_heads, qk = c.qk_head_dim();
-    const std::int64_t R = c.kv_lora_rank, E = c.kv_entry_dim(), I2 = c.moe_intermediate_size;
-    auto w = std::make_unique<engine::Mistral4Weights>();
-    std::mt19937 rng(1u);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    // Random embeddings and router, so that tokens differ and routing spreads;
-    // every other weight is a small constant (timing does not depend on it).
-    w->embed = Constant(c.vocab_size, H, 0.0f);
-    for (float& v : w->embed.data) v = normal(rng);
-    w->final_norm.assign(static_cast<std::size_t>(H), 1.0f);
-    w->lm_head = Constant(c.vocab_size, H, 0.001f);
-    engine::LayerWeights& l = w->layers.emplace_back();
-    l.input_norm.assign(static_cast<std::size_t>(H), 1.0f);
-    l.post_norm.assign(static_cast<std::size_t>(H), 1.0f);
-    l.attn.q_a_proj = Constant(c.q_lora_rank, H, 0.001f);
-    l.attn.q_a_norm.assign(static_cast<std::size_t>(c.q_lora_rank), 1.0f);
-    l.attn.q_b_proj = Constant(heads * qk, c.q_lora_rank, 0.001f);
-    l.attn.kv_a_proj = Constant(E, H, 0.001f);
-    l.attn.kv_a_norm.assign(static_cast<std::size_t>(R), 1.0f);
-    l.attn.kv_b_proj = Constant(heads * (c.qk_nope_head_dim + c.v_head_dim), R, 0.001f);
-    l.attn.o_proj = Constant(H, heads * c.v_head_dim, 0.001f);
-    l.is_moe = true;
-    l.moe.router = Constant(c.n_routed_experts, H, 0.0f);
-    for (float& v : l.moe.router.data) v = normal(rng);
-    l.moe.gate_up.assign(static_cast<std::size_t>(c.n_routed_experts * 2 * I2 * H), 0.001f);
-    l.moe.down.assign(static_cast<std::size_t>(c.n_routed_experts * H * I2), 0.001f);
-    const std::int64_t shared_inter = I2 * c.n_shared_experts;
-    l.moe.shared.gate = Constant(shared_inter, H, 0.001f);
-    l.moe.shared.up = Constant(shared_inter, H, 0.001f);
-    l.moe.shared.down = Constant(H, shared_inter, 0.001f);
+absl::StatusOr<DecodeLayerFixture*> BuildDecodeLayer(engine::WeightType weight_type) {
+  SIROCCO_BENCH_ASSIGN_OR_RETURN(engine::ModelConfig c, engine::PresetConfig("mistral-small-4"));
+  c.num_hidden_layers = 1;
+  c.first_k_dense_replace = 0;
+  c.vocab_size = 1024;
+  const std::int64_t H = c.hidden_size, heads = c.num_attention_heads, qk = c.qk_head_dim();
+  const std::int64_t R = c.kv_lora_rank, E = c.kv_entry_dim(), I2 = c.moe_intermediate_size;
+  auto w = std::make_unique<engine::Mistral4Weights>();
+  std::mt19937 rng(1u);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  // Random embeddings and router, so that tokens differ and routing spreads;
+  // every other weight is a small constant (timing does not depend on it).
+  w->embed = Constant(c.vocab_size, H, 0.0f);
+  for (float& v : w->embed.data) v = normal(rng);
+  w->final_norm.assign(static_cast<std::size_t>(H), 1.0f);
+  w->lm_head = Constant(c.vocab_size, H, 0.001f);
+  engine::LayerWeights& l = w->layers.emplace_back();
+  l.input_norm.assign(static_cast<std::size_t>(H), 1.0f);
+  l.post_norm.assign(static_cast<std::size_t>(H), 1.0f);
+  l.attn.q_a_proj = Constant(c.q_lora_rank, H, 0.001f);
+  l.attn.q_a_norm.assign(static_cast<std::size_t>(c.q_lora_rank), 1.0f);
+  l.attn.q_b_proj = Constant(heads * qk, c.q_lora_rank, 0.001f);
+  l.attn.kv_a_proj = Constant(E, H, 0.001f);
+  l.attn.kv_a_norm.assign(static_cast<std::size_t>(R), 1.0f);
+  l.attn.kv_b_proj = Constant(heads * (c.qk_nope_head_dim + c.v_head_dim), R, 0.001f);
+  l.attn.o_proj = Constant(H, heads * c.v_head_dim, 0.001f);
+  l.is_moe = true;
+  l.moe.router = Constant(c.n_routed_experts, H, 0.0f);
+  for (float& v : l.moe.router.data) v = normal(rng);
+  l.moe.gate_up.assign(static_cast<std::size_t>(c.n_routed_experts * 2 * I2 * H), 0.001f);
+  l.moe.down.assign(static_cast<std::size_t>(c.n_routed_experts * H * I2), 0.001f);
+  const std::int64_t shared_inter = I2 * c.n_shared_experts;
+  l.moe.shared.gate = Constant(shared_inter, H, 0.001f);
+  l.moe.shared.up = Constant(shared_inter, H, 0.001f);
+  l.moe.shared.down = Constant(H, shared_inter, 0.001f);
 
-    auto fixture = std::make_unique<DecodeLayerFixture>();
-    fixture->fixed_bytes =
-        sizeof(float) * static_cast<double>(l.attn.q_a_proj.data.size() + l.attn.q_b_proj.data.size() +
-                                            l.attn.kv_a_proj.data.size() + l.attn.kv_b_proj.data.size() +
-                                            l.attn.o_proj.data.size() + l.moe.router.data.size() +
-                                            3 * l.moe.shared.gate.data.size() + w->lm_head.data.size());
-    fixture->expert_bytes = sizeof(float) * 3.0 * static_cast<double>(I2 * H);
-    SIROCCO_BENCH_ASSIGN_OR_RETURN(std::unique_ptr<engine::Device> device, engine::cuda::MakeCudaDevice());
-    SIROCCO_BENCH_ASSIGN_OR_RETURN(
-        fixture->model, engine::Mistral4Model::FromWeights(c, std::move(w),
-                                                            engine::ModelOptions{.backend = kernels::Backend::kRef,
-                                                                                 .device = std::move(device)}));
-    // 64 sequences x 1024 tokens in 64-entry blocks, plus room for the step.
-    SIROCCO_BENCH_ASSIGN_OR_RETURN(fixture->pool, engine::KvPool::Create(fixture->model->PoolOptions(64 * 17, 64),
-                                                                         fixture->model->device()));
-    return fixture.release();
-  }();
-  return built;
+  auto fixture = std::make_unique<DecodeLayerFixture>();
+  fixture->fixed_bytes =
+      sizeof(float) *
+      static_cast<double>(l.attn.q_a_proj.data.size() + l.attn.q_b_proj.data.size() + l.attn.kv_a_proj.data.size() +
+                          l.attn.kv_b_proj.data.size() + l.attn.o_proj.data.size() + l.moe.router.data.size() +
+                          3 * l.moe.shared.gate.data.size() + w->lm_head.data.size());
+  const double weight_bytes = weight_type == engine::WeightType::kBF16 ? 2.0 : 4.0;
+  fixture->fixed_bytes *= weight_bytes / sizeof(float);
+  // The router stays float32 with bf16 weights.
+  if (weight_type == engine::WeightType::kBF16)
+    fixture->fixed_bytes += 2.0 * static_cast<double>(l.moe.router.data.size());
+  fixture->expert_bytes = weight_bytes * 3.0 * static_cast<double>(I2 * H);
+  SIROCCO_BENCH_ASSIGN_OR_RETURN(std::unique_ptr<engine::Device> device, engine::cuda::MakeCudaDevice());
+  SIROCCO_BENCH_ASSIGN_OR_RETURN(
+      fixture->model, engine::Mistral4Model::FromWeights(c, std::move(w),
+                                                         engine::ModelOptions{.backend = kernels::Backend::kRef,
+                                                                              .device = std::move(device),
+                                                                              .weight_type = weight_type}));
+  // 64 sequences x 1024 tokens in 64-entry blocks, plus room for the step.
+  SIROCCO_BENCH_ASSIGN_OR_RETURN(
+      fixture->pool, engine::KvPool::Create(fixture->model->PoolOptions(64 * 17, 64), fixture->model->device()));
+  return fixture.release();
+}
+
+// One model per weight type, built on first use and kept for the process.
+absl::StatusOr<DecodeLayerFixture*> DecodeLayer(engine::WeightType weight_type) {
+  static absl::StatusOr<DecodeLayerFixture*> f32 = absl::UnavailableError("not built");
+  static absl::StatusOr<DecodeLayerFixture*> bf16 = absl::UnavailableError("not built");
+  static bool built[2] = {false, false};
+  const int i = weight_type == engine::WeightType::kBF16 ? 1 : 0;
+  absl::StatusOr<DecodeLayerFixture*>& slot = i == 1 ? bf16 : f32;
+  if (!built[i]) {
+    built[i] = true;
+    slot = BuildDecodeLayer(weight_type);
+  }
+  return slot;
 }
 
 void BM_DecodeLayer(benchmark::State& state) {
   if (!NeedDevice(state)) return;
   const int batch = static_cast<int>(state.range(0));
+  const engine::WeightType weight_type = state.range(1) == 16 ? engine::WeightType::kBF16 : engine::WeightType::kF32;
   constexpr std::int64_t kContext = 1024;
-  absl::StatusOr<DecodeLayerFixture*> f = DecodeLayer();
+  absl::StatusOr<DecodeLayerFixture*> f = DecodeLayer(weight_type);
   if (!f.ok()) {
     state.SkipWithError(f.status().ToString().c_str());
     return;
@@ -555,13 +611,20 @@ void BM_DecodeLayer(benchmark::State& state) {
     }
   }
   const double experts = batch == 1 ? 4.0 : 128.0 * (1.0 - std::pow(124.0 / 128.0, batch));
-  const double kv_bytes = sizeof(float) * static_cast<double>(batch) * (kContext + 1) *
-                          static_cast<double>(model.config().kv_entry_dim());
+  const double kv_bytes =
+      sizeof(float) * static_cast<double>(batch) * (kContext + 1) * static_cast<double>(model.config().kv_entry_dim());
   const double bytes = (*f)->fixed_bytes + experts * (*f)->expert_bytes + kv_bytes;
   SetRate(state, "TB/s", bytes * 1e-12);
   SetRate(state, "peak_frac", bytes / kPeakBytesPerSecond);
 }
-BENCHMARK(BM_DecodeLayer)->ArgName("batch")->Arg(1)->Arg(64)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_DecodeLayer)
+    ->ArgNames({"batch", "weight_bits"})
+    ->Args({1, 32})
+    ->Args({64, 32})
+    ->Args({1, 16})
+    ->Args({64, 16})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace sirocco::kernels::cuda

@@ -18,9 +18,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <random>
@@ -93,8 +93,8 @@ class DeviceOpsTest : public testing::Test {
     gpu_ = *std::move(gpu);
     // AVX2 + BLAS where the CPU has it (tests/unit/kernels checks it against
     // the scalar reference): the model-width products take seconds in scalar code.
-    cpu_ = MakeHostDevice(kernels::Available(kernels::Backend::kAvx2) ? kernels::Backend::kAvx2
-                                                                       : kernels::Backend::kRef);
+    cpu_ =
+        MakeHostDevice(kernels::Available(kernels::Backend::kAvx2) ? kernels::Backend::kAvx2 : kernels::Backend::kRef);
   }
 
   // Runs `op` on both devices over copies of `inputs` and an output buffer of
@@ -192,7 +192,7 @@ TEST_F(DeviceOpsTest, GroupedExpertProductsMatchTheReference) {
   };
   std::vector<Case> cases = {
       {4, 7, 5, {0, 3, 0, 1}},
-      {3, 70, 33, {65, 0, 130}},     // tiles crossing group boundaries
+      {3, 70, 33, {65, 0, 130}},  // tiles crossing group boundaries
       {8, 128, 64, {1, 1, 1, 1, 0, 0, 0, 0}},
   };
   // 128 experts (the real count) with skewed routing: a few hot experts, many
@@ -215,7 +215,9 @@ TEST_F(DeviceOpsTest, GroupedExpertProductsMatchTheReference) {
   }
   for (const Case& c : cases) {
     std::vector<std::int32_t> offsets(static_cast<std::size_t>(c.groups) + 1, 0);
-    for (int g = 0; g < c.groups; ++g) offsets[static_cast<std::size_t>(g) + 1] = offsets[static_cast<std::size_t>(g)] + c.counts[static_cast<std::size_t>(g)];
+    for (int g = 0; g < c.groups; ++g)
+      offsets[static_cast<std::size_t>(g) + 1] =
+          offsets[static_cast<std::size_t>(g)] + c.counts[static_cast<std::size_t>(g)];
     const int rows = offsets.back();
     const int lda = c.k + 1, ldc = c.n + 2;
     const auto a = RandomVector(static_cast<std::size_t>(std::max(rows, 1) * lda), rng_);
@@ -298,8 +300,8 @@ TEST_F(DeviceOpsTest, Bf16WeightProductsMatchTheCpuDevicesBf16Numerics) {
     auto dx = Put(dev, xs);
     auto doff = Put(dev, offsets);
     auto dy = Put(dev, std::vector<float>(static_cast<std::size_t>(17 * 80), 0.0f));
-    SIROCCO_ASSERT_OK(dev.GroupedGemmNt(3, 17, 80, 64, dx->as<float>(), 64, doff->as<std::int32_t>(), ex, 64,
-                                        80 * 64, dy->as<float>(), 80));
+    SIROCCO_ASSERT_OK(dev.GroupedGemmNt(3, 17, 80, 64, dx->as<float>(), 64, doff->as<std::int32_t>(), ex, 64, 80 * 64,
+                                        dy->as<float>(), 80));
     grouped[d] = Fetch<float>(dev, *dy, static_cast<std::size_t>(17 * 80));
   }
   EXPECT_LE(NormalizedError(lat[0], lat[1]), GemmTolerance(nope)) << "bf16 GemmNnBatched";
@@ -314,7 +316,6 @@ TEST_F(DeviceOpsTest, Bf16WeightProductsMatchTheCpuDevicesBf16Numerics) {
 
 class CudaModelTest : public testing::TestWithParam<std::string> {
  protected:
-
   void SetUp() override {
     if (!GpuAvailable()) GTEST_SKIP() << "no CUDA device";
     const std::string preset = GetParam();
@@ -388,10 +389,10 @@ TEST_P(CudaModelTest, LogitsMatchTheCpuEngineInBothFormsAndThroughDecode) {
     }
     const std::span<const std::int32_t> head(chunked.data(), 31), tail(chunked.data() + 31, 9);
     {
-      std::vector<ForwardItem> c = {{long_prompt, 0, &ct[0], true}, {short_prompt, 0, &ct[1], true},
-                                    {head, 0, &ct[2], true}};
-      std::vector<ForwardItem> g = {{long_prompt, 0, &gt[0], true}, {short_prompt, 0, &gt[1], true},
-                                    {head, 0, &gt[2], true}};
+      std::vector<ForwardItem> c = {
+          {long_prompt, 0, &ct[0], true}, {short_prompt, 0, &ct[1], true}, {head, 0, &ct[2], true}};
+      std::vector<ForwardItem> g = {
+          {long_prompt, 0, &gt[0], true}, {short_prompt, 0, &gt[1], true}, {head, 0, &gt[2], true}};
       ExpectSameStep(c, g, form, GetParam() + " prefill " + fname);
     }
     {

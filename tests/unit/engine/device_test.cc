@@ -9,8 +9,8 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <string>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "engine/dtype.h"
@@ -101,9 +101,9 @@ TEST(HostDeviceTest, Bf16WeightProductsRoundTheActivations) {
   ASSERT_TRUE(stored.ok());
   ASSERT_EQ(dev->StoredType(WeightType::kBF16), WeightType::kBF16AsF32);
   std::vector<float> got(static_cast<std::size_t>(m * n), 0.0f);
-  ASSERT_TRUE(dev->GemmNt(m, n, k, a.data(), lda, WeightView((*stored)->data(), WeightType::kBF16AsF32), k, 0.0f,
-                          got.data(), n)
-                  .ok());
+  ASSERT_TRUE(
+      dev->GemmNt(m, n, k, a.data(), lda, WeightView((*stored)->data(), WeightType::kBF16AsF32), k, 0.0f, got.data(), n)
+          .ok());
   for (int i = 0; i < m; ++i) {
     for (int j = 0; j < n; ++j) {
       float want = 0.0f;  // the scalar reference's order: ascending k
