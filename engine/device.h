@@ -22,10 +22,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/sampler.h"
 #include "kernels/kernels.h"
 
 namespace sirocco::engine {
@@ -75,6 +78,14 @@ struct WeightView {
     const std::size_t size = type == WeightType::kBF16 ? 2 : 4;
     return WeightView(static_cast<const char*>(data) + elements * static_cast<std::int64_t>(size), type);
   }
+};
+
+// One row of logits to sample: the request's state (parameters and penalty
+// history) and the draw SamplerState::TakeDraw returned for this step.
+struct RowSample {
+  const SamplerState* state = nullptr;
+  std::optional<double> u;
+  std::int64_t row = 0;  // which row of the logits
 };
 
 class Device {
@@ -144,6 +155,15 @@ class Device {
   // ctx_lens entry (a device may size its launch from it).
   [[nodiscard]] virtual absl::Status MlaAttention(const kernels::MlaAttentionParams& p, int max_ctx_len) = 0;
   [[nodiscard]] virtual absl::Status Attention(const kernels::AttentionParams& p) = 0;
+
+  // ---- sampling ----------------------------------------------------------------
+  // (*out)[i] = rows[i].state->SampleWithDraw(logits row rows[i].row,
+  // rows[i].u); row r starts at logits + r * ld (device memory, vocab
+  // floats; rows[i].row distinct). The CPU device
+  // calls exactly that; the GPU samples on the device and returns only the
+  // results (kernels/cuda/sampling.h says where its rounding can differ).
+  [[nodiscard]] virtual absl::Status SampleRows(std::span<const RowSample> rows, const float* logits, int vocab, int ld,
+                                                std::vector<SampleResult>* out) = 0;
 
   // ---- mixture of experts ----------------------------------------------------
   [[nodiscard]] virtual absl::Status RouteTopk(const kernels::RouterParams& p) = 0;

@@ -85,8 +85,7 @@ absl::StatusOr<std::unique_ptr<EngineLoop>> EngineLoop::Create(const EngineOptio
   so.max_model_len = options.max_model_len > 0 ? options.max_model_len : c.max_position_embeddings;
   if (so.max_model_len > c.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat("EngineOptions.max_model_len (", so.max_model_len,
-                                                   ") exceeds the model's context length ",
-                                                   c.max_position_embeddings));
+                                                   ") exceeds the model's context length ", c.max_position_embeddings));
   }
   so.vocab_size = c.vocab_size;
   so.eos_token_ids = c.eos_token_ids;
@@ -103,8 +102,7 @@ absl::StatusOr<std::unique_ptr<EngineLoop>> EngineLoop::Create(const EngineOptio
   return loop;
 }
 
-EngineLoop::EngineLoop(const EngineOptions& options, std::unique_ptr<KvPool> pool,
-                       std::unique_ptr<Scheduler> scheduler)
+EngineLoop::EngineLoop(const EngineOptions& options, std::unique_ptr<KvPool> pool, std::unique_ptr<Scheduler> scheduler)
     : options_(options), model_(*options.model), pool_(std::move(pool)), scheduler_(std::move(scheduler)) {}
 
 EngineLoop::~EngineLoop() { Stop(StopMode::kCancel); }
@@ -234,8 +232,8 @@ void EngineLoop::Apply(Command& command) {
         using T = std::decay_t<decltype(c)>;
         if constexpr (std::is_same_v<T, AddCmd>) {
           if (live_.contains(c.id)) {
-            c.stream->Push(EndEvent(ExitReason::kFailed, absl::AlreadyExistsError(absl::StrCat(
-                                                              "request ", c.id.value, " already exists"))));
+            c.stream->Push(EndEvent(ExitReason::kFailed,
+                                    absl::AlreadyExistsError(absl::StrCat("request ", c.id.value, " already exists"))));
             return;
           }
           if (absl::Status st = scheduler_->AddRequest(c.id, std::move(c.spec), now); !st.ok()) {
@@ -286,9 +284,10 @@ void EngineLoop::Apply(Command& command) {
           (void)scheduler_->OnTransferDone(c.id, c.result);  // a cancelled request may be gone
         } else if constexpr (std::is_same_v<T, WriteKvCmd>) {
           const Reservation* r = scheduler_->FindReservation(c.reservation);
-          absl::Status st = r == nullptr ? absl::NotFoundError(absl::StrCat("reservation ", c.reservation.value,
-                                                                            " is unknown or expired"))
-                                         : c.write(*pool_, r->blocks);
+          absl::Status st =
+              r == nullptr
+                  ? absl::NotFoundError(absl::StrCat("reservation ", c.reservation.value, " is unknown or expired"))
+                  : c.write(*pool_, r->blocks);
           if (c.done) c.done(std::move(st));
         }
       },
@@ -345,43 +344,78 @@ void EngineLoop::RunStep(StepPlan& plan) {
   }
 
   // One call when every item can run in one form; else decode absorbed apart.
+  // Logits stay on the model's device and are sampled there; only the sampled
+  // tokens (and logprobs) come back. Results are applied once every call of
+  // the step has succeeded.
   const std::size_t num_decode = plan.decode.size();
   const bool split = !plan.decode.empty() && !plan.prefill.empty() && options_.prefill_form != AttentionForm::kAbsorbed;
   const std::span<const ForwardItem> all(items);
+  std::vector<std::int32_t*> outputs;  // where each sampled token goes, in sampling order
+  std::vector<RequestId> sampled_ids;
+  std::vector<SampleResult> results;
+  // Samples the rows of `logits` that want a token: decode item i at row
+  // decode_row0 + i, prefill chunk i at prefill_row0 + i.
+  auto sample = [&](const float* logits, bool decode_part, bool prefill_part, std::int64_t decode_row0,
+                    std::int64_t prefill_row0) -> absl::Status {
+    std::vector<RowSample> rows;
+    if (decode_part) {
+      for (std::size_t i = 0; i < plan.decode.size(); ++i) {
+        rows.push_back(Draw(plan.decode[i].id, decode_row0 + static_cast<std::int64_t>(i)));
+        outputs.push_back(&plan.decode[i].token);
+        sampled_ids.push_back(plan.decode[i].id);
+      }
+    }
+    if (prefill_part) {
+      for (std::size_t i = 0; i < plan.prefill.size(); ++i) {
+        if (!plan.prefill[i].samples) continue;
+        rows.push_back(Draw(plan.prefill[i].id, prefill_row0 + static_cast<std::int64_t>(i)));
+        outputs.push_back(&plan.prefill[i].token);
+        sampled_ids.push_back(plan.prefill[i].id);
+      }
+    }
+    std::vector<SampleResult> part;
+    if (!rows.empty()) {
+      SIROCCO_RETURN_IF_ERROR(
+          model_.device().SampleRows(rows, logits, static_cast<int>(vocab), static_cast<int>(vocab), &part));
+    }
+    for (SampleResult& r : part) results.push_back(std::move(r));
+    return absl::OkStatus();
+  };
   absl::Status st;
-  const float* decode_rows = nullptr;
-  const float* prefill_rows = nullptr;
   if (split) {
-    st = model_.Forward(all.first(num_decode), *pool_, AttentionForm::kAbsorbed, &decode_logits_);
-    if (st.ok()) st = model_.Forward(all.subspan(num_decode), *pool_, options_.prefill_form, &logits_, on_layer_done);
-    decode_rows = decode_logits_.data();
-    prefill_rows = logits_.data();
+    absl::StatusOr<const float*> logits =
+        model_.ForwardOnDevice(all.first(num_decode), *pool_, AttentionForm::kAbsorbed);
+    st = logits.status();
+    if (st.ok()) st = sample(*logits, true, false, 0, 0);
+    if (st.ok()) {
+      logits = model_.ForwardOnDevice(all.subspan(num_decode), *pool_, options_.prefill_form, on_layer_done);
+      st = logits.status();
+      if (st.ok()) st = sample(*logits, false, true, 0, 0);
+    }
   } else {
     const AttentionForm form = plan.prefill.empty() ? AttentionForm::kAbsorbed : options_.prefill_form;
-    st = model_.Forward(all, *pool_, form, &logits_, on_layer_done);
-    decode_rows = logits_.data();
-    prefill_rows = logits_.data() + num_decode * vocab;
+    absl::StatusOr<const float*> logits = model_.ForwardOnDevice(all, *pool_, form, on_layer_done);
+    st = logits.status();
+    if (st.ok()) st = sample(*logits, true, true, 0, static_cast<std::int64_t>(num_decode));
   }
   if (!st.ok()) {
     scheduler_->OnStepFailed(plan, st);
     return;
   }
   ++steps_;
-  for (std::size_t i = 0; i < plan.decode.size(); ++i) {
-    Sample(plan.decode[i].id, decode_rows + i * vocab, &plan.decode[i].token);
-  }
-  for (std::size_t i = 0; i < plan.prefill.size(); ++i) {
-    if (plan.prefill[i].samples) Sample(plan.prefill[i].id, prefill_rows + i * vocab, &plan.prefill[i].token);
-  }
+  for (std::size_t i = 0; i < results.size(); ++i) Deliver(sampled_ids[i], std::move(results[i]), outputs[i]);
   scheduler_->OnStepDone(plan);
 }
 
-void EngineLoop::Sample(RequestId id, const float* row, std::int32_t* token) {
+RowSample EngineLoop::Draw(RequestId id, std::int64_t row) {
   auto it = live_.find(id);
   SIROCCO_CHECK(it != live_.end() && it->second.sampler.has_value(), "scheduled request without engine state");
-  Live& live = it->second;
-  SampleResult r =
-      live.sampler->Sample(std::span<const float>(row, static_cast<std::size_t>(model_.config().vocab_size)), scratch_);
+  SamplerState& sampler = *it->second.sampler;
+  return RowSample{&sampler, sampler.TakeDraw(), row};
+}
+
+void EngineLoop::Deliver(RequestId id, SampleResult r, std::int32_t* token) {
+  Live& live = live_.find(id)->second;
   live.sampler->Observe(r.token);
   *token = r.token;
   ++tokens_sampled_;

@@ -81,8 +81,8 @@ class RequestStream {
   const std::function<void()> on_ready_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<StreamEvent> events_;  // guarded by mu_
-  bool ended_ = false;              // guarded by mu_
+  std::deque<StreamEvent> events_;                                // guarded by mu_
+  bool ended_ = false;                                            // guarded by mu_
   std::optional<std::chrono::steady_clock::time_point> started_;  // guarded by mu_
 };
 
@@ -111,8 +111,8 @@ struct EngineOptions {
   // Scheduler limits.
   std::int64_t max_tokens_per_step = 512;  // token budget per step
   std::int64_t max_seqs_per_step = 64;
-  std::int64_t max_waiting = 0;            // 0: no limit
-  std::int64_t max_model_len = 0;          // 0: the model's max_position_embeddings
+  std::int64_t max_waiting = 0;    // 0: no limit
+  std::int64_t max_model_len = 0;  // 0: the model's max_position_embeddings
   // SchedulerOptions::reservation_quarantine (decode role).
   std::chrono::steady_clock::duration reservation_quarantine = std::chrono::steady_clock::duration::zero();
   // Form of steps that prefill. With kAbsorbed a step is one Forward call;
@@ -127,9 +127,9 @@ struct EngineOptions {
 
 struct EngineStats {
   SchedulerStats scheduler;
-  std::int64_t steps = 0;           // forward steps run
+  std::int64_t steps = 0;  // forward steps run
   std::int64_t tokens_sampled = 0;
-  bool running = false;             // the engine thread is alive
+  bool running = false;  // the engine thread is alive
 };
 
 class EngineLoop {
@@ -167,8 +167,7 @@ class EngineLoop {
                                                         std::function<void()> on_ready = nullptr);
   // Runs `write` on the engine thread against a live reservation's blocks,
   // then `done` with its result (NOT_FOUND if the reservation is gone).
-  [[nodiscard]] absl::Status WriteKv(ReservationId reservation, KvWriter write,
-                                     std::function<void(absl::Status)> done);
+  [[nodiscard]] absl::Status WriteKv(ReservationId reservation, KvWriter write, std::function<void(absl::Status)> done);
 
   // Prefill role: a prefill_only request's KV transfer finished. On success
   // its stream gets the first token and then kPrefillDone; else kFailed.
@@ -228,7 +227,10 @@ class EngineLoop {
   void Apply(Command& cmd);
   void Reject(Command& cmd, const absl::Status& why);
   void RunStep(StepPlan& plan);
-  void Sample(RequestId id, const float* row, std::int32_t* token);
+  // The row to sample for request `id` (taking its RNG draw for this step).
+  RowSample Draw(RequestId id, std::int64_t row);
+  // Applies a sampled token: the request's history, the plan, its stream.
+  void Deliver(RequestId id, SampleResult result, std::int32_t* token);
   void EmitExits();
   void PublishStats();
 
@@ -238,22 +240,19 @@ class EngineLoop {
   std::unique_ptr<KvPool> pool_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unordered_map<RequestId, Live, RequestIdHash> live_;
-  SamplerScratch scratch_;
-  std::vector<float> logits_;
-  std::vector<float> decode_logits_;
   std::int64_t steps_ = 0;
   std::int64_t tokens_sampled_ = 0;
 
   // Shared with callers.
   std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<Command> commands_;           // guarded by mu_
-  std::optional<StopMode> stop_;            // guarded by mu_; set once Stop is asked
-  bool closed_ = false;                     // guarded by mu_; the thread no longer takes commands
+  std::vector<Command> commands_;  // guarded by mu_
+  std::optional<StopMode> stop_;   // guarded by mu_; set once Stop is asked
+  bool closed_ = false;            // guarded by mu_; the thread no longer takes commands
   mutable std::mutex stats_mu_;
-  EngineStats stats_;                       // guarded by stats_mu_
+  EngineStats stats_;  // guarded by stats_mu_
   std::mutex join_mu_;
-  std::thread thread_;                      // guarded by join_mu_ once started
+  std::thread thread_;  // guarded by join_mu_ once started
 };
 
 }  // namespace sirocco::engine

@@ -150,6 +150,17 @@ class HostDevice final : public Device {
     return absl::OkStatus();
   }
 
+  absl::Status SampleRows(std::span<const RowSample> rows, const float* logits, int vocab, int ld,
+                          std::vector<SampleResult>* out) override {
+    out->clear();
+    out->reserve(rows.size());
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const std::span<const float> row(logits + rows[i].row * ld, static_cast<std::size_t>(vocab));
+      out->push_back(rows[i].state->SampleWithDraw(row, rows[i].u, sampler_scratch_));
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status RouteTopk(const kernels::RouterParams& p) override {
     k_.route_topk(p);
     return absl::OkStatus();
@@ -229,6 +240,7 @@ class HostDevice final : public Device {
 
   const kernels::KernelTable& k_;
   std::vector<float> rounded_;  // bf16-rounded activations of the current product
+  SamplerScratch sampler_scratch_;
 };
 
 }  // namespace

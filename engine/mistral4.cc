@@ -220,6 +220,20 @@ KvPoolOptions Mistral4Model::PoolOptions(std::int64_t num_blocks, std::int64_t b
 
 absl::Status Mistral4Model::Forward(std::span<const ForwardItem> items, KvPool& pool, AttentionForm form,
                                     std::vector<float>* logits, const LayerDoneFn& on_layer_done) const {
+  return Run(items, pool, form, on_layer_done, logits, nullptr);
+}
+
+absl::StatusOr<const float*> Mistral4Model::ForwardOnDevice(std::span<const ForwardItem> items, KvPool& pool,
+                                                            AttentionForm form,
+                                                            const LayerDoneFn& on_layer_done) const {
+  const float* device_logits = nullptr;
+  SIROCCO_RETURN_IF_ERROR(Run(items, pool, form, on_layer_done, nullptr, &device_logits));
+  return device_logits;
+}
+
+absl::Status Mistral4Model::Run(std::span<const ForwardItem> items, KvPool& pool, AttentionForm form,
+                                const LayerDoneFn& on_layer_done, std::vector<float>* logits,
+                                const float** device_logits) const {
   const ModelConfig& c = config_;
   if (pool.entry_dim() != c.kv_entry_dim() || pool.num_layers() != c.num_hidden_layers) {
     return absl::InvalidArgumentError("KV pool layout does not match the model");
@@ -359,11 +373,16 @@ absl::Status Mistral4Model::Forward(std::span<const ForwardItem> items, KvPool& 
   SIROCCO_ASSIGN_OR_RETURN(float* rows, b.Get<float>(kRows, LR * H));
   SIROCCO_RETURN_IF_ERROR(dev.GatherRows(I(LR), I(H), x, I(H), b.d_logit_rows, rows, I(H)));
   SIROCCO_RETURN_IF_ERROR(dev.RmsNorm(I(LR), I(H), rows, I(H), dw_->final_norm, eps, rows, I(H)));
-  logits->resize(Z(LR * c.vocab_size));
-  if (dev.host_accessible()) {
+  if (logits != nullptr && dev.host_accessible()) {
+    logits->resize(Z(LR * c.vocab_size));
     return dev.GemmNt(I(LR), I(c.vocab_size), I(H), rows, I(H), dw_->head, I(H), 0.0f, logits->data(), I(c.vocab_size));
   }
   SIROCCO_ASSIGN_OR_RETURN(float* d_logits, b.Get<float>(kLogits, LR * c.vocab_size));
+  if (logits == nullptr) {
+    *device_logits = d_logits;
+    return dev.GemmNt(I(LR), I(c.vocab_size), I(H), rows, I(H), dw_->head, I(H), 0.0f, d_logits, I(c.vocab_size));
+  }
+  logits->resize(Z(LR * c.vocab_size));
   SIROCCO_RETURN_IF_ERROR(
       dev.GemmNt(I(LR), I(c.vocab_size), I(H), rows, I(H), dw_->head, I(H), 0.0f, d_logits, I(c.vocab_size)));
   return dev.CopyToHost(logits->data(), d_logits, logits->size() * sizeof(float));

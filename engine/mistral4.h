@@ -82,6 +82,11 @@ class Mistral4Model {
   // vocab_size floats per token (all_logits) or for the last token.
   absl::Status Forward(std::span<const ForwardItem> items, KvPool& pool, AttentionForm form, std::vector<float>* logits,
                        const LayerDoneFn& on_layer_done = nullptr) const;
+  // As Forward, with the logits left in the device's memory (rows as Forward
+  // lays them out, vocab_size apart), for sampling on the device. The pointer
+  // is the model's scratch: valid until the next Forward or ForwardOnDevice.
+  absl::StatusOr<const float*> ForwardOnDevice(std::span<const ForwardItem> items, KvPool& pool, AttentionForm form,
+                                               const LayerDoneFn& on_layer_done = nullptr) const;
 
   const ModelConfig& config() const { return config_; }
   Device& device() const { return *device_; }
@@ -93,6 +98,11 @@ class Mistral4Model {
   Mistral4Model(const ModelConfig& config, std::unique_ptr<Mistral4Weights> weights, std::shared_ptr<Device> device,
                 WeightType weight_type);
   absl::Status UploadWeights();
+
+  // Forward's body: logits to the host (`logits`) or left on the device
+  // (`device_logits`, when logits is null).
+  absl::Status Run(std::span<const ForwardItem> items, KvPool& pool, AttentionForm form,
+                   const LayerDoneFn& on_layer_done, std::vector<float>* logits, const float** device_logits) const;
 
   struct DeviceWeights;  // the weights' device addresses
   struct Batch;          // per-call token layout and device buffers

@@ -153,8 +153,16 @@ SamplerState::SamplerState(const SamplingParams& params, std::span<const std::in
 }
 
 void SamplerState::Replay(std::int32_t generated_token) {
-  if (params_.temperature >= kGreedyTemperature) (void)rng_();
+  (void)TakeDraw();
   Observe(generated_token);
+}
+
+std::optional<double> SamplerState::TakeDraw() {
+  if (params_.temperature < kGreedyTemperature) return std::nullopt;
+  // The top 53 bits of one engine output: the same double on every standard
+  // library, unlike std::uniform_real_distribution. Every non-greedy Sample
+  // consumes exactly one output (what Replay relies on).
+  return static_cast<double>(rng_() >> 11) * 0x1.0p-53;
 }
 
 void SamplerState::Observe(std::int32_t generated_token) {
@@ -219,19 +227,21 @@ std::int32_t SamplerState::Argmax(std::span<const float> logits) const {
 }
 
 SampleResult SamplerState::Sample(std::span<const float> logits, SamplerScratch& scratch) {
+  const std::optional<double> u = TakeDraw();
+  return SampleWithDraw(logits, u, scratch);
+}
+
+SampleResult SamplerState::SampleWithDraw(std::span<const float> logits, std::optional<double> u,
+                                          SamplerScratch& scratch) const {
   SIROCCO_CHECK(!logits.empty(), "empty logits row");
   SampleResult result;
-  result.token = params_.temperature < kGreedyTemperature ? Argmax(logits) : Draw(logits, scratch);
+  result.token = u.has_value() ? Draw(logits, *u, scratch) : Argmax(logits);
   if (params_.logprobs >= 0) FillLogprobs(logits, result);
   return result;
 }
 
-std::int32_t SamplerState::Draw(std::span<const float> logits, SamplerScratch& scratch) {
+std::int32_t SamplerState::Draw(std::span<const float> logits, double u, SamplerScratch& scratch) const {
   const std::size_t vocab = logits.size();
-  // The top 53 bits of one engine output: the same double on every standard
-  // library, unlike std::uniform_real_distribution. Drawn first, so every
-  // non-greedy Sample consumes exactly one output (what Replay relies on).
-  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
   float max_logit = kNegInf;
   ForEachPenalised(logits, [&](std::size_t, float v) { max_logit = std::max(max_logit, v); });
   if (!std::isfinite(max_logit)) return Argmax(logits);

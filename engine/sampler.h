@@ -68,6 +68,13 @@ struct SamplerScratch {
   std::vector<std::int32_t> order;  // [vocab] candidate token ids
 };
 
+// A token seen in the prompt or the output; output_count 0 means the prompt
+// only, which the repetition penalty counts and the others do not.
+struct SeenToken {
+  std::int32_t token;
+  std::int32_t output_count;
+};
+
 // Per-request sampling state: the RNG (std::mt19937_64 seeded from the seed)
 // and the prompt and output tokens the penalties need.
 class SamplerState {
@@ -98,25 +105,28 @@ class SamplerState {
   // request. Prefer the overload above when many requests are live.
   SampleResult Sample(std::span<const float> logits) { return Sample(logits, own_scratch_); }
 
+  // Sample split in two, for a device that samples rows itself: TakeDraw
+  // consumes what Sample would from the RNG (the uniform double, or nothing
+  // for a greedy request), and SampleWithDraw is the rest of Sample for that
+  // draw. Sample(l, s) == SampleWithDraw(l, TakeDraw(), s).
+  std::optional<double> TakeDraw();
+  SampleResult SampleWithDraw(std::span<const float> logits, std::optional<double> u, SamplerScratch& scratch) const;
+  // The penalties' view of the history, sorted by token (empty when no
+  // penalty is on).
+  std::span<const SeenToken> seen() const { return seen_; }
+
   const SamplingParams& params() const { return params_; }
   // The seed in use, drawn or given: log it to reproduce a request.
   std::uint64_t seed() const { return seed_; }
 
  private:
-  // A token seen in the prompt or the output; output_count 0 means the
-  // prompt only, which the repetition penalty counts and the others do not.
-  struct SeenToken {
-    std::int32_t token;
-    std::int32_t output_count;
-  };
-
   float Penalise(float logit, const SeenToken& seen) const;
   float PenalisedLogit(std::span<const float> logits, std::int32_t token) const;
   // Calls fn(id, penalised logit) for every id in ascending order.
   template <typename Fn>
   void ForEachPenalised(std::span<const float> logits, Fn&& fn) const;
   std::int32_t Argmax(std::span<const float> logits) const;
-  std::int32_t Draw(std::span<const float> logits, SamplerScratch& scratch);
+  std::int32_t Draw(std::span<const float> logits, double u, SamplerScratch& scratch) const;
   void FillLogprobs(std::span<const float> logits, SampleResult& result) const;
 
   SamplingParams params_;

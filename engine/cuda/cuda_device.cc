@@ -1,5 +1,6 @@
 #include "engine/cuda/cuda_device.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -9,6 +10,7 @@
 #include "engine/status_macros.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_memory.h"
+#include "kernels/cuda/sampling.h"
 
 namespace sirocco::engine::cuda {
 namespace {
@@ -172,6 +174,106 @@ class CudaDevice final : public Device {
     return kc::Attention(q, s());
   }
 
+  absl::Status SampleRows(std::span<const RowSample> rows, const float* logits, int vocab, int ld,
+                          std::vector<SampleResult>* out) override {
+    out->clear();
+    const int n = static_cast<int>(rows.size());
+    if (n == 0) return absl::OkStatus();
+    // Inputs, packed into one upload: the rows' knobs, then the penalty
+    // histories CSR style (offsets, tokens, output counts).
+    std::vector<kc::SampleRowParams> params(rows.size());
+    std::vector<std::int32_t> ints(rows.size() + 1, 0);
+    std::vector<std::int32_t> tokens, counts;
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const SamplingParams& sp = rows[i].state->params();
+      kc::SampleRowParams& p = params[i];
+      p.temperature = sp.temperature;
+      p.top_p = sp.top_p;
+      p.min_p = sp.min_p;
+      p.repetition_penalty = sp.repetition_penalty;
+      p.presence_penalty = sp.presence_penalty;
+      p.frequency_penalty = sp.frequency_penalty;
+      p.top_k = sp.top_k;
+      p.logprobs = sp.logprobs;
+      // A greedy request has no draw; the kernel then never reads u.
+      p.u = rows[i].u.value_or(0.0);
+      if (!rows[i].u.has_value()) p.temperature = 0.0f;
+      for (const SeenToken& seen : rows[i].state->seen()) {
+        tokens.push_back(seen.token);
+        counts.push_back(seen.output_count);
+      }
+      ints[i + 1] = static_cast<std::int32_t>(tokens.size());
+    }
+    ints.insert(ints.end(), tokens.begin(), tokens.end());
+    ints.insert(ints.end(), counts.begin(), counts.end());
+    // The kernel samples consecutive rows: rows that are not 0..n-1 are
+    // gathered into scratch first.
+    bool identity = true;
+    for (std::size_t i = 0; i < rows.size(); ++i) identity = identity && rows[i].row == static_cast<std::int64_t>(i);
+    const std::size_t row_index_at = ints.size();
+    if (!identity) {
+      for (const RowSample& r : rows) ints.push_back(static_cast<std::int32_t>(r.row));
+    }
+    const std::size_t params_bytes = (params.size() * sizeof(kc::SampleRowParams) + 255) / 256 * 256;
+    const std::size_t in_bytes = params_bytes + ints.size() * sizeof(std::int32_t);
+    const std::size_t top = static_cast<std::size_t>(n) * kc::kSampleMaxLogprobs;
+    const std::size_t out_bytes = (static_cast<std::size_t>(n) * 2 + top * 2) * 4;
+    const std::size_t work_bytes = kc::SamplingWorkspaceBytes(n, vocab);
+    SIROCCO_RETURN_IF_ERROR(Reserve(sample_in_, in_bytes));
+    SIROCCO_RETURN_IF_ERROR(Reserve(sample_out_, out_bytes));
+    SIROCCO_RETURN_IF_ERROR(Reserve(sample_work_, work_bytes));
+    auto* in = sample_in_->as<char>();
+    SIROCCO_RETURN_IF_ERROR(kc::CopyToDeviceAsync(in, params.data(), params.size() * sizeof(kc::SampleRowParams), s()));
+    SIROCCO_RETURN_IF_ERROR(
+        kc::CopyToDeviceAsync(in + params_bytes, ints.data(), ints.size() * sizeof(std::int32_t), s()));
+    const auto* d_ints = reinterpret_cast<const std::int32_t*>(in + params_bytes);
+    if (!identity) {
+      SIROCCO_RETURN_IF_ERROR(Reserve(sample_rows_, static_cast<std::size_t>(n) * static_cast<std::size_t>(vocab) * 4));
+      SIROCCO_RETURN_IF_ERROR(
+          kc::GatherRows(n, vocab, logits, ld, d_ints + row_index_at, sample_rows_->as<float>(), vocab, s()));
+      logits = sample_rows_->as<float>();
+      ld = vocab;
+    }
+    auto* d_out = sample_out_->as<char>();
+    kc::SampleBatchParams b;
+    b.rows = n;
+    b.vocab = vocab;
+    b.logits = logits;
+    b.ld = ld;
+    b.params = reinterpret_cast<const kc::SampleRowParams*>(in);
+    b.seen_offsets = d_ints;
+    b.seen_tokens = d_ints + rows.size() + 1;
+    b.seen_counts = d_ints + rows.size() + 1 + tokens.size();
+    b.tokens = reinterpret_cast<std::int32_t*>(d_out);
+    b.logprob = reinterpret_cast<float*>(d_out + 4 * n);
+    b.top_ids = reinterpret_cast<std::int32_t*>(d_out + 8 * n);
+    b.top_logprobs = reinterpret_cast<float*>(d_out + 8 * n + 4 * top);
+    b.workspace = sample_work_->data();
+    b.workspace_bytes = sample_work_->size();
+    SIROCCO_RETURN_IF_ERROR(kc::Sample(b, s()));
+    std::vector<char> host(out_bytes);
+    SIROCCO_RETURN_IF_ERROR(kc::CopyToHostAsync(host.data(), d_out, out_bytes, s()));
+    SIROCCO_RETURN_IF_ERROR(kc::Synchronize(s()));
+    const auto* h_tokens = reinterpret_cast<const std::int32_t*>(host.data());
+    const auto* h_logprob = reinterpret_cast<const float*>(host.data() + 4 * n);
+    const auto* h_top_ids = reinterpret_cast<const std::int32_t*>(host.data() + 8 * n);
+    const auto* h_top = reinterpret_cast<const float*>(host.data() + 8 * n + 4 * top);
+    out->resize(rows.size());
+    for (int i = 0; i < n; ++i) {
+      SampleResult& r = (*out)[static_cast<std::size_t>(i)];
+      r.token = h_tokens[i];
+      const int want = rows[static_cast<std::size_t>(i)].state->params().logprobs;
+      if (want < 0) continue;
+      r.logprob = h_logprob[i];
+      for (int j = 0; j < want && j < kc::kSampleMaxLogprobs; ++j) {
+        const std::size_t at = static_cast<std::size_t>(i) * kc::kSampleMaxLogprobs + static_cast<std::size_t>(j);
+        if (h_top_ids[at] < 0) break;
+        r.top.push_back(TokenLogprob{h_top_ids[at], h_top[at]});
+      }
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status RouteTopk(const kernels::RouterParams& p) override {
     kc::RouterParams q;
     q.num_tokens = p.num_tokens;
@@ -235,6 +337,14 @@ class CudaDevice final : public Device {
  private:
   kc::Stream s() const { return stream_->get(); }
 
+  // Grows `m` to at least `bytes` (and never below 256).
+  absl::Status Reserve(std::unique_ptr<DeviceMemory>& m, std::size_t bytes) {
+    if (m != nullptr && m->size() >= bytes) return absl::OkStatus();
+    m.reset();
+    SIROCCO_ASSIGN_OR_RETURN(m, Allocate(std::max<std::size_t>(256, bytes + bytes / 2)));
+    return absl::OkStatus();
+  }
+
   static absl::Status CheckBf16(WeightView w) {
     if (w.type != WeightType::kBF16) return absl::InvalidArgumentError("unsupported weight type on the CUDA device");
     return absl::OkStatus();
@@ -278,6 +388,7 @@ class CudaDevice final : public Device {
   std::unique_ptr<kc::Blas> blas_;
   std::unique_ptr<DeviceMemory> mla_workspace_;
   std::unique_ptr<DeviceMemory> bf16_scratch_;  // activations rounded for products on bf16 weights
+  std::unique_ptr<DeviceMemory> sample_in_, sample_out_, sample_work_, sample_rows_;
 };
 
 }  // namespace

@@ -35,6 +35,7 @@
 #include "engine/kv_cache.h"
 #include "engine/mistral4.h"
 #include "engine/model_maker.h"
+#include "engine/sampler.h"
 #include "tests/unit/kernels/kernel_test_util.h"
 
 namespace sirocco::engine {
@@ -309,6 +310,63 @@ TEST_F(DeviceOpsTest, Bf16WeightProductsMatchTheCpuDevicesBf16Numerics) {
   // device from slightly different float32 sums: one bf16 ulp apart at worst.
   EXPECT_LE(NormalizedError(attn[0], attn[1]), 1e-2) << "bf16 GemmNtBatched";
   EXPECT_LE(NormalizedError(grouped[0], grouped[1]), GemmTolerance(64)) << "bf16 GroupedGemmNt";
+}
+
+TEST_F(DeviceOpsTest, SampleRowsMatchesTheCpuSampler) {
+  // The device's sampling glue (parameters and penalty histories packed and
+  // uploaded, rows gathered when they are not 0..n-1, results unpacked)
+  // against the CPU device, which calls SamplerState directly. Greedy rows
+  // must agree exactly; a sampled row may differ only where the draw falls
+  // within rounding of a boundary (kernels/cuda/sampling.h), which the
+  // tolerance of one differing row in this batch allows.
+  const int vocab = 131072, rows = 12;
+  std::vector<float> logits(static_cast<std::size_t>(rows + 3) * vocab);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (float& v : logits) v = normal(rng_);
+  const std::vector<std::int32_t> prompt = {1, 5, 900, 131071};
+  std::vector<std::vector<SampleResult>> results(2);
+  Device* devices[2] = {gpu_.get(), cpu_.get()};
+  for (int d = 0; d < 2; ++d) {
+    std::vector<SamplerState> states;
+    states.reserve(rows);
+    for (int i = 0; i < rows; ++i) {
+      SamplingParams p;
+      p.temperature = i % 3 == 0 ? 0.0f : 0.7f;
+      p.top_k = i % 4 == 1 ? 50 : 0;
+      p.top_p = i % 4 == 2 ? 0.9f : 1.0f;
+      p.repetition_penalty = i % 5 == 3 ? 1.2f : 1.0f;
+      p.logprobs = i % 2 == 0 ? 5 : -1;
+      p.seed = 100 + i;
+      states.emplace_back(p, prompt);
+      states.back().Observe(7);
+    }
+    std::vector<RowSample> batch;
+    for (int i = 0; i < rows; ++i) {
+      batch.push_back(RowSample{&states[static_cast<std::size_t>(i)], states[static_cast<std::size_t>(i)].TakeDraw(),
+                                static_cast<std::int64_t>(rows + 2 - i)});  // reversed, skipping rows 0-2
+    }
+    auto dl = Put(*devices[d], logits);
+    SIROCCO_ASSERT_OK(
+        devices[d]->SampleRows(batch, dl->as<float>(), vocab, vocab, &results[static_cast<std::size_t>(d)]));
+  }
+  int differing = 0;
+  for (int i = 0; i < rows; ++i) {
+    const SampleResult& g = results[0][static_cast<std::size_t>(i)];
+    const SampleResult& c = results[1][static_cast<std::size_t>(i)];
+    if (i % 3 == 0) {
+      EXPECT_EQ(g.token, c.token) << "greedy row " << i;
+    } else {
+      differing += g.token != c.token ? 1 : 0;
+    }
+    if (i % 2 == 0) {
+      EXPECT_NEAR(g.logprob, c.logprob, 1e-4) << "row " << i;
+      ASSERT_EQ(g.top.size(), c.top.size()) << "row " << i;
+      for (std::size_t j = 0; j < c.top.size(); ++j) EXPECT_EQ(g.top[j].token, c.top[j].token) << "row " << i;
+    } else {
+      EXPECT_TRUE(g.top.empty()) << "row " << i;
+    }
+  }
+  EXPECT_LE(differing, 1);
 }
 
 // ---------------------------------------------------------------------------

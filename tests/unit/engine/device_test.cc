@@ -17,6 +17,7 @@
 #include "engine/kv_cache.h"
 #include "engine/mistral4.h"
 #include "engine/model_maker.h"
+#include "engine/sampler.h"
 #include "tests/unit/engine/test_models.h"
 
 namespace sirocco::engine {
@@ -150,6 +151,54 @@ TEST(HostDeviceTest, Bf16WeightsStayCloseToFloat32) {
     EXPECT_GT(max_diff, 0.0) << "bf16 products were not rounded";
   }
   std::filesystem::remove_all(dir);
+}
+
+TEST(HostDeviceTest, SampleRowsIsTheSamplerSplitAtItsDraw) {
+  // Two copies of each request's state: one samples with Sample, the other
+  // through the device (TakeDraw, then SampleRows on a chosen row). Over many
+  // steps, with penalties and logprobs, the tokens and logprobs agree exactly.
+  auto dev = MakeHostDevice(kernels::Backend::kRef);
+  std::mt19937 rng(17);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  const int vocab = 300;
+  std::vector<SamplingParams> params(3);
+  params[0].temperature = 0.0f;  // greedy
+  params[1].temperature = 0.8f;
+  params[1].top_p = 0.9f;
+  params[1].seed = 5;
+  params[1].logprobs = 3;
+  params[2].temperature = 1.2f;
+  params[2].top_k = 20;
+  params[2].repetition_penalty = 1.3f;
+  params[2].frequency_penalty = 0.5f;
+  params[2].seed = 9;
+  const std::vector<std::int32_t> prompt = {4, 8, 15, 16, 23, 42};
+  std::vector<SamplerState> direct, split;
+  for (const SamplingParams& p : params) {
+    direct.emplace_back(p, prompt);
+    split.emplace_back(p, prompt);
+  }
+  std::vector<float> logits(static_cast<std::size_t>(5 * vocab));
+  for (int step = 0; step < 40; ++step) {
+    for (float& v : logits) v = normal(rng);
+    std::vector<RowSample> rows;
+    for (std::size_t i = 0; i < split.size(); ++i) {
+      rows.push_back(RowSample{&split[i], split[i].TakeDraw(), static_cast<std::int64_t>(4 - i)});  // reversed rows
+    }
+    std::vector<SampleResult> got;
+    ASSERT_TRUE(dev->SampleRows(rows, logits.data(), vocab, vocab, &got).ok());
+    ASSERT_EQ(got.size(), split.size());
+    for (std::size_t i = 0; i < split.size(); ++i) {
+      const std::span<const float> row(logits.data() + (4 - i) * vocab, static_cast<std::size_t>(vocab));
+      const SampleResult want = direct[i].Sample(row);
+      EXPECT_EQ(got[i].token, want.token) << "request " << i << " step " << step;
+      EXPECT_EQ(got[i].logprob, want.logprob);
+      ASSERT_EQ(got[i].top.size(), want.top.size());
+      for (std::size_t j = 0; j < want.top.size(); ++j) EXPECT_EQ(got[i].top[j].token, want.top[j].token);
+      direct[i].Observe(want.token);
+      split[i].Observe(got[i].token);
+    }
+  }
 }
 
 }  // namespace
