@@ -52,7 +52,7 @@ const char* const kKnownFlags[] = {"role", "model", "listen", "port-file", "metr
                                    "worker-id", "auth-token", "num-blocks", "block-size", "max-tokens-per-step",
                                    "max-seqs-per-step", "max-waiting", "kernels", "drain-grace-s",
                                    "ucx-host", "ucx-transports", "reservation-ttl-ms", "kv-transfer-timeout-ms",
-                                   "test-kv-fault", "kv-quarantine-ms"};
+                                   "test-kv-fault", "kv-quarantine-ms", "weights"};
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   Flags flags;
@@ -141,6 +141,13 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
     model_options.device = *std::move(device);
   } else {
     return Fail(absl::InvalidArgumentError("--kernels: must be ref, avx2 or cuda"));
+  }
+  // --weights bf16: weight matrices in bfloat16 (half the memory and
+  // bandwidth; products on bf16 activations with float32 accumulation).
+  if (const std::string weights = flags->Get("weights", "f32"); weights == "bf16") {
+    model_options.weight_type = engine::WeightType::kBF16;
+  } else if (weights != "f32") {
+    return Fail(absl::InvalidArgumentError("--weights: must be f32 or bf16"));
   }
   absl::StatusOr<std::int64_t> num_blocks = flags->GetInt("num-blocks", 1024);
   absl::StatusOr<std::int64_t> block_size = flags->GetInt("block-size", 16);

@@ -198,6 +198,9 @@ absl::Status RunUp(int argc, char** argv) {
   const std::string host = args->Take("host", "127.0.0.1");
   const std::string tekken_base =
       args->Take("tekken-base", std::string(SIROCCO_SOURCE_DIR) + "/third_party/tekken/tekken_240911.json");
+  // Passed to every worker: where the model runs and how its weights are held.
+  const std::string kernels = args->Take("kernels", "");
+  const std::string weights = args->Take("weights", "");
   if (absl::Status s = args->CheckAllUsed(); !s.ok()) return s;
   if (!args->positional.empty()) return absl::InvalidArgumentError("sirocco up takes no positional arguments");
   if ((*prefill > 0) != (*decode > 0))
@@ -241,8 +244,15 @@ absl::Status RunUp(int argc, char** argv) {
     c.name = absl::StrCat(role, "-", index);
     c.port_file = (run_dir / (c.name + ".port")).string();
     const std::string& bin = role == "prefill" ? prefill_bin : *decode_bin;
-    auto pid = Spawn(bin, {"--role", role, "--model", model, "--listen", host + ":0", "--port-file", c.port_file,
-                           "--metrics-port", "-1", "--auth-token", token, "--worker-id", c.name});
+    std::vector<std::string> worker_args = {"--role",         role,           "--model",      model,
+                                            "--listen",       host + ":0",    "--port-file",  c.port_file,
+                                            "--metrics-port", "-1",           "--auth-token", token,
+                                            "--worker-id",    c.name};
+    if (!kernels.empty()) worker_args.insert(worker_args.end(), {"--kernels", kernels});
+    // A KV pool in GPU memory needs UCX's own (CUDA-aware) transport choice.
+    if (kernels == "cuda") worker_args.insert(worker_args.end(), {"--ucx-transports", "default"});
+    if (!weights.empty()) worker_args.insert(worker_args.end(), {"--weights", weights});
+    auto pid = Spawn(bin, worker_args);
     if (!pid.ok()) return pid.status();
     c.pid = *pid;
     children.push_back(c);
