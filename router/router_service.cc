@@ -902,7 +902,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     }
     if (final_queued_) {
       finish_started_ = true;
-      this->Finish(grpc::Status::OK);
+      this->Finish(finish_status_);
     }
   }
 
@@ -995,13 +995,21 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     done_ = true;
     CancelWorkersLocked();
     if (finish_started_) return;
-    if (!sent_delta_) {
-      out_.clear();
+    // The call itself is over (the client's deadline passed, or it cancelled):
+    // the status says so, even after deltas, rather than an in-band error
+    // final followed by OK, which a client could read as a normal end.
+    const bool call_over = status.code() == absl::StatusCode::kDeadlineExceeded ||
+                           status.code() == absl::StatusCode::kCancelled || server_context_->IsCancelled();
+    if (!sent_delta_ || call_over) {
+      // Drop what is queued, except a message being written (out_.front()
+      // while writing_): gRPC still reads it, and OnWriteDone pops it.
+      while (out_.size() > (writing_ ? 1u : 0u)) out_.pop_back();
+      finish_status_ = services::ToGrpcStatus(status, server_context_);
       if (!writing_) {
         finish_started_ = true;
-        this->Finish(services::ToGrpcStatus(status, server_context_));
+        this->Finish(finish_status_);
       } else {
-        final_queued_ = true;  // finishes OK after the pending write; rare
+        final_queued_ = true;  // finishes with finish_status_ after the pending write
       }
       return;
     }
@@ -1062,6 +1070,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
   std::deque<Response> out_;
   bool writing_ = false, finish_started_ = false, final_queued_ = false, sent_delta_ = false;
   bool done_ = false, client_gone_ = false, server_done_ = false;
+  grpc::Status finish_status_;  // what a queued finish ends the call with (OK unless FailLocked set it)
 };
 
 }  // namespace
