@@ -193,8 +193,11 @@ inline sirocco::worker::v1::SamplingParams Greedy() {
 // engine::Generate on the same checkpoint, greedy, in the engine loop's form:
 // what every worker topology must reproduce token for token.
 inline std::vector<std::int32_t> GreedyReference(const std::string& model_dir, const std::vector<std::int32_t>& prompt,
-                                                 int max_tokens, std::int64_t pool_blocks, std::int64_t block_size) {
-  auto model = engine::Mistral4Model::Load(model_dir, engine::ModelOptions{.backend = kernels::Backend::kRef, .device = nullptr});
+                                                 int max_tokens, std::int64_t pool_blocks, std::int64_t block_size,
+                                                 engine::WeightType weight_type = engine::WeightType::kF32) {
+  auto model = engine::Mistral4Model::Load(
+      model_dir,
+      engine::ModelOptions{.backend = kernels::Backend::kRef, .device = nullptr, .weight_type = weight_type});
   EXPECT_TRUE(model.ok()) << model.status();
   if (!model.ok()) return {};
   auto pool = *engine::KvPool::Create((*model)->PoolOptions(pool_blocks, block_size));

@@ -13,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include "engine/device_loader.h"
 #include "engine/generator.h"
 #include "engine/kv_cache.h"
 #include "engine/mistral4.h"
@@ -123,6 +124,52 @@ TEST_F(WorkerTest, GreedyPrefillThenDecodeMatchesGenerate) {
   EXPECT_TRUE(finished);
   EXPECT_EQ(got, expected);
   EXPECT_TRUE(EventuallyWhole(*worker_));
+}
+
+TEST_F(WorkerTest, Bf16WeightsServeWhatTheEngineComputesWithBf16Weights) {
+  std::vector<std::string> args = Args("both");
+  args.push_back("--weights=bf16");
+  WorkerProcess w(SIROCCO_DECODE_BINARY, args);
+  ASSERT_TRUE(w.ok());
+  // A prompt whose greedy continuation differs between float32 and bf16
+  // weights, so that the comparison below tells which the worker used.
+  const int max_tokens = 16;
+  std::vector<std::int32_t> prompt, expected;
+  for (int salt = 1; salt <= 40 && expected.empty(); ++salt) {
+    prompt = TestPrompt(17, salt);
+    std::vector<std::int32_t> bf16 =
+        GreedyReference(*model_dir_, prompt, max_tokens, 64, 8, engine::WeightType::kBF16);
+    if (bf16 != Reference(prompt, max_tokens)) expected = std::move(bf16);
+  }
+  ASSERT_EQ(expected.size(), static_cast<std::size_t>(max_tokens)) << "no prompt tells bf16 from float32 apart";
+  wv1::PrefillRequest p;
+  p.set_request_id("bf16-1");
+  for (auto t : prompt) p.add_token_ids(t);
+  *p.mutable_sampling() = Greedy();
+  wv1::PrefillResponse pr;
+  auto pctx = WorkerContext();
+  ASSERT_TRUE(w.stub().Prefill(pctx.get(), p, &pr).ok());
+  auto dctx = WorkerContext();
+  auto reader = w.stub().Decode(dctx.get(), DecodeReq("bf16-1", prompt, pr.first_token_id(), max_tokens));
+  std::vector<std::int32_t> got = {pr.first_token_id()};
+  wv1::DecodeResponse r;
+  while (reader->Read(&r)) got.insert(got.end(), r.token_ids().begin(), r.token_ids().end());
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(got, expected);
+}
+
+TEST_F(WorkerTest, UnknownWeightTypeOrMissingGpuRefusesToStart) {
+  std::vector<std::string> args = Args("both");
+  args.push_back("--weights=fp16");
+  WorkerProcess bad_weights(SIROCCO_DECODE_BINARY, args);
+  EXPECT_FALSE(bad_weights.ok());
+  if (engine::LoadCudaDevice().ok()) GTEST_SKIP() << "a GPU is present: --kernels cuda would start";
+  args = Args("both");
+  for (std::string& a : args) {
+    if (a == "--kernels=ref") a = "--kernels=cuda";
+  }
+  WorkerProcess no_gpu(SIROCCO_DECODE_BINARY, args);
+  EXPECT_FALSE(no_gpu.ok());
 }
 
 TEST_F(WorkerTest, MissingTokenIsUnauthenticated) {
