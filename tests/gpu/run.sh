@@ -16,9 +16,9 @@
 # and have the device tool carry it:
 #   run(command="bash tests/gpu/run.sh", carry=["third_party_prefix"], timeout_s=540)
 #
-# Each step has its own time limit (configure 40 s, build 140 s, op tests 110 s,
-# engine tests 160 s, benchmarks 60 s: 510 s at most, inside a 540 s device
-# call); a 16-core machine is expected to finish in about 5 minutes. A step
+# Each step has its own time limit (configure 30 s, build 130 s, op tests 100 s,
+# engine tests 160 s, benchmarks 60 s): 8 minutes at most, and a 16-core
+# machine is expected to finish in about 5. A step
 # cut off by its limit writes no XML/JSON, and the summary then says so.
 # Exit status: 0 only if the build succeeded, every GPU test ran and passed
 # (a skipped test means no usable device, which counts as a failure here) and
@@ -72,7 +72,7 @@ command -v ninja >/dev/null && GENERATOR=(-G Ninja)
 # shellcheck disable=SC2206
 EXTRA=(${SIROCCO_EXTRA_CMAKE_ARGS:-})
 say "configure (archs $ARCHS)"
-timeout 40 cmake -S "$ROOT" -B "$BUILD" "${GENERATOR[@]}" \
+timeout 30 cmake -S "$ROOT" -B "$BUILD" "${GENERATOR[@]}" \
   -DCMAKE_BUILD_TYPE=Release \
   -DSIROCCO_BUILD_TESTS=ON -DSIROCCO_BUILD_BENCHMARKS=ON -DSIROCCO_BUILD_SERVICES=OFF -DSIROCCO_WERROR=OFF \
   -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" \
@@ -89,12 +89,12 @@ grep -q "CUDA backend ON" "$OUT/configure.log" || { grep -i cuda "$OUT/configure
 # from the build on: gtest_discover_tests runs cuda_ops_test after linking.
 export LD_LIBRARY_PATH=$ARCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 say "build cuda_ops_test cuda_engine_test bench_cuda (-j$JOBS)"
-timeout 140 cmake --build "$BUILD" --target cuda_ops_test cuda_engine_test bench_cuda -j "$JOBS" >"$OUT/build.log" 2>&1 ||
+timeout 130 cmake --build "$BUILD" --target cuda_ops_test cuda_engine_test bench_cuda -j "$JOBS" >"$OUT/build.log" 2>&1 ||
   { tail -40 "$OUT/build.log"; fail "build (see build.log)"; }
 
 # --- tests -------------------------------------------------------------------
 say "cuda_ops_test"
-timeout 110 "$BUILD/tests/gpu/cuda_ops_test" --gtest_output="xml:$OUT/cuda_ops_test.xml" >"$OUT/cuda_ops_test.log" 2>&1
+timeout 100 "$BUILD/tests/gpu/cuda_ops_test" --gtest_output="xml:$OUT/cuda_ops_test.xml" >"$OUT/cuda_ops_test.log" 2>&1
 TEST_RC=$?
 tail -25 "$OUT/cuda_ops_test.log"
 say "cuda_engine_test"
