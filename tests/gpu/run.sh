@@ -12,14 +12,15 @@
 #   summary.txt          the summary printed at the end
 #
 # Before calling it, build the prefix on a Debian dev machine with
-#   tests/gpu/pack_prefix.sh            # -> third_party_prefix/ (~51 MB)
+#   tests/gpu/pack_prefix.sh            # -> third_party_prefix/ (~47 MiB)
 # and have the device tool carry it:
 #   run(command="bash tests/gpu/run.sh", carry=["third_party_prefix"], timeout_s=540)
 #
 # Each step has its own time limit (configure 30 s, build 130 s, op tests 100 s,
 # engine tests 160 s, benchmarks 60 s): 8 minutes at most, and a 16-core
-# machine is expected to finish in about 5. A step
-# cut off by its limit writes no XML/JSON, and the summary then says so.
+# machine is expected to finish in about 5. A step cut off by its limit writes
+# no XML/JSON, and the summary then says so. The configure builds only the
+# kernels, the engine and the GPU tests (-DSIROCCO_BUILD_SERVICES=OFF).
 # Exit status: 0 only if the build succeeded, every GPU test ran and passed
 # (a skipped test means no usable device, which counts as a failure here) and
 # no benchmark reported an error.
