@@ -158,6 +158,15 @@ absl::StatusOr<std::unique_ptr<Mistral4Model>> Mistral4Model::FromWeights(const 
   std::unique_ptr<Mistral4Model> model(
       new Mistral4Model(config, std::move(weights), std::move(device), options.weight_type));
   SIROCCO_RETURN_IF_ERROR(model->UploadWeights());
+  if (!model->device_->host_accessible()) {
+    // The device holds its own copies: the host float32 weights (4 bytes a
+    // parameter) go once the uploads have landed; only the layer kinds stay.
+    SIROCCO_RETURN_IF_ERROR(model->device_->Synchronize());
+    auto kinds = std::make_unique<Mistral4Weights>();
+    kinds->layers.resize(model->w_->layers.size());
+    for (std::size_t l = 0; l < kinds->layers.size(); ++l) kinds->layers[l].is_moe = model->w_->layers[l].is_moe;
+    model->w_ = std::move(kinds);
+  }
   return model;
 }
 

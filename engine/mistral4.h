@@ -115,7 +115,9 @@ class Mistral4Model {
                    std::int64_t rows, float* out, Batch& b) const;
 
   ModelConfig config_;
-  std::unique_ptr<Mistral4Weights> w_;  // host weights (the CPU device computes on them in place)
+  // Host weights: the CPU device computes on them in place; on a GPU only the
+  // layer kinds are kept once the device has its copies.
+  std::unique_ptr<Mistral4Weights> w_;
   std::shared_ptr<Device> device_;
   WeightType weight_type_;
   std::unique_ptr<DeviceWeights> dw_;
