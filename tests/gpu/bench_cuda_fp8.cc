@@ -27,72 +27,13 @@
 #include "kernels/cuda/blas_lt.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_memory.h"
+#include "tests/gpu/bench_cuda_util.h"
 
 namespace sirocco::kernels::cuda {
 namespace {
 
-// H200 SXM datasheet numbers (dense, no sparsity).
-constexpr double kPeakBytesPerSecond = 4.8e12;
-constexpr double kPeakFp8FlopsPerSecond = 1979e12;
-constexpr double kPeakBf16FlopsPerSecond = 989e12;
+using namespace ::sirocco::kernels::cuda::bench_util;  // NOLINT: the shared timing helpers
 
-constexpr int kLaunchesPerIteration = 10;
-
-bool NeedDevice(benchmark::State& state) {
-  if (CudaDeviceAvailable()) return true;
-  state.SkipWithError("no CUDA device");
-  return false;
-}
-
-// A device buffer with every byte `value`; on failure the benchmark is marked
-// and an empty buffer returned. 0x3c makes e4m3 codes 1.5 and floats and bf16
-// 0.0115: values do not change the timing.
-DeviceBuffer Filled(benchmark::State& state, std::size_t bytes, int value = 0x3c) {
-  absl::StatusOr<DeviceBuffer> buffer = DeviceBuffer::Allocate(bytes);
-  if (!buffer.ok()) {
-    state.SkipWithError(buffer.status().ToString().c_str());
-    return DeviceBuffer();
-  }
-  const absl::Status st = FillBytes(buffer->data(), value, bytes);
-  if (!st.ok()) state.SkipWithError(st.ToString().c_str());
-  return std::move(*buffer);
-}
-
-// Runs `launch` kLaunchesPerIteration times per iteration on the default
-// stream and reports event time per launch (as bench_cuda.cc does).
-template <typename Launch>
-void TimeLaunches(benchmark::State& state, Launch launch) {
-  if (state.error_occurred()) return;
-  cudaEvent_t start = nullptr;
-  cudaEvent_t stop = nullptr;
-  if (cudaEventCreate(&start) != cudaSuccess || cudaEventCreate(&stop) != cudaSuccess) {
-    state.SkipWithError("cudaEventCreate failed");
-    return;
-  }
-  absl::Status st = launch();  // warm-up: module load, cuBLASLt heuristics
-  if (st.ok()) st = Synchronize(nullptr);
-  if (!st.ok()) state.SkipWithError(st.ToString().c_str());
-  for (auto _ : state) {
-    if (state.error_occurred()) break;
-    cudaEventRecord(start, nullptr);
-    for (int r = 0; r < kLaunchesPerIteration && st.ok(); ++r) st = launch();
-    cudaEventRecord(stop, nullptr);
-    if (st.ok()) st = Synchronize(nullptr);
-    if (!st.ok()) {
-      state.SkipWithError(st.ToString().c_str());
-      break;
-    }
-    float ms = 0.0f;
-    cudaEventElapsedTime(&ms, start, stop);
-    state.SetIterationTime(ms * 1e-3 / kLaunchesPerIteration);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-}
-
-void SetRate(benchmark::State& state, const char* name, double per_launch) {
-  state.counters[name] = benchmark::Counter(per_launch, benchmark::Counter::kIsIterationInvariantRate);
-}
 
 // Useful work of an m x n x k product with `elem_bytes` operands and a bf16
 // output.

@@ -49,9 +49,12 @@
 #include "kernels/cuda/blas_lt.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_memory.h"
+#include "tests/gpu/cuda_test_util.h"
 
 namespace sirocco::kernels::cuda {
 namespace {
+
+using namespace ::sirocco::kernels::cuda::test_util;  // NOLINT: device buffers
 
 constexpr double kAccumTolerance = 0x1p-9;
 constexpr double kBf16RoundingTolerance = 0x1p-8;
@@ -65,41 +68,6 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 // ---------------------------------------------------------------------------
 // Host helpers.
-
-template <typename T>
-DeviceBuffer ToDevice(const std::vector<T>& host) {
-  absl::StatusOr<DeviceBuffer> buffer = DeviceBuffer::Allocate(host.size() * sizeof(T));
-  if (!buffer.ok()) {
-    ADD_FAILURE() << buffer.status();
-    return DeviceBuffer();
-  }
-  const absl::Status st = CopyToDevice(buffer->data(), host.data(), host.size() * sizeof(T));
-  if (!st.ok()) ADD_FAILURE() << st;
-  return std::move(*buffer);
-}
-
-// `bytes` bytes, each `value`: 0xff makes every float and bf16 a NaN, so an
-// element an op forgets to write shows.
-DeviceBuffer FilledDevice(std::size_t bytes, int value) {
-  absl::StatusOr<DeviceBuffer> buffer = DeviceBuffer::Allocate(bytes);
-  if (!buffer.ok()) {
-    ADD_FAILURE() << buffer.status();
-    return DeviceBuffer();
-  }
-  const absl::Status st = FillBytes(buffer->data(), value, bytes);
-  if (!st.ok()) ADD_FAILURE() << st;
-  return std::move(*buffer);
-}
-
-template <typename T>
-std::vector<T> ToHost(const DeviceBuffer& buffer, std::size_t n) {
-  std::vector<T> host(n);
-  const absl::Status sync = Synchronize(nullptr);  // surfaces errors of the kernels just run
-  if (!sync.ok()) ADD_FAILURE() << sync;
-  const absl::Status st = CopyToHost(host.data(), buffer.data(), n * sizeof(T));
-  if (!st.ok()) ADD_FAILURE() << st;
-  return host;
-}
 
 Bf16 ToBf16(float f) { return Bf16{engine::FloatToBf16(f)}; }
 float FromBf16(Bf16 b) { return engine::Bf16ToFloat(b.bits); }

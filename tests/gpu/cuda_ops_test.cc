@@ -38,12 +38,14 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_memory.h"
 #include "kernels/kernels.h"
+#include "tests/gpu/cuda_test_util.h"
 #include "tests/unit/kernels/kernel_test_util.h"
 
 namespace sirocco::kernels::cuda {
 namespace {
 
 using namespace ::sirocco::kernels::test_util;  // NOLINT: the shared test helpers
+using namespace ::sirocco::kernels::cuda::test_util;  // NOLINT: device buffers
 
 constexpr double kBf16FloatOutTolerance = 1e-3;
 constexpr double kBf16OutTolerance = 1e-2;
@@ -64,43 +66,6 @@ Bf16 ToBf16(float f) {
   return Bf16{static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
 }
 float FromBf16(Bf16 b) { return std::bit_cast<float>(static_cast<std::uint32_t>(b.bits) << 16); }
-
-// Device copies. A failure is recorded and an empty buffer returned; the
-// launcher then rejects the null pointer and the test fails there too.
-template <typename T>
-DeviceBuffer ToDevice(const std::vector<T>& host) {
-  absl::StatusOr<DeviceBuffer> buffer = DeviceBuffer::Allocate(host.size() * sizeof(T));
-  if (!buffer.ok()) {
-    ADD_FAILURE() << buffer.status();
-    return DeviceBuffer();
-  }
-  const absl::Status st = CopyToDevice(buffer->data(), host.data(), host.size() * sizeof(T));
-  if (!st.ok()) ADD_FAILURE() << st;
-  return std::move(*buffer);
-}
-
-// A device buffer of n floats, every byte 0xff (a NaN), so an output element
-// the op forgets to write shows up as NaN.
-DeviceBuffer NaNDevice(std::size_t n) {
-  absl::StatusOr<DeviceBuffer> buffer = DeviceBuffer::Allocate(n * sizeof(float));
-  if (!buffer.ok()) {
-    ADD_FAILURE() << buffer.status();
-    return DeviceBuffer();
-  }
-  const absl::Status st = FillBytes(buffer->data(), 0xff, n * sizeof(float));
-  if (!st.ok()) ADD_FAILURE() << st;
-  return std::move(*buffer);
-}
-
-template <typename T>
-std::vector<T> ToHost(const DeviceBuffer& buffer, std::size_t n) {
-  std::vector<T> host(n);
-  const absl::Status sync = Synchronize(nullptr);  // surfaces errors of the kernels just run
-  if (!sync.ok()) ADD_FAILURE() << sync;
-  const absl::Status st = CopyToHost(host.data(), buffer.data(), n * sizeof(T));
-  if (!st.ok()) ADD_FAILURE() << st;
-  return host;
-}
 
 class CudaOpsTest : public testing::Test {
  protected:
@@ -404,7 +369,7 @@ TEST_F(CudaOpsTest, SiluMulAtExtremes) {
   ref().silu_mul(1, n, gate.data(), n, up.data(), n, want.data(), n);
   const DeviceBuffer dg = ToDevice(gate);
   const DeviceBuffer du = ToDevice(up);
-  const DeviceBuffer dout = NaNDevice(gate.size());
+  const DeviceBuffer dout = PoisonedDevice<float>(gate.size());
   SIROCCO_ASSERT_OK(SiluMul(1, n, dg.as<float>(), n, du.as<float>(), n, dout.as<float>(), n, nullptr));
   const std::vector<float> got = ToHost<float>(dout, gate.size());
   for (int i = 0; i < n; ++i) {
@@ -548,7 +513,7 @@ TEST_F(CudaOpsTest, RouteTopkMatchesReference) {
 
     const DeviceBuffer dlogits = ToDevice(logits);
     const DeviceBuffer dids = ToDevice(std::vector<std::int32_t>(out_size, -7));
-    const DeviceBuffer dweights = NaNDevice(out_size);
+    const DeviceBuffer dweights = PoisonedDevice<float>(out_size);
     RouterParams p;
     p.num_tokens = c.num_tokens;
     p.num_experts = c.num_experts;
@@ -641,7 +606,7 @@ void CheckMla(const KernelTable& ref, const MlaCase& c, std::mt19937& rng) {
   for (int i = 0; i < nq; ++i) device_tables[i] = dflat.as<std::int32_t>() + seq_offset[c.shared_sequence ? 0 : i];
   const DeviceBuffer dtables = ToDevice(device_tables);
   const DeviceBuffer dctx = ToDevice(ctx_lens);
-  const DeviceBuffer dout = NaNDevice(out_size);  // every output must be written
+  const DeviceBuffer dout = PoisonedDevice<float>(out_size);  // every output must be written
 
   MlaAttentionParams p;
   p.num_queries = nq;
@@ -763,7 +728,7 @@ TEST_F(CudaOpsTest, AttentionMatchesReference) {
     const DeviceBuffer dq = ToDevice(q);
     const DeviceBuffer dk = ToDevice(k);
     const DeviceBuffer dv = ToDevice(v);
-    const DeviceBuffer dout = NaNDevice(out_size);
+    const DeviceBuffer dout = PoisonedDevice<float>(out_size);
     AttentionParams p;
     p.num_queries = c.num_queries;
     p.num_keys = num_keys;
@@ -838,10 +803,10 @@ TEST_F(CudaOpsTest, MoeDispatchGatherCombineMatchTheDefinition) {
     }
 
     DeviceBuffer d_ids = ToDevice(ids);
-    DeviceBuffer d_counts = NaNDevice(static_cast<std::size_t>(s.num_experts));
-    DeviceBuffer d_offsets = NaNDevice(static_cast<std::size_t>(s.num_experts) + 1);
-    DeviceBuffer d_sorted = NaNDevice(static_cast<std::size_t>(n));
-    DeviceBuffer d_position = NaNDevice(static_cast<std::size_t>(n));
+    DeviceBuffer d_counts = PoisonedDevice<float>(static_cast<std::size_t>(s.num_experts));
+    DeviceBuffer d_offsets = PoisonedDevice<float>(static_cast<std::size_t>(s.num_experts) + 1);
+    DeviceBuffer d_sorted = PoisonedDevice<float>(static_cast<std::size_t>(n));
+    DeviceBuffer d_position = PoisonedDevice<float>(static_cast<std::size_t>(n));
     MoeDispatchParams p;
     p.num_tokens = s.num_tokens;
     p.top_k = s.top_k;
@@ -861,7 +826,7 @@ TEST_F(CudaOpsTest, MoeDispatchGatherCombineMatchTheDefinition) {
     const int ldx = s.dim + 3;
     std::vector<float> x = RandomVector(static_cast<std::size_t>(s.num_tokens) * ldx, rng_);
     DeviceBuffer d_x = ToDevice(x);
-    DeviceBuffer d_xs = NaNDevice(static_cast<std::size_t>(n) * s.dim);
+    DeviceBuffer d_xs = PoisonedDevice<float>(static_cast<std::size_t>(n) * s.dim);
     SIROCCO_ASSERT_OK(MoeGatherRows(n, s.dim, d_x.as<float>(), ldx, d_sorted.as<std::int32_t>(), s.top_k,
                                     d_xs.as<float>(), s.dim, nullptr));
     const std::vector<float> xs = ToHost<float>(d_xs, static_cast<std::size_t>(n) * s.dim);
@@ -932,7 +897,7 @@ TEST_F(CudaOpsTest, KvBlocksGatherAndScatterAreExactCopies) {
     }
     DeviceBuffer d_pool = ToDevice(pool);
     DeviceBuffer d_ids = ToDevice(ids);
-    DeviceBuffer d_staging = NaNDevice((want.size() + 3) / 4);
+    DeviceBuffer d_staging = PoisonedDevice<float>((want.size() + 3) / 4);
     KvBlockCopyParams p;
     p.num_layers = s.num_layers;
     p.layer_stride_bytes = layer_stride;

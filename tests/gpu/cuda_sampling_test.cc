@@ -46,9 +46,12 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/sampling.h"
+#include "tests/gpu/cuda_test_util.h"
 
 namespace sirocco::kernels::cuda {
 namespace {
+
+using namespace ::sirocco::kernels::cuda::test_util;  // NOLINT: device buffers
 
 static_assert(kSampleMaxLogprobs == engine::kMaxLogprobs, "sampling.h mirrors engine::kMaxLogprobs");
 static_assert(kSampleGreedyTemperature == engine::kGreedyTemperature, "sampling.h mirrors engine::kGreedyTemperature");
@@ -66,44 +69,6 @@ constexpr float kPadding = 1e30f;
     const ::absl::Status assert_status_ = (expr);       \
     ASSERT_TRUE(assert_status_.ok()) << assert_status_; \
   } while (false)
-
-// ---------------------------------------------------------------------------
-// Device copies. A failure is recorded and an empty buffer returned; the
-// launcher then rejects the null pointer and the test fails there too.
-
-template <typename T>
-DeviceBuffer ToDevice(const std::vector<T>& host) {
-  absl::StatusOr<DeviceBuffer> buffer = DeviceBuffer::Allocate(host.size() * sizeof(T));
-  if (!buffer.ok()) {
-    ADD_FAILURE() << buffer.status();
-    return DeviceBuffer();
-  }
-  const absl::Status st = CopyToDevice(buffer->data(), host.data(), host.size() * sizeof(T));
-  if (!st.ok()) ADD_FAILURE() << st;
-  return std::move(*buffer);
-}
-
-// n elements of T, every byte 0xff (-1 as an int, NaN as a float), so an
-// output the kernel forgets to write is caught.
-template <typename T>
-DeviceBuffer PoisonedDevice(std::size_t n) {
-  absl::StatusOr<DeviceBuffer> buffer = DeviceBuffer::Allocate(n * sizeof(T));
-  if (!buffer.ok()) {
-    ADD_FAILURE() << buffer.status();
-    return DeviceBuffer();
-  }
-  const absl::Status st = FillBytes(buffer->data(), 0xff, n * sizeof(T));
-  if (!st.ok()) ADD_FAILURE() << st;
-  return std::move(*buffer);
-}
-
-template <typename T>
-std::vector<T> ToHost(const DeviceBuffer& buffer, std::size_t n) {
-  std::vector<T> host(n);
-  const absl::Status st = CopyToHost(host.data(), buffer.data(), n * sizeof(T));
-  if (!st.ok()) ADD_FAILURE() << st;
-  return host;
-}
 
 // ---------------------------------------------------------------------------
 // Test cases.
