@@ -136,12 +136,18 @@ class RouterClusterTest : public ::testing::Test {
   };
 
   Result RunChat(const v1::ChatRequest& request) {
-    Result result;
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
     auto reader = stub_->Chat(&context, request);
-    v1::ChatResponse response;
-    while (reader->Read(&response)) {
+    return Collect<v1::ChatResponse>(*reader);
+  }
+
+  // Reads a Chat or Generate stream to its end: the streamed ids and the final.
+  template <typename Response, typename Reader>
+  static Result Collect(Reader& reader) {
+    Result result;
+    Response response;
+    while (reader.Read(&response)) {
       if (response.has_delta()) {
         result.ids.insert(result.ids.end(), response.delta().token_ids().begin(), response.delta().token_ids().end());
       } else if (response.has_final()) {
@@ -149,7 +155,7 @@ class RouterClusterTest : public ::testing::Test {
         result.final = response.final();
       }
     }
-    result.status = reader->Finish();
+    result.status = reader.Finish();
     return result;
   }
 
@@ -166,21 +172,10 @@ class RouterClusterTest : public ::testing::Test {
 
   Result RunGenerate(const std::vector<std::int32_t>& prompt, int max_tokens) {
     const v1::GenerateRequest request = GreedyGenerate(prompt, max_tokens);
-    Result result;
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
     auto reader = stub_->Generate(&context, request);
-    v1::GenerateResponse response;
-    while (reader->Read(&response)) {
-      if (response.has_delta()) {
-        result.ids.insert(result.ids.end(), response.delta().token_ids().begin(), response.delta().token_ids().end());
-      } else if (response.has_final()) {
-        result.has_final = true;
-        result.final = response.final();
-      }
-    }
-    result.status = reader->Finish();
-    return result;
+    return Collect<v1::GenerateResponse>(*reader);
   }
 
   // `n` ids drawn from ordinary (non-special) tokens, fixed by `seed`.
