@@ -142,13 +142,14 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
   } else {
     return Fail(absl::InvalidArgumentError("--kernels: must be ref, avx2 or cuda"));
   }
-  // --weights bf16: weight matrices in bfloat16 (half the memory and
-  // bandwidth; products on bf16 activations with float32 accumulation).
-  if (const std::string weights = flags->Get("weights", "f32"); weights == "bf16") {
-    model_options.weight_type = engine::WeightType::kBF16;
-  } else if (weights != "f32") {
-    return Fail(absl::InvalidArgumentError("--weights: must be f32 or bf16"));
+  // --weights bf16|fp8: weight matrices in bfloat16 (half the memory and
+  // bandwidth; products on bf16 activations with float32 accumulation) or
+  // block FP8 (a quarter; weight-only).
+  absl::StatusOr<engine::WeightType> weight_type = engine::ParseWeightType(flags->Get("weights", "f32"));
+  if (!weight_type.ok()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--weights: ", weight_type.status().message())));
   }
+  model_options.weight_type = *weight_type;
   absl::StatusOr<std::int64_t> num_blocks = flags->GetInt("num-blocks", 1024);
   absl::StatusOr<std::int64_t> block_size = flags->GetInt("block-size", 16);
   absl::StatusOr<std::int64_t> max_tokens_per_step = flags->GetInt("max-tokens-per-step", 512);

@@ -24,10 +24,12 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/dtype.h"
 #include "engine/sampler.h"
 #include "kernels/kernels.h"
 
@@ -62,14 +64,29 @@ class DeviceMemory {
 // kBF16AsF32 is how a float32-only device (the CPU) holds bf16 weights:
 // float32 values that are exactly bf16 numbers, with the same bf16 rounding of
 // activations in products.
-enum class WeightType : std::uint8_t { kF32, kBF16, kBF16AsF32 };
+// kFP8: e4m3 codes with one float32 scale per 128 x 128 block
+// (Fp8BlockWeights, engine/dtype.h), weight-only: products multiply the
+// float32 activations by code * scale and accumulate in float32. A
+// host-accessible device holds FP8 weights as those float32 values (kF32), so
+// both devices compute the same products.
+enum class WeightType : std::uint8_t { kF32, kBF16, kBF16AsF32, kFP8 };
+
+// "f32", "bf16", "fp8" (the names of --weights); kBF16AsF32 is "bf16".
+const char* WeightTypeName(WeightType type);
+// Inverse of WeightTypeName for the types a model can be asked for; anything
+// else is InvalidArgument naming the accepted values.
+[[nodiscard]] absl::StatusOr<WeightType> ParseWeightType(std::string_view name);
 
 // A weight matrix, or a view into one, resident on a device. Offsets count
 // elements of `type`. A plain float pointer converts to a float32 view, so
-// products on activations read the same.
+// products on activations read the same. An FP8 view is a whole (batch of)
+// matrices: `scales` [batch, ceil(rows / 128), ceil(cols / 128)], scale_stride
+// floats per matrix; it has no Offset.
 struct WeightView {
   const void* data = nullptr;
   WeightType type = WeightType::kF32;
+  const float* scales = nullptr;  // kFP8 only
+  std::int64_t scale_stride = 0;  // kFP8 only
 
   WeightView() = default;
   WeightView(const float* p) : data(p) {}  // NOLINT(google-explicit-constructor): float32 is the common case
@@ -109,8 +126,14 @@ class Device {
   // (kBF16AsF32): products see the same numbers.
   [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<DeviceMemory>> UploadWeight(std::span<const float> host,
                                                                                    WeightType type) = 0;
-  // The type of UploadWeight(_, type)'s views on this device.
+  // The type of UploadWeight(_, type)'s views on this device (type kF32 or
+  // kBF16).
   virtual WeightType StoredType(WeightType type) const = 0;
+  // Block-FP8 weights: a device with FP8 products keeps the codes and scales
+  // (a kFP8 view); a host-accessible device keeps code * scale as float32 (a
+  // kF32 view). *view describes the result.
+  [[nodiscard]] virtual absl::StatusOr<std::unique_ptr<DeviceMemory>> UploadFp8Weight(const Fp8BlockWeights& w,
+                                                                                      WeightView* view) = 0;
   [[nodiscard]] virtual absl::Status CopyToDevice(void* dst, const void* src, std::size_t bytes) = 0;
   // Waits for every op enqueued before it, then copies.
   [[nodiscard]] virtual absl::Status CopyToHost(void* dst, const void* src, std::size_t bytes) = 0;
@@ -118,7 +141,9 @@ class Device {
 
   // ---- dense products and row ops (kernels.h) -------------------------------
   // Products take their second operand as a WeightView: with a bf16 weight the
-  // float32 `a` is rounded to bf16 first (WeightType). c is float32.
+  // float32 `a` is rounded to bf16 first (WeightType). c is float32. An FP8
+  // weight is a whole matrix [n, k] (ldb = k); batched products and row
+  // gathers take float32 or bf16 weights only.
   [[nodiscard]] virtual absl::Status GemmNt(int m, int n, int k, const float* a, int lda, WeightView b, int ldb,
                                             float beta, float* c, int ldc) = 0;
   // `batch` independent products; operand i starts at a + i * stride_a (and so
@@ -182,6 +207,7 @@ class Device {
   // Per expert g, over its rows r in [offsets[g], offsets[g + 1]):
   //   c[r, :n] = a[r, :k] · W_g^T,  W_g = w + g * w_stride, [n, k] with ld ldw.
   // offsets (device) as MoeDispatch writes them; rows = offsets[num_groups].
+  // With FP8 weights W_g's block scales are w.scales + g * w.scale_stride.
   [[nodiscard]] virtual absl::Status GroupedGemmNt(int num_groups, int rows, int n, int k, const float* a, int lda,
                                                    const std::int32_t* offsets, WeightView w, int ldw,
                                                    std::int64_t w_stride, float* c, int ldc) = 0;

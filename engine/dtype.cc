@@ -1,10 +1,14 @@
 #include "engine/dtype.h"
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -228,6 +232,70 @@ absl::Status ConvertToFloat32(DType dtype, const void* src, std::size_t count, f
   }
   return absl::InvalidArgumentError(
       absl::StrCat("ConvertToFloat32: dtype ", DTypeName(dtype), " is not a floating-point type"));
+}
+
+Fp8BlockWeights QuantizeFp8Blocks(std::int64_t batch, std::int64_t rows, std::int64_t cols, const float* w) {
+  Fp8BlockWeights q;
+  q.batch = batch;
+  q.rows = rows;
+  q.cols = cols;
+  q.codes.resize(static_cast<std::size_t>(batch * rows * cols));
+  q.scales.resize(static_cast<std::size_t>(batch * q.scale_stride()));
+  const std::int64_t sr = q.scale_rows(), sc = q.scale_cols(), blk = kFp8WeightBlock;
+  // One task per row of blocks, spread over the cores for large weights (a
+  // real model's experts are tens of billions of values).
+  auto quantize_block_row = [&](std::int64_t task) {
+    const std::int64_t b = task / sr, i = task % sr;
+    const float* wb = w + b * rows * cols;
+    std::uint8_t* cb = q.codes.data() + b * rows * cols;
+    {
+      const std::int64_t r0 = i * blk, r1 = std::min(rows, r0 + blk);
+      for (std::int64_t j = 0; j < sc; ++j) {
+        const std::int64_t c0 = j * blk, c1 = std::min(cols, c0 + blk);
+        float amax = 0.0f;
+        for (std::int64_t r = r0; r < r1; ++r) {
+          for (std::int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(wb[r * cols + c]));
+        }
+        float s = amax / 448.0f;
+        if (!(s > 0.0f) || !std::isfinite(s)) s = 1.0f;
+        q.scales[static_cast<std::size_t>((b * sr + i) * sc + j)] = s;
+        for (std::int64_t r = r0; r < r1; ++r) {
+          for (std::int64_t c = c0; c < c1; ++c) cb[r * cols + c] = FloatToF8E4M3(wb[r * cols + c] / s);
+        }
+      }
+    }
+  };
+  const std::int64_t tasks = batch * sr;
+  const std::int64_t threads =
+      std::min<std::int64_t>(tasks, batch * rows * cols < (std::int64_t{1} << 22)
+                                        ? 1
+                                        : std::max<std::int64_t>(1, std::thread::hardware_concurrency()));
+  if (threads <= 1) {
+    for (std::int64_t t = 0; t < tasks; ++t) quantize_block_row(t);
+    return q;
+  }
+  std::atomic<std::int64_t> next{0};
+  std::vector<std::thread> pool;
+  for (std::int64_t t = 0; t < threads; ++t) {
+    pool.emplace_back([&] {
+      for (std::int64_t task = next++; task < tasks; task = next++) quantize_block_row(task);
+    });
+  }
+  for (std::thread& th : pool) th.join();
+  return q;
+}
+
+void DequantizeFp8Blocks(const Fp8BlockWeights& q, float* out) {
+  const std::int64_t sr = q.scale_rows(), sc = q.scale_cols(), blk = kFp8WeightBlock;
+  for (std::int64_t b = 0; b < q.batch; ++b) {
+    for (std::int64_t r = 0; r < q.rows; ++r) {
+      const std::int64_t at = (b * q.rows + r) * q.cols;
+      const float* srow = q.scales.data() + (b * sr + r / blk) * sc;
+      for (std::int64_t c = 0; c < q.cols; ++c) {
+        out[at + c] = F8E4M3ToFloat(q.codes[static_cast<std::size_t>(at + c)]) * srow[c / blk];
+      }
+    }
+  }
 }
 
 }  // namespace sirocco::engine

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -83,5 +84,34 @@ float F8E8M0ToFloat(std::uint8_t bits);
 // Supported: F32, F16, BF16, F8_E4M3, F8_E5M2, F8_E8M0 and F64 (F64 is
 // rounded to nearest float). Any other dtype is InvalidArgument.
 [[nodiscard]] absl::Status ConvertToFloat32(DType dtype, const void* src, std::size_t count, float* dst);
+
+// ---------------------------------------------------------------------------
+// Block FP8 weights: the scheme of FP8 checkpoints ("weight_block_size":
+// [128, 128]). Each of `batch` matrices [rows, cols] is cut into 128 x 128
+// blocks (the last ones partial); a block with largest magnitude amax has the
+// scale s = amax / 448 (float32 division; 1 when that is not a positive
+// finite number, as for an all-zero block) and codes FloatToF8E4M3(w / s).
+// A weight's value is F8E4M3ToFloat(code) * s, one float32 multiply: what the
+// loader computes for an FP8 checkpoint and what the GPU's FP8 products
+// compute as they load a weight.
+inline constexpr std::int64_t kFp8WeightBlock = 128;
+
+struct Fp8BlockWeights {
+  std::int64_t batch = 0;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  std::vector<std::uint8_t> codes;  // [batch, rows, cols] e4m3 bits
+  std::vector<float> scales;        // [batch, ceil(rows / 128), ceil(cols / 128)]
+
+  std::int64_t scale_rows() const { return (rows + kFp8WeightBlock - 1) / kFp8WeightBlock; }
+  std::int64_t scale_cols() const { return (cols + kFp8WeightBlock - 1) / kFp8WeightBlock; }
+  // Scales per matrix of the batch.
+  std::int64_t scale_stride() const { return scale_rows() * scale_cols(); }
+};
+
+// w: batch * rows * cols float32 values, row-major. Sizes >= 0.
+Fp8BlockWeights QuantizeFp8Blocks(std::int64_t batch, std::int64_t rows, std::int64_t cols, const float* w);
+// out: batch * rows * cols values, code times its block's scale.
+void DequantizeFp8Blocks(const Fp8BlockWeights& q, float* out);
 
 }  // namespace sirocco::engine

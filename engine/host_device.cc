@@ -57,6 +57,18 @@ class HostDevice final : public Device {
   WeightType StoredType(WeightType type) const override {
     return type == WeightType::kF32 ? WeightType::kF32 : WeightType::kBF16AsF32;
   }
+  absl::StatusOr<std::unique_ptr<DeviceMemory>> UploadFp8Weight(const Fp8BlockWeights& w, WeightView* view) override {
+    const std::size_t count = w.codes.size();
+    if (count != static_cast<std::size_t>(w.batch * w.rows * w.cols) ||
+        w.scales.size() != static_cast<std::size_t>(w.batch * w.scale_stride())) {
+      return absl::InvalidArgumentError("UploadFp8Weight: codes or scales do not match the shape");
+    }
+    // The values the FP8 products multiply by, computed once.
+    SIROCCO_ASSIGN_OR_RETURN(auto memory, Allocate(count * sizeof(float)));
+    DequantizeFp8Blocks(w, memory->as<float>());
+    *view = WeightView(memory->as<const float>());
+    return memory;
+  }
   absl::Status CopyToDevice(void* dst, const void* src, std::size_t bytes) override {
     if (bytes != 0) std::memcpy(dst, src, bytes);
     return absl::OkStatus();
@@ -221,6 +233,9 @@ class HostDevice final : public Device {
   static absl::StatusOr<const float*> Weights(WeightView w) {
     if (w.type == WeightType::kBF16) {
       return absl::InvalidArgumentError("the CPU device holds bf16 weights as float32 (kBF16AsF32)");
+    }
+    if (w.type == WeightType::kFP8) {
+      return absl::InvalidArgumentError("the CPU device holds FP8 weights as float32 (UploadFp8Weight)");
     }
     return static_cast<const float*>(w.data);
   }

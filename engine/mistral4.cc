@@ -153,7 +153,7 @@ absl::StatusOr<std::unique_ptr<Mistral4Model>> Mistral4Model::FromWeights(const 
     return absl::InvalidArgumentError("weights do not match the config's num_hidden_layers");
   }
   if (options.weight_type == WeightType::kBF16AsF32) {
-    return absl::InvalidArgumentError("weight_type: ask for kF32 or kBF16 (kBF16AsF32 is a device's storage)");
+    return absl::InvalidArgumentError("weight_type: ask for kF32, kBF16 or kFP8 (kBF16AsF32 is a device's storage)");
   }
   std::unique_ptr<Mistral4Model> model(
       new Mistral4Model(config, std::move(weights), std::move(device), options.weight_type));
@@ -180,18 +180,34 @@ absl::Status Mistral4Model::UploadWeights() {
     d.memory.push_back(std::move(mem));
     return absl::OkStatus();
   };
-  const WeightType stored = device_->StoredType(weight_type_);
-  auto put_matrix = [&](std::span<const float> host, WeightView* out) -> absl::Status {
+  // With FP8 weights the linear layers and experts (nearly all parameters)
+  // are block-FP8; the embedding and LM head (row gathers and the logits) and
+  // kv_b_proj (sliced per head by absorbed attention) are bf16.
+  const bool fp8 = weight_type_ == WeightType::kFP8;
+  const WeightType other = fp8 ? WeightType::kBF16 : weight_type_;
+  const WeightType stored = device_->StoredType(other);
+  auto put_plain = [&](std::span<const float> host, WeightView* out) -> absl::Status {
     if (host.empty()) return absl::OkStatus();
-    SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->UploadWeight(host, weight_type_));
+    SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->UploadWeight(host, other));
     *out = WeightView(mem->data(), stored);
     d.memory.push_back(std::move(mem));
     return absl::OkStatus();
   };
-  SIROCCO_RETURN_IF_ERROR(put_matrix(w_->embed.data, &d.embed));
+  // `batch` matrices [rows, cols].
+  auto put_linear = [&](std::span<const float> host, std::int64_t batch, std::int64_t rows, std::int64_t cols,
+                        WeightView* out) -> absl::Status {
+    if (!fp8) return put_plain(host, out);
+    if (host.empty()) return absl::OkStatus();
+    const Fp8BlockWeights q = QuantizeFp8Blocks(batch, rows, cols, host.data());
+    SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->UploadFp8Weight(q, out));
+    d.memory.push_back(std::move(mem));
+    return absl::OkStatus();
+  };
+  auto put_matrix = [&](const Matrix& m, WeightView* out) { return put_linear(m.data, 1, m.rows, m.cols, out); };
+  SIROCCO_RETURN_IF_ERROR(put_plain(w_->embed.data, &d.embed));
   SIROCCO_RETURN_IF_ERROR(put(w_->final_norm, &d.final_norm));
   d.head = d.embed;
-  if (!w_->lm_head.empty()) SIROCCO_RETURN_IF_ERROR(put_matrix(w_->lm_head.data, &d.head));
+  if (!w_->lm_head.empty()) SIROCCO_RETURN_IF_ERROR(put_plain(w_->lm_head.data, &d.head));
   SIROCCO_RETURN_IF_ERROR(put(rope_.inv_freq, &d.inv_freq));
   d.layers.resize(w_->layers.size());
   for (std::size_t l = 0; l < w_->layers.size(); ++l) {
@@ -199,25 +215,26 @@ absl::Status Mistral4Model::UploadWeights() {
     DeviceWeights::Layer& dl = d.layers[l];
     SIROCCO_RETURN_IF_ERROR(put(lw.input_norm, &dl.input_norm));
     SIROCCO_RETURN_IF_ERROR(put(lw.post_norm, &dl.post_norm));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_proj.data, &dl.q_proj));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_a_proj.data, &dl.q_a_proj));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_proj, &dl.q_proj));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_a_proj, &dl.q_a_proj));
     SIROCCO_RETURN_IF_ERROR(put(lw.attn.q_a_norm, &dl.q_a_norm));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_b_proj.data, &dl.q_b_proj));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.kv_a_proj.data, &dl.kv_a_proj));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_b_proj, &dl.q_b_proj));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.kv_a_proj, &dl.kv_a_proj));
     SIROCCO_RETURN_IF_ERROR(put(lw.attn.kv_a_norm, &dl.kv_a_norm));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.kv_b_proj.data, &dl.kv_b_proj));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.o_proj.data, &dl.o_proj));
+    SIROCCO_RETURN_IF_ERROR(put_plain(lw.attn.kv_b_proj.data, &dl.kv_b_proj));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.o_proj, &dl.o_proj));
     const MlpWeights& mlp = lw.is_moe ? lw.moe.shared : lw.dense;
-    SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.gate.data, &dl.gate));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.up.data, &dl.up));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.down.data, &dl.down));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.gate, &dl.gate));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.up, &dl.up));
+    SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.down, &dl.down));
     if (lw.is_moe) {
       // The router decides which experts run: it stays float32, so bf16
       // weights never change a routing decision by rounding alone.
       SIROCCO_RETURN_IF_ERROR(put(lw.moe.router.data, &dl.router_f32));
       dl.router = WeightView(dl.router_f32);
-      SIROCCO_RETURN_IF_ERROR(put_matrix(lw.moe.gate_up, &dl.experts_gate_up));
-      SIROCCO_RETURN_IF_ERROR(put_matrix(lw.moe.down, &dl.experts_down));
+      const std::int64_t E = config_.n_routed_experts, H = config_.hidden_size, I2 = config_.moe_intermediate_size;
+      SIROCCO_RETURN_IF_ERROR(put_linear(lw.moe.gate_up, E, 2 * I2, H, &dl.experts_gate_up));
+      SIROCCO_RETURN_IF_ERROR(put_linear(lw.moe.down, E, H, I2, &dl.experts_down));
     }
   }
   return absl::OkStatus();

@@ -47,7 +47,12 @@ struct ModelOptions {
   // How the weight matrices are held and multiplied (norm weights, the
   // residual stream and attention stay float32 either way). kBF16 halves
   // weight memory and bandwidth; products then see bf16 activations with
-  // float32 accumulation.
+  // float32 accumulation. kFP8 stores the linear layers and experts as
+  // block-FP8 (1 byte a parameter; weight-only: float32 activations) and the
+  // embedding, LM head and kv_b_proj as bf16. An FP8 checkpoint is
+  // requantised from its float32 values: where each block's largest code is
+  // 448 (how FP8 checkpoints are written) that gives back the same codes, with
+  // scales equal to within one float32 ulp.
   WeightType weight_type = WeightType::kF32;
 };
 

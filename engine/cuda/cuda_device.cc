@@ -73,6 +73,26 @@ class CudaDevice final : public Device {
     return memory;
   }
   WeightType StoredType(WeightType type) const override { return type; }
+  absl::StatusOr<std::unique_ptr<DeviceMemory>> UploadFp8Weight(const Fp8BlockWeights& w, WeightView* view) override {
+    const std::size_t count = w.codes.size();
+    if (count != static_cast<std::size_t>(w.batch * w.rows * w.cols) ||
+        w.scales.size() != static_cast<std::size_t>(w.batch * w.scale_stride())) {
+      return absl::InvalidArgumentError("UploadFp8Weight: codes or scales do not match the shape");
+    }
+    // Codes, then the scales at the next 256-byte boundary, in one allocation.
+    const std::size_t scales_at = (count + 255) / 256 * 256;
+    const std::size_t scale_bytes = w.scales.size() * sizeof(float);
+    SIROCCO_ASSIGN_OR_RETURN(auto memory, Allocate(scales_at + scale_bytes));
+    auto* base = memory->as<char>();
+    SIROCCO_RETURN_IF_ERROR(kc::CopyToDeviceAsync(base, w.codes.data(), count, s()));
+    SIROCCO_RETURN_IF_ERROR(kc::CopyToDeviceAsync(base + scales_at, w.scales.data(), scale_bytes, s()));
+    // The host arrays belong to the caller: the copies land before this returns.
+    SIROCCO_RETURN_IF_ERROR(kc::Synchronize(s()));
+    *view = WeightView(base, WeightType::kFP8);
+    view->scales = reinterpret_cast<const float*>(base + scales_at);
+    view->scale_stride = w.scale_stride();
+    return memory;
+  }
   absl::Status CopyToDevice(void* dst, const void* src, std::size_t bytes) override {
     return kc::CopyToDeviceAsync(dst, src, bytes, s());
   }
@@ -86,6 +106,27 @@ class CudaDevice final : public Device {
                       int ldc) override {
     if (b.type == WeightType::kF32) {
       return blas_->GemmNt(m, n, k, a, lda, static_cast<const float*>(b.data), ldb, beta, c, ldc, s());
+    }
+    if (b.type == WeightType::kFP8) {
+      // Weight-only FP8: the grouped kernel with one group of m rows widens
+      // each code times its block scale as it loads the tile.
+      if (ldb != k) return absl::InvalidArgumentError("an FP8 weight is a whole matrix (ldb == k)");
+      kc::GroupedGemmParams q;
+      q.num_groups = 1;
+      q.rows = m;
+      q.n = n;
+      q.k = k;
+      q.a = a;
+      q.lda = lda;
+      q.w_fp8 = static_cast<const std::uint8_t*>(b.data);
+      q.w_scales = b.scales;
+      q.w_scale_stride = b.scale_stride;
+      q.ldw = ldb;
+      q.w_stride = static_cast<std::int64_t>(n) * k;
+      q.beta = beta;
+      q.c = c;
+      q.ldc = ldc;
+      return kc::GroupedGemmNt(q, s());
     }
     SIROCCO_RETURN_IF_ERROR(CheckBf16(b));
     SIROCCO_ASSIGN_OR_RETURN(kc::Bf16 * a16, ToBf16(m, k, a, lda, k));
@@ -309,7 +350,7 @@ class CudaDevice final : public Device {
   absl::Status GroupedGemmNt(int num_groups, int rows, int n, int k, const float* a, int lda,
                              const std::int32_t* offsets, WeightView w, int ldw, std::int64_t w_stride, float* c,
                              int ldc) override {
-    if (w.type != WeightType::kF32) SIROCCO_RETURN_IF_ERROR(CheckBf16(w));
+    if (w.type != WeightType::kF32 && w.type != WeightType::kFP8) SIROCCO_RETURN_IF_ERROR(CheckBf16(w));
     kc::GroupedGemmParams q;
     q.num_groups = num_groups;
     q.rows = rows;
@@ -320,6 +361,10 @@ class CudaDevice final : public Device {
     q.offsets = offsets;
     if (w.type == WeightType::kF32) {
       q.w = static_cast<const float*>(w.data);
+    } else if (w.type == WeightType::kFP8) {
+      q.w_fp8 = static_cast<const std::uint8_t*>(w.data);
+      q.w_scales = w.scales;
+      q.w_scale_stride = w.scale_stride;
     } else {
       q.w_bf16 = static_cast<const kc::Bf16*>(w.data);
     }

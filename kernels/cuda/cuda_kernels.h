@@ -126,6 +126,9 @@ struct MoeDispatchParams {
 // (w_scales, per group [ceil(n / 128), ceil(k / 128)] row-major, groups
 // w_scale_stride floats apart), and the activations stay float32
 // (weight-only quantisation, so no activation scales are involved).
+// c = product + beta * c (beta 0: c is not read). Without offsets (nullptr,
+// num_groups 1) all `rows` rows form one group: a dense product, which is how
+// a device multiplies by a whole FP8 matrix.
 struct GroupedGemmParams {
   int num_groups = 0;
   int rows = 0;
@@ -141,6 +144,7 @@ struct GroupedGemmParams {
   std::int64_t w_scale_stride = 0;
   int ldw = 0;
   std::int64_t w_stride = 0;
+  float beta = 0.0f;
   float* c = nullptr;  // [rows, n], leading dimension ldc
   int ldc = 0;
 };

@@ -50,8 +50,8 @@ __device__ __forceinline__ float ActivationValue(float a, const __nv_bfloat16*) 
 template <typename W>
 __global__ void __launch_bounds__(kThreads)
     GroupedGemmNtKernel(int num_groups, int n, int k, const float* a, int lda, const std::int32_t* offsets, const W* w,
-                        int ldw, std::int64_t w_stride, const float* scales, std::int64_t scale_stride, float* c,
-                        int ldc) {
+                        int ldw, std::int64_t w_stride, const float* scales, std::int64_t scale_stride, float beta,
+                        float* c, int ldc, int dense_rows) {
   __shared__ int s_group, s_row0, s_row_end;
   __shared__ float as[kTileK][kTileM + 4];  // a tile, k-major so a thread's 4 rows are adjacent
   __shared__ float bs[kTileK][kTileN + 4];  // W tile, k-major
@@ -61,7 +61,9 @@ __global__ void __launch_bounds__(kThreads)
     int tile = blockIdx.y;
     s_group = -1;
     for (int g = 0; g < num_groups; ++g) {
-      const int begin = offsets[g], end = offsets[g + 1];
+      // No offsets: one group of dense_rows rows (a dense product).
+      const int begin = offsets != nullptr ? offsets[g] : 0;
+      const int end = offsets != nullptr ? offsets[g + 1] : dense_rows;
       const int tiles = CeilDiv(end - begin, kTileM);
       if (tile < tiles) {
         s_group = g;
@@ -120,7 +122,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int col = col0 + tx * 4 + j;
-      if (col < n) c[static_cast<std::int64_t>(r) * ldc + col] = acc[i][j];
+      if (col >= n) continue;
+      float* out = c + static_cast<std::int64_t>(r) * ldc + col;
+      *out = beta == 0.0f ? acc[i][j] : acc[i][j] + beta * *out;
     }
   }
 }
@@ -143,9 +147,8 @@ absl::Status GroupedGemmNt(const GroupedGemmParams& p, Stream stream) {
   if (p.rows == 0 || p.n == 0) return absl::OkStatus();
   const int weight_kinds = (p.w != nullptr) + (p.w_bf16 != nullptr) + (p.w_fp8 != nullptr);
   if (weight_kinds > 1) return Invalid(kOp, "give exactly one of w, w_bf16 and w_fp8");
-  if (p.offsets == nullptr || p.c == nullptr || (p.k > 0 && (p.a == nullptr || weight_kinds == 0))) {
-    return Invalid(kOp, "null pointer");
-  }
+  if (p.offsets == nullptr && p.num_groups != 1) return Invalid(kOp, "offsets missing for more than one group");
+  if (p.c == nullptr || (p.k > 0 && (p.a == nullptr || weight_kinds == 0))) return Invalid(kOp, "null pointer");
   if (p.w_fp8 != nullptr) {
     if (p.w_scales == nullptr) return Invalid(kOp, "FP8 weights need w_scales");
     if (p.w_scale_stride < static_cast<std::int64_t>(CeilDiv(p.n, 128)) * CeilDiv(p.k, 128)) {
@@ -156,16 +159,16 @@ absl::Status GroupedGemmNt(const GroupedGemmParams& p, Stream stream) {
   if (max_tiles > 65535) return absl::UnimplementedError("cuda::GroupedGemmNt: too many rows for one launch");
   const dim3 grid(static_cast<unsigned>(CeilDiv(p.n, kTileN)), static_cast<unsigned>(max_tiles));
   if (p.w_fp8 != nullptr) {
-    GroupedGemmNtKernel<<<grid, kThreads, 0, stream>>>(p.num_groups, p.n, p.k, p.a, p.lda, p.offsets,
-                                                       reinterpret_cast<const __nv_fp8_e4m3*>(p.w_fp8), p.ldw,
-                                                       p.w_stride, p.w_scales, p.w_scale_stride, p.c, p.ldc);
+    GroupedGemmNtKernel<<<grid, kThreads, 0, stream>>>(
+        p.num_groups, p.n, p.k, p.a, p.lda, p.offsets, reinterpret_cast<const __nv_fp8_e4m3*>(p.w_fp8), p.ldw,
+        p.w_stride, p.w_scales, p.w_scale_stride, p.beta, p.c, p.ldc, p.rows);
   } else if (p.w_bf16 != nullptr) {
     GroupedGemmNtKernel<<<grid, kThreads, 0, stream>>>(p.num_groups, p.n, p.k, p.a, p.lda, p.offsets,
                                                        reinterpret_cast<const __nv_bfloat16*>(p.w_bf16), p.ldw,
-                                                       p.w_stride, nullptr, 0, p.c, p.ldc);
+                                                       p.w_stride, nullptr, 0, p.beta, p.c, p.ldc, p.rows);
   } else {
     GroupedGemmNtKernel<<<grid, kThreads, 0, stream>>>(p.num_groups, p.n, p.k, p.a, p.lda, p.offsets, p.w, p.ldw,
-                                                       p.w_stride, nullptr, 0, p.c, p.ldc);
+                                                       p.w_stride, nullptr, 0, p.beta, p.c, p.ldc, p.rows);
   }
   return LaunchStatus(kOp);
 }

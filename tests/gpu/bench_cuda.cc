@@ -460,17 +460,19 @@ absl::StatusOr<DecodeLayerFixture*> BuildDecodeLayer(engine::WeightType weight_t
   l.moe.shared.down = Constant(H, shared_inter, 0.001f);
 
   auto fixture = std::make_unique<DecodeLayerFixture>();
+  // Bytes a step reads per parameter: linear layers and experts take the
+  // weight type (FP8: a code plus a float32 scale per 128 x 128 block);
+  // kv_b_proj and the LM head are bf16 under FP8; the router stays float32.
+  const bool fp8 = weight_type == engine::WeightType::kFP8;
+  const double linear = fp8 ? 1.0 + 4.0 / (128.0 * 128.0) : weight_type == engine::WeightType::kBF16 ? 2.0 : 4.0;
+  const double plain = fp8 ? 2.0 : linear;
   fixture->fixed_bytes =
-      sizeof(float) *
-      static_cast<double>(l.attn.q_a_proj.data.size() + l.attn.q_b_proj.data.size() + l.attn.kv_a_proj.data.size() +
-                          l.attn.kv_b_proj.data.size() + l.attn.o_proj.data.size() + l.moe.router.data.size() +
-                          3 * l.moe.shared.gate.data.size() + w->lm_head.data.size());
-  const double weight_bytes = weight_type == engine::WeightType::kBF16 ? 2.0 : 4.0;
-  fixture->fixed_bytes *= weight_bytes / sizeof(float);
-  // The router stays float32 with bf16 weights.
-  if (weight_type == engine::WeightType::kBF16)
-    fixture->fixed_bytes += 2.0 * static_cast<double>(l.moe.router.data.size());
-  fixture->expert_bytes = weight_bytes * 3.0 * static_cast<double>(I2 * H);
+      linear * static_cast<double>(l.attn.q_a_proj.data.size() + l.attn.q_b_proj.data.size() +
+                                   l.attn.kv_a_proj.data.size() + l.attn.o_proj.data.size() +
+                                   3 * l.moe.shared.gate.data.size()) +
+      plain * static_cast<double>(l.attn.kv_b_proj.data.size() + w->lm_head.data.size()) +
+      sizeof(float) * static_cast<double>(l.moe.router.data.size());
+  fixture->expert_bytes = linear * 3.0 * static_cast<double>(I2 * H);
   SIROCCO_BENCH_ASSIGN_OR_RETURN(std::unique_ptr<engine::Device> device, engine::cuda::MakeCudaDevice());
   SIROCCO_BENCH_ASSIGN_OR_RETURN(
       fixture->model, engine::Mistral4Model::FromWeights(c, std::move(w),
@@ -485,22 +487,23 @@ absl::StatusOr<DecodeLayerFixture*> BuildDecodeLayer(engine::WeightType weight_t
 
 // One model per weight type, built on first use and kept for the process.
 absl::StatusOr<DecodeLayerFixture*> DecodeLayer(engine::WeightType weight_type) {
-  static absl::StatusOr<DecodeLayerFixture*> f32 = absl::UnavailableError("not built");
-  static absl::StatusOr<DecodeLayerFixture*> bf16 = absl::UnavailableError("not built");
-  static bool built[2] = {false, false};
-  const int i = weight_type == engine::WeightType::kBF16 ? 1 : 0;
-  absl::StatusOr<DecodeLayerFixture*>& slot = i == 1 ? bf16 : f32;
+  static absl::StatusOr<DecodeLayerFixture*> slots[3] = {
+      absl::UnavailableError("not built"), absl::UnavailableError("not built"), absl::UnavailableError("not built")};
+  static bool built[3] = {false, false, false};
+  const int i = weight_type == engine::WeightType::kFP8 ? 2 : weight_type == engine::WeightType::kBF16 ? 1 : 0;
   if (!built[i]) {
     built[i] = true;
-    slot = BuildDecodeLayer(weight_type);
+    slots[i] = BuildDecodeLayer(weight_type);
   }
-  return slot;
+  return slots[i];
 }
 
 void BM_DecodeLayer(benchmark::State& state) {
   if (!NeedDevice(state)) return;
   const int batch = static_cast<int>(state.range(0));
-  const engine::WeightType weight_type = state.range(1) == 16 ? engine::WeightType::kBF16 : engine::WeightType::kF32;
+  const engine::WeightType weight_type = state.range(1) == 8    ? engine::WeightType::kFP8
+                                         : state.range(1) == 16 ? engine::WeightType::kBF16
+                                                                : engine::WeightType::kF32;
   constexpr std::int64_t kContext = 1024;
   absl::StatusOr<DecodeLayerFixture*> f = DecodeLayer(weight_type);
   if (!f.ok()) {
@@ -541,10 +544,10 @@ void BM_DecodeLayer(benchmark::State& state) {
 }
 BENCHMARK(BM_DecodeLayer)
     ->ArgNames({"batch", "weight_bits"})
-    ->Args({1, 32})
-    ->Args({64, 32})
     ->Args({1, 16})
     ->Args({64, 16})
+    ->Args({1, 8})
+    ->Args({64, 8})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 

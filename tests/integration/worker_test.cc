@@ -55,6 +55,8 @@ class WorkerTest : public ::testing::Test {
     return GreedyReference(*model_dir_, prompt, max_tokens, 64, 8);
   }
 
+  void ExpectServesWeightType(engine::WeightType type);
+
   static wv1::Load GetLoad(WorkerProcess& w) {
     auto ctx = WorkerContext();
     wv1::Load load;
@@ -126,36 +128,46 @@ TEST_F(WorkerTest, GreedyPrefillThenDecodeMatchesGenerate) {
   EXPECT_TRUE(EventuallyWhole(*worker_));
 }
 
-TEST_F(WorkerTest, Bf16WeightsServeWhatTheEngineComputesWithBf16Weights) {
+// A worker started with --weights=`type` serves the greedy tokens the engine
+// computes with `type` weights.
+void WorkerTest::ExpectServesWeightType(engine::WeightType type) {
+  const std::string name = engine::WeightTypeName(type);
   std::vector<std::string> args = Args("both");
-  args.push_back("--weights=bf16");
+  args.push_back("--weights=" + name);
   WorkerProcess w(SIROCCO_DECODE_BINARY, args);
   ASSERT_TRUE(w.ok());
-  // A prompt whose greedy continuation differs between float32 and bf16
-  // weights, so that the comparison below tells which the worker used.
+  // A prompt whose greedy continuation differs between float32 weights and
+  // `type`, so that the comparison below tells which the worker used.
   const int max_tokens = 16;
   std::vector<std::int32_t> prompt, expected;
   for (int salt = 1; salt <= 40 && expected.empty(); ++salt) {
     prompt = TestPrompt(17, salt);
-    std::vector<std::int32_t> bf16 =
-        GreedyReference(*model_dir_, prompt, max_tokens, 64, 8, engine::WeightType::kBF16);
-    if (bf16 != Reference(prompt, max_tokens)) expected = std::move(bf16);
+    std::vector<std::int32_t> typed = GreedyReference(*model_dir_, prompt, max_tokens, 64, 8, type);
+    if (typed != Reference(prompt, max_tokens)) expected = std::move(typed);
   }
-  ASSERT_EQ(expected.size(), static_cast<std::size_t>(max_tokens)) << "no prompt tells bf16 from float32 apart";
+  ASSERT_EQ(expected.size(), static_cast<std::size_t>(max_tokens)) << "no prompt tells " << name << " from f32 apart";
   wv1::PrefillRequest p;
-  p.set_request_id("bf16-1");
+  p.set_request_id(name + "-1");
   for (auto t : prompt) p.add_token_ids(t);
   *p.mutable_sampling() = Greedy();
   wv1::PrefillResponse pr;
   auto pctx = WorkerContext();
   ASSERT_TRUE(w.stub().Prefill(pctx.get(), p, &pr).ok());
   auto dctx = WorkerContext();
-  auto reader = w.stub().Decode(dctx.get(), DecodeReq("bf16-1", prompt, pr.first_token_id(), max_tokens));
+  auto reader = w.stub().Decode(dctx.get(), DecodeReq(name + "-1", prompt, pr.first_token_id(), max_tokens));
   std::vector<std::int32_t> got = {pr.first_token_id()};
   wv1::DecodeResponse r;
   while (reader->Read(&r)) got.insert(got.end(), r.token_ids().begin(), r.token_ids().end());
   ASSERT_TRUE(reader->Finish().ok());
   EXPECT_EQ(got, expected);
+}
+
+TEST_F(WorkerTest, Bf16WeightsServeWhatTheEngineComputesWithBf16Weights) {
+  ExpectServesWeightType(engine::WeightType::kBF16);
+}
+
+TEST_F(WorkerTest, Fp8WeightsServeWhatTheEngineComputesWithFp8Weights) {
+  ExpectServesWeightType(engine::WeightType::kFP8);
 }
 
 TEST_F(WorkerTest, UnknownWeightTypeOrMissingGpuRefusesToStart) {

@@ -61,17 +61,15 @@ absl::Status Number(Flags& f, const std::string& name, T* out) {
 
 // --backend ref|avx2|cuda: the CPU kernels (default avx2 where the CPU has
 // it), or the whole model on the GPU (builds with the CUDA backend only).
-// --weights f32|bf16: how weight matrices are held and multiplied.
+// --weights f32|bf16|fp8: how weight matrices are held and multiplied.
 absl::StatusOr<engine::ModelOptions> ParseBackend(Flags& f) {
   engine::ModelOptions options{.backend = kernels::Available(kernels::Backend::kAvx2) ? kernels::Backend::kAvx2
                                                                                        : kernels::Backend::kRef,
                                .device = nullptr};
   if (auto w = f.Get("weights")) {
-    if (*w == "bf16") {
-      options.weight_type = engine::WeightType::kBF16;
-    } else if (*w != "f32") {
-      return absl::InvalidArgumentError(absl::StrCat("--weights: '", *w, "' is not one of f32, bf16"));
-    }
+    absl::StatusOr<engine::WeightType> type = engine::ParseWeightType(*w);
+    if (!type.ok()) return absl::InvalidArgumentError(absl::StrCat("--weights: ", type.status().message()));
+    options.weight_type = *type;
   }
   auto v = f.Get("backend");
   if (!v) return options;

@@ -29,7 +29,7 @@ constexpr const char* kUsage = R"(sirocco: disaggregated serving of Mistral Smal
 
 Usage:
   sirocco up [--port P] [--colocated K | --prefill N --decode M] [--model DIR]
-             [--kernels ref|avx2|cuda] [--weights f32|bf16]
+             [--kernels ref|avx2|cuda] [--weights f32|bf16|fp8]
       Starts a local cluster (router + workers as separate processes) on loopback with the
       embedded default model (made on first run if absent), prints the endpoint; Ctrl-C stops it.
   sirocco chat [--target HOST:PORT] [--reasoning-effort none|high] [--max-tokens N] [--image FILE] "prompt"
@@ -44,14 +44,14 @@ Usage:
       Writes a checkpoint with seeded random weights. Presets: tiny, tiny-noqlora, small,
       mistral-small-4 (119B: only with --config-only, which writes config.json alone).
   sirocco logits --model DIR --tokens 1,22,333 --out FILE.npy [--incremental]
-                 [--attention expanded|absorbed] [--backend ref|avx2|cuda] [--weights f32|bf16]
+                 [--attention expanded|absorbed] [--backend ref|avx2|cuda] [--weights f32|bf16|fp8]
       Writes float32 logits [n_tokens, vocab] of every position as a NumPy .npy file. Without
       --incremental the sequence is one prefill; with it the first token is prefilled and each
       next one decoded against the cache.
   sirocco generate --model DIR --tokens 1,22,333 --max-tokens N [--temperature T] [--top-p P]
                    [--top-k K] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
                    [--frequency-penalty F] [--seed S] [--logprobs N] [--stop-token-ids 2,3]
-                   [--ignore-eos] [--attention expanded|absorbed] [--backend ref|avx2|cuda] [--weights f32|bf16]
+                   [--ignore-eos] [--attention expanded|absorbed] [--backend ref|avx2|cuda] [--weights f32|bf16|fp8]
       Prints one JSON object: {"token_ids": [...], "finish_reason": "stop"|"length", ...}.
       Defaults: temperature 0 (greedy), top-p 1, top-k 0 (off), min-p 0, penalties off.
   sirocco tokenize --tokenizer FILE (--text STRING | --chat REQUEST.json)

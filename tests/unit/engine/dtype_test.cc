@@ -1,5 +1,6 @@
 #include "engine/dtype.h"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -302,6 +303,134 @@ TEST(ConvertToFloat32Test, RejectsNonFloatTypes) {
     const absl::Status status = ConvertToFloat32(dtype, src, 1, dst);
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(std::string(status.message()).find(std::string(DTypeName(dtype))), std::string::npos) << status;
+  }
+}
+
+// Block FP8 quantisation, checked through invariants that do not restate its
+// formula: every block's largest code is the largest e4m3 magnitude; each
+// value comes back within e4m3's rounding of the original (relative 2^-4 for
+// normals, half the smallest subnormal step times the scale below); an
+// all-zero block keeps scale 1; blocks are independent (changing one block's
+// values leaves every other block's codes and scale alone).
+TEST(Fp8BlocksTest, QuantisationInvariants) {
+  const std::int64_t batch = 2, rows = 130, cols = 200;  // partial blocks both ways
+  std::vector<float> w(static_cast<std::size_t>(batch * rows * cols));
+  std::uint32_t state = 12345;
+  for (float& v : w) {
+    state = state * 1664525u + 1013904223u;
+    v = (static_cast<float>(state >> 8) / 16777216.0f - 0.5f) * 0.2f;
+  }
+  // Matrix 1's block (0, 1) all zero; block (1, 0) spans a wide range.
+  for (std::int64_t r = 0; r < 128; ++r) {
+    for (std::int64_t c = 128; c < cols; ++c) w[static_cast<std::size_t>((rows + r) * cols + c)] = 0.0f;
+  }
+  for (std::int64_t c = 0; c < 128; ++c)
+    w[static_cast<std::size_t>((rows + 128) * cols + c)] *= std::ldexp(1.0f, -c / 8);
+  const Fp8BlockWeights q = QuantizeFp8Blocks(batch, rows, cols, w.data());
+  ASSERT_EQ(q.scale_rows(), 2);
+  ASSERT_EQ(q.scale_cols(), 2);
+  ASSERT_EQ(q.codes.size(), w.size());
+  ASSERT_EQ(q.scales.size(), static_cast<std::size_t>(batch * 4));
+  std::vector<float> back(w.size());
+  DequantizeFp8Blocks(q, back.data());
+  std::vector<int> max_code(static_cast<std::size_t>(batch * 4), 0);
+  for (std::int64_t b = 0; b < batch; ++b) {
+    for (std::int64_t r = 0; r < rows; ++r) {
+      for (std::int64_t c = 0; c < cols; ++c) {
+        const auto i = static_cast<std::size_t>((b * rows + r) * cols + c);
+        const auto blk = static_cast<std::size_t>(b * 4 + (r / 128) * 2 + c / 128);
+        const float s = q.scales[blk];
+        max_code[blk] = std::max(max_code[blk], q.codes[i] & 0x7F);
+        EXPECT_EQ(back[i], F8E4M3ToFloat(q.codes[i]) * s);
+        const double err = std::fabs(static_cast<double>(back[i]) - w[i]);
+        EXPECT_LE(err, 1.000001 * std::max(std::fabs(static_cast<double>(w[i])) / 16.0, std::ldexp(1.0, -10) * s)) << i;
+      }
+    }
+  }
+  for (std::size_t blk = 0; blk < max_code.size(); ++blk) {
+    if (blk == 5) {
+      EXPECT_EQ(q.scales[blk], 1.0f) << "an all-zero block";
+      EXPECT_EQ(max_code[blk], 0);
+    } else {
+      EXPECT_EQ(max_code[blk], 0x7E) << "block " << blk << ": largest code is not 448";
+    }
+  }
+  std::vector<float> w2 = w;
+  for (std::int64_t c = 0; c < 128; ++c) w2[static_cast<std::size_t>(c)] *= 3.0f;  // matrix 0, block (0, 0)
+  const Fp8BlockWeights q2 = QuantizeFp8Blocks(batch, rows, cols, w2.data());
+  for (std::size_t blk = 1; blk < q.scales.size(); ++blk) EXPECT_EQ(q2.scales[blk], q.scales[blk]) << blk;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t c = 0; c < cols; ++c) {
+      if (r < 128 && c < 128) continue;
+      const auto i = static_cast<std::size_t>(r * cols + c);
+      EXPECT_EQ(q2.codes[i], q.codes[i]) << r << "," << c;
+    }
+  }
+}
+
+// An FP8 checkpoint, read as float32 values (code * scale, as the loader does)
+// and quantised again, gives back its codes when each block's largest code is
+// 448 (how FP8 checkpoints are written); the scales come back within one
+// float32 ulp.
+TEST(Fp8BlocksTest, RequantisingFp8ValuesGivesBackTheCodes) {
+  const std::int64_t rows = 256, cols = 384;
+  Fp8BlockWeights src;
+  src.batch = 1;
+  src.rows = rows;
+  src.cols = cols;
+  src.codes.resize(static_cast<std::size_t>(rows * cols));
+  std::uint32_t state = 777;
+  for (auto& code : src.codes) {
+    state = state * 1664525u + 1013904223u;
+    code = static_cast<std::uint8_t>((state >> 24) & 0xFF);
+    if ((code & 0x7F) == 0x7F) code &= 0xFE;  // no NaN codes
+  }
+  src.scales.resize(static_cast<std::size_t>(src.scale_stride()));
+  for (std::size_t i = 0; i < src.scales.size(); ++i) {
+    state = state * 1664525u + 1013904223u;
+    src.scales[i] = std::ldexp(1.0f + static_cast<float>(state >> 9) / 8388608.0f, -12 + static_cast<int>(i % 5));
+    // Each block holds a 448 (code 0x7E).
+    const std::int64_t r0 = static_cast<std::int64_t>(i) / src.scale_cols() * 128;
+    const std::int64_t c0 = static_cast<std::int64_t>(i) % src.scale_cols() * 128;
+    src.codes[static_cast<std::size_t>(r0 * cols + c0)] = 0x7E;
+  }
+  std::vector<float> values(src.codes.size());
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const auto i = static_cast<std::size_t>(r * cols + c);
+      values[i] =
+          F8E4M3ToFloat(src.codes[i]) * src.scales[static_cast<std::size_t>((r / 128) * src.scale_cols() + c / 128)];
+    }
+  }
+  const Fp8BlockWeights q = QuantizeFp8Blocks(1, rows, cols, values.data());
+  for (std::size_t i = 0; i < q.codes.size(); ++i) {
+    // +0 and -0 are both zero.
+    if ((src.codes[i] & 0x7F) == 0) {
+      EXPECT_EQ(q.codes[i] & 0x7F, 0) << i;
+    } else {
+      EXPECT_EQ(q.codes[i], src.codes[i]) << i;
+    }
+  }
+  for (std::size_t i = 0; i < q.scales.size(); ++i) {
+    EXPECT_LE(std::fabs(q.scales[i] - src.scales[i]), std::nextafter(src.scales[i], 1e30f) - src.scales[i]) << i;
+  }
+}
+
+// Large weights are quantised on several threads: the same result as one
+// matrix at a time (each small enough for one thread).
+TEST(Fp8BlocksTest, ThreadedQuantisationEqualsMatrixByMatrix) {
+  const std::int64_t batch = 70, rows = 256, cols = 256;
+  std::vector<float> w(static_cast<std::size_t>(batch * rows * cols));
+  std::uint32_t state = 99;
+  for (float& v : w) {
+    state = state * 1664525u + 1013904223u;
+    v = static_cast<float>(static_cast<std::int32_t>(state)) * 1e-9f;
+  }
+  const Fp8BlockWeights all = QuantizeFp8Blocks(batch, rows, cols, w.data());
+  for (std::int64_t b = 0; b < batch; ++b) {
+    const Fp8BlockWeights one = QuantizeFp8Blocks(1, rows, cols, w.data() + b * rows * cols);
+    ASSERT_TRUE(std::equal(one.codes.begin(), one.codes.end(), all.codes.begin() + b * rows * cols)) << b;
+    ASSERT_TRUE(std::equal(one.scales.begin(), one.scales.end(), all.scales.begin() + b * one.scale_stride())) << b;
   }
 }
 
