@@ -129,35 +129,71 @@ Mistral4Model::Mistral4Model(const ModelConfig& config, std::unique_ptr<Mistral4
 
 Mistral4Model::~Mistral4Model() = default;
 
+namespace {
+
+// The device a model with `options` runs on: options.device, or the CPU
+// device over options.backend.
+absl::StatusOr<std::shared_ptr<Device>> ResolveDevice(const ModelOptions& options) {
+  if (options.weight_type == WeightType::kBF16AsF32) {
+    return absl::InvalidArgumentError("weight_type: ask for kF32, kBF16 or kFP8 (kBF16AsF32 is a device's storage)");
+  }
+  if (options.device != nullptr) return options.device;
+  if (!kernels::Available(options.backend)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("kernel backend ", kernels::BackendName(options.backend), " is not available on this machine"));
+  }
+  return std::shared_ptr<Device>(MakeHostDevice(options.backend));
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Mistral4Model>> Mistral4Model::Load(const std::string& dir,
                                                                    const ModelOptions& options) {
   SIROCCO_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir + "/config.json"));
+  SIROCCO_RETURN_IF_ERROR(ValidateModelConfig(config));
+  SIROCCO_ASSIGN_OR_RETURN(std::shared_ptr<Device> device, ResolveDevice(options));
   SIROCCO_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(dir));
-  SIROCCO_ASSIGN_OR_RETURN(auto weights, LoadMistral4Weights(*checkpoint, config));
-  return FromWeights(config, std::move(weights), options);
+  if (device->host_accessible()) {
+    // The CPU computes on the host weights in place: load them all.
+    SIROCCO_ASSIGN_OR_RETURN(auto weights, LoadMistral4Weights(*checkpoint, config));
+    return FromWeights(config, std::move(weights), options);
+  }
+  // A device with its own memory: each layer goes to the device as soon as it
+  // is read, and its host float32 copy is dropped before the next layer is
+  // read, so the host holds one layer (plus the embedding and LM head) at a
+  // time, not the whole model.
+  auto kinds = std::make_unique<Mistral4Weights>();
+  kinds->layers.resize(static_cast<std::size_t>(config.num_hidden_layers));
+  std::unique_ptr<Mistral4Model> model(new Mistral4Model(config, std::move(kinds), device, options.weight_type));
+  model->dw_->layers.resize(static_cast<std::size_t>(config.num_hidden_layers));
+  SIROCCO_ASSIGN_OR_RETURN(
+      std::unique_ptr<Mistral4Weights> globals,
+      LoadMistral4WeightsByLayer(*checkpoint, config, [&](std::int64_t l, LayerWeights& lw) -> absl::Status {
+        model->w_->layers[static_cast<std::size_t>(l)].is_moe = lw.is_moe;
+        SIROCCO_RETURN_IF_ERROR(model->UploadLayer(l, lw));
+        // Uploads may still read `lw` until the device has them.
+        return model->device_->Synchronize();
+      }));
+  SIROCCO_RETURN_IF_ERROR(model->UploadGlobals(*globals));
+  SIROCCO_RETURN_IF_ERROR(model->device_->Synchronize());
+  return model;
 }
 
 absl::StatusOr<std::unique_ptr<Mistral4Model>> Mistral4Model::FromWeights(const ModelConfig& config,
                                                                           std::unique_ptr<Mistral4Weights> weights,
                                                                           const ModelOptions& options) {
   SIROCCO_RETURN_IF_ERROR(ValidateModelConfig(config));
-  std::shared_ptr<Device> device = options.device;
-  if (device == nullptr) {
-    if (!kernels::Available(options.backend)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("kernel backend ", kernels::BackendName(options.backend), " is not available on this machine"));
-    }
-    device = MakeHostDevice(options.backend);
-  }
+  SIROCCO_ASSIGN_OR_RETURN(std::shared_ptr<Device> device, ResolveDevice(options));
   if (weights == nullptr || static_cast<std::int64_t>(weights->layers.size()) != config.num_hidden_layers) {
     return absl::InvalidArgumentError("weights do not match the config's num_hidden_layers");
   }
-  if (options.weight_type == WeightType::kBF16AsF32) {
-    return absl::InvalidArgumentError("weight_type: ask for kF32, kBF16 or kFP8 (kBF16AsF32 is a device's storage)");
-  }
   std::unique_ptr<Mistral4Model> model(
       new Mistral4Model(config, std::move(weights), std::move(device), options.weight_type));
-  SIROCCO_RETURN_IF_ERROR(model->UploadWeights());
+  SIROCCO_RETURN_IF_ERROR(model->UploadGlobals(*model->w_));
+  model->dw_->layers.resize(model->w_->layers.size());
+  for (std::size_t l = 0; l < model->w_->layers.size(); ++l) {
+    SIROCCO_RETURN_IF_ERROR(model->UploadLayer(static_cast<std::int64_t>(l), model->w_->layers[l]));
+  }
   if (!model->device_->host_accessible()) {
     // The device holds its own copies: the host float32 weights (4 bytes a
     // parameter) go once the uploads have landed; only the layer kinds stay.
@@ -170,72 +206,75 @@ absl::StatusOr<std::unique_ptr<Mistral4Model>> Mistral4Model::FromWeights(const 
   return model;
 }
 
-absl::Status Mistral4Model::UploadWeights() {
+// With FP8 weights the linear layers and experts (nearly all parameters) are
+// block-FP8; the embedding and LM head (row gathers and the logits) and
+// kv_b_proj (sliced per head by absorbed attention) are bf16. Norm weights,
+// the router and the rope tables stay float32.
+WeightType Mistral4Model::PlainType() const {
+  return weight_type_ == WeightType::kFP8 ? WeightType::kBF16 : weight_type_;
+}
+
+absl::Status Mistral4Model::PutVector(std::span<const float> host, const float** out) {
+  if (host.empty()) return absl::OkStatus();
+  SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->Upload(host));
+  *out = mem->as<const float>();
+  dw_->memory.push_back(std::move(mem));
+  return absl::OkStatus();
+}
+
+absl::Status Mistral4Model::PutPlain(std::span<const float> host, WeightView* out) {
+  if (host.empty()) return absl::OkStatus();
+  SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->UploadWeight(host, PlainType()));
+  *out = WeightView(mem->data(), device_->StoredType(PlainType()));
+  dw_->memory.push_back(std::move(mem));
+  return absl::OkStatus();
+}
+
+absl::Status Mistral4Model::PutLinear(std::span<const float> host, std::int64_t batch, std::int64_t rows,
+                                      std::int64_t cols, WeightView* out) {
+  if (weight_type_ != WeightType::kFP8) return PutPlain(host, out);
+  if (host.empty()) return absl::OkStatus();
+  const Fp8BlockWeights q = QuantizeFp8Blocks(batch, rows, cols, host.data());
+  SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->UploadFp8Weight(q, out));
+  dw_->memory.push_back(std::move(mem));
+  // UploadFp8Weight's copies have landed when it returns: q may go.
+  return absl::OkStatus();
+}
+
+absl::Status Mistral4Model::UploadGlobals(const Mistral4Weights& w) {
   DeviceWeights& d = *dw_;
-  // Norm weights and rope tables stay float32; matrices take weight_type_.
-  auto put = [&](std::span<const float> host, const float** out) -> absl::Status {
-    if (host.empty()) return absl::OkStatus();
-    SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->Upload(host));
-    *out = mem->as<const float>();
-    d.memory.push_back(std::move(mem));
-    return absl::OkStatus();
-  };
-  // With FP8 weights the linear layers and experts (nearly all parameters)
-  // are block-FP8; the embedding and LM head (row gathers and the logits) and
-  // kv_b_proj (sliced per head by absorbed attention) are bf16.
-  const bool fp8 = weight_type_ == WeightType::kFP8;
-  const WeightType other = fp8 ? WeightType::kBF16 : weight_type_;
-  const WeightType stored = device_->StoredType(other);
-  auto put_plain = [&](std::span<const float> host, WeightView* out) -> absl::Status {
-    if (host.empty()) return absl::OkStatus();
-    SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->UploadWeight(host, other));
-    *out = WeightView(mem->data(), stored);
-    d.memory.push_back(std::move(mem));
-    return absl::OkStatus();
-  };
-  // `batch` matrices [rows, cols].
-  auto put_linear = [&](std::span<const float> host, std::int64_t batch, std::int64_t rows, std::int64_t cols,
-                        WeightView* out) -> absl::Status {
-    if (!fp8) return put_plain(host, out);
-    if (host.empty()) return absl::OkStatus();
-    const Fp8BlockWeights q = QuantizeFp8Blocks(batch, rows, cols, host.data());
-    SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->UploadFp8Weight(q, out));
-    d.memory.push_back(std::move(mem));
-    return absl::OkStatus();
-  };
-  auto put_matrix = [&](const Matrix& m, WeightView* out) { return put_linear(m.data, 1, m.rows, m.cols, out); };
-  SIROCCO_RETURN_IF_ERROR(put_plain(w_->embed.data, &d.embed));
-  SIROCCO_RETURN_IF_ERROR(put(w_->final_norm, &d.final_norm));
+  SIROCCO_RETURN_IF_ERROR(PutPlain(w.embed.data, &d.embed));
+  SIROCCO_RETURN_IF_ERROR(PutVector(w.final_norm, &d.final_norm));
   d.head = d.embed;
-  if (!w_->lm_head.empty()) SIROCCO_RETURN_IF_ERROR(put_plain(w_->lm_head.data, &d.head));
-  SIROCCO_RETURN_IF_ERROR(put(rope_.inv_freq, &d.inv_freq));
-  d.layers.resize(w_->layers.size());
-  for (std::size_t l = 0; l < w_->layers.size(); ++l) {
-    const LayerWeights& lw = w_->layers[l];
-    DeviceWeights::Layer& dl = d.layers[l];
-    SIROCCO_RETURN_IF_ERROR(put(lw.input_norm, &dl.input_norm));
-    SIROCCO_RETURN_IF_ERROR(put(lw.post_norm, &dl.post_norm));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_proj, &dl.q_proj));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_a_proj, &dl.q_a_proj));
-    SIROCCO_RETURN_IF_ERROR(put(lw.attn.q_a_norm, &dl.q_a_norm));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_b_proj, &dl.q_b_proj));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.kv_a_proj, &dl.kv_a_proj));
-    SIROCCO_RETURN_IF_ERROR(put(lw.attn.kv_a_norm, &dl.kv_a_norm));
-    SIROCCO_RETURN_IF_ERROR(put_plain(lw.attn.kv_b_proj.data, &dl.kv_b_proj));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.o_proj, &dl.o_proj));
-    const MlpWeights& mlp = lw.is_moe ? lw.moe.shared : lw.dense;
-    SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.gate, &dl.gate));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.up, &dl.up));
-    SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.down, &dl.down));
-    if (lw.is_moe) {
-      // The router decides which experts run: it stays float32, so bf16
-      // weights never change a routing decision by rounding alone.
-      SIROCCO_RETURN_IF_ERROR(put(lw.moe.router.data, &dl.router_f32));
-      dl.router = WeightView(dl.router_f32);
-      const std::int64_t E = config_.n_routed_experts, H = config_.hidden_size, I2 = config_.moe_intermediate_size;
-      SIROCCO_RETURN_IF_ERROR(put_linear(lw.moe.gate_up, E, 2 * I2, H, &dl.experts_gate_up));
-      SIROCCO_RETURN_IF_ERROR(put_linear(lw.moe.down, E, H, I2, &dl.experts_down));
-    }
+  if (!w.lm_head.empty()) SIROCCO_RETURN_IF_ERROR(PutPlain(w.lm_head.data, &d.head));
+  return PutVector(rope_.inv_freq, &d.inv_freq);
+}
+
+absl::Status Mistral4Model::UploadLayer(std::int64_t l, const LayerWeights& lw) {
+  DeviceWeights::Layer& dl = dw_->layers[static_cast<std::size_t>(l)];
+  auto put_matrix = [&](const Matrix& m, WeightView* out) { return PutLinear(m.data, 1, m.rows, m.cols, out); };
+  SIROCCO_RETURN_IF_ERROR(PutVector(lw.input_norm, &dl.input_norm));
+  SIROCCO_RETURN_IF_ERROR(PutVector(lw.post_norm, &dl.post_norm));
+  SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_proj, &dl.q_proj));
+  SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_a_proj, &dl.q_a_proj));
+  SIROCCO_RETURN_IF_ERROR(PutVector(lw.attn.q_a_norm, &dl.q_a_norm));
+  SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_b_proj, &dl.q_b_proj));
+  SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.kv_a_proj, &dl.kv_a_proj));
+  SIROCCO_RETURN_IF_ERROR(PutVector(lw.attn.kv_a_norm, &dl.kv_a_norm));
+  SIROCCO_RETURN_IF_ERROR(PutPlain(lw.attn.kv_b_proj.data, &dl.kv_b_proj));
+  SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.o_proj, &dl.o_proj));
+  const MlpWeights& mlp = lw.is_moe ? lw.moe.shared : lw.dense;
+  SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.gate, &dl.gate));
+  SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.up, &dl.up));
+  SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.down, &dl.down));
+  if (lw.is_moe) {
+    // The router decides which experts run: it stays float32, so reduced
+    // precision never changes a routing decision by the weights' rounding.
+    SIROCCO_RETURN_IF_ERROR(PutVector(lw.moe.router.data, &dl.router_f32));
+    dl.router = WeightView(dl.router_f32);
+    const std::int64_t E = config_.n_routed_experts, H = config_.hidden_size, I2 = config_.moe_intermediate_size;
+    SIROCCO_RETURN_IF_ERROR(PutLinear(lw.moe.gate_up, E, 2 * I2, H, &dl.experts_gate_up));
+    SIROCCO_RETURN_IF_ERROR(PutLinear(lw.moe.down, E, H, I2, &dl.experts_down));
   }
   return absl::OkStatus();
 }

@@ -67,6 +67,9 @@ struct ForwardItem {
 class Mistral4Model {
  public:
   // Loads config.json and the safetensors weights from a checkpoint folder.
+  // On a device with its own memory (a GPU) the weights go there layer by
+  // layer as they are read: the host never holds more than one layer, the
+  // embedding and the LM head in float32.
   static absl::StatusOr<std::unique_ptr<Mistral4Model>> Load(const std::string& dir, const ModelOptions& options);
   ~Mistral4Model();
   Mistral4Model(const Mistral4Model&) = delete;
@@ -102,7 +105,14 @@ class Mistral4Model {
  private:
   Mistral4Model(const ModelConfig& config, std::unique_ptr<Mistral4Weights> weights, std::shared_ptr<Device> device,
                 WeightType weight_type);
-  absl::Status UploadWeights();
+  // Device copies of the weights (views on a host-accessible device).
+  absl::Status UploadGlobals(const Mistral4Weights& w);
+  absl::Status UploadLayer(std::int64_t layer, const LayerWeights& lw);
+  WeightType PlainType() const;
+  absl::Status PutVector(std::span<const float> host, const float** out);
+  absl::Status PutPlain(std::span<const float> host, WeightView* out);
+  absl::Status PutLinear(std::span<const float> host, std::int64_t batch, std::int64_t rows, std::int64_t cols,
+                         WeightView* out);
 
   // Forward's body: logits to the host (`logits`) or left on the device
   // (`device_logits`, when logits is null).

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <string_view>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -196,13 +197,29 @@ absl::Status LoadLayer(Reader& r, const ModelConfig& c, std::int64_t l, LayerWei
 
 absl::StatusOr<std::unique_ptr<Mistral4Weights>> LoadMistral4Weights(const Checkpoint& checkpoint,
                                                                      const ModelConfig& c) {
+  std::vector<LayerWeights> layers(static_cast<std::size_t>(c.num_hidden_layers));
+  SIROCCO_ASSIGN_OR_RETURN(auto w,
+                           LoadMistral4WeightsByLayer(checkpoint, c, [&](std::int64_t l, LayerWeights& lw) {
+                             layers[static_cast<std::size_t>(l)] = std::move(lw);
+                             return absl::OkStatus();
+                           }));
+  w->layers = std::move(layers);
+  return w;
+}
+
+absl::StatusOr<std::unique_ptr<Mistral4Weights>> LoadMistral4WeightsByLayer(const Checkpoint& checkpoint,
+                                                                            const ModelConfig& c,
+                                                                            const LayerSink& on_layer) {
   Reader r(checkpoint, c);
   SIROCCO_RETURN_IF_ERROR(r.DetectPrefix());
   auto w = std::make_unique<Mistral4Weights>();
   SIROCCO_RETURN_IF_ERROR(r.LoadMatrix(r.Name("embed_tokens.weight"), c.vocab_size, c.hidden_size, &w->embed));
   w->layers.resize(static_cast<std::size_t>(c.num_hidden_layers));
   for (std::int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    SIROCCO_RETURN_IF_ERROR(LoadLayer(r, c, l, &w->layers[static_cast<std::size_t>(l)]));
+    LayerWeights layer;
+    SIROCCO_RETURN_IF_ERROR(LoadLayer(r, c, l, &layer));
+    w->layers[static_cast<std::size_t>(l)].is_moe = layer.is_moe;
+    SIROCCO_RETURN_IF_ERROR(on_layer(l, layer));
   }
   SIROCCO_RETURN_IF_ERROR(r.Load(r.Name("norm.weight"), {c.hidden_size}, &w->final_norm));
   std::string head;

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -72,6 +73,17 @@ struct Mistral4Weights {
 
 absl::StatusOr<std::unique_ptr<Mistral4Weights>> LoadMistral4Weights(const Checkpoint& checkpoint,
                                                                      const ModelConfig& config);
+
+// The same, one layer at a time: each layer is read, checked and handed to
+// `on_layer` (which may move from it; it is dropped when the call returns)
+// before the next is read, so a caller that uploads layers to a device holds
+// one layer in host float32 at a time. The result holds the embedding, final
+// norm and LM head, and per layer only is_moe. An error from on_layer stops
+// the load and is returned.
+using LayerSink = std::function<absl::Status(std::int64_t layer, LayerWeights& weights)>;
+absl::StatusOr<std::unique_ptr<Mistral4Weights>> LoadMistral4WeightsByLayer(const Checkpoint& checkpoint,
+                                                                            const ModelConfig& config,
+                                                                            const LayerSink& on_layer);
 
 // Every tensor name and shape a checkpoint of `config` holds, in the layout
 // save_pretrained writes (stacked experts, prefix `model.`). Used by the model

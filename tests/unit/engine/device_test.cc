@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <memory>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -18,6 +20,8 @@
 #include "engine/mistral4.h"
 #include "engine/model_maker.h"
 #include "engine/sampler.h"
+#include "engine/safetensors.h"
+#include "engine/status_macros.h"
 #include "tests/unit/engine/test_models.h"
 
 namespace sirocco::engine {
@@ -277,6 +281,201 @@ TEST(HostDeviceTest, SampleRowsIsTheSamplerSplitAtItsDraw) {
       split[i].Observe(got[i].token);
     }
   }
+}
+
+// A device with its own memory, on the host: every op runs on the CPU device,
+// but uploads copy (as a GPU's do) and host_accessible() is false, so a model
+// on it takes the paths a GPU model takes -- weights streamed to the device
+// layer by layer at load, logits copied back -- on the same kernels, which
+// makes its results comparable bit for bit with the CPU model's.
+class SeparateMemoryDevice final : public Device {
+ public:
+  SeparateMemoryDevice() : d_(MakeHostDevice(kernels::Backend::kRef)) {}
+  int uploads = 0;  // Upload / UploadWeight / UploadFp8Weight calls
+  int syncs = 0;
+
+  const char* name() const override { return "separate"; }
+  bool host_accessible() const override { return false; }
+  absl::StatusOr<std::unique_ptr<DeviceMemory>> Allocate(std::size_t bytes) override { return d_->Allocate(bytes); }
+  absl::StatusOr<std::unique_ptr<DeviceMemory>> Upload(std::span<const float> host) override {
+    ++uploads;
+    SIROCCO_ASSIGN_OR_RETURN(auto m, d_->Allocate(host.size_bytes()));
+    if (!host.empty()) std::memcpy(m->data(), host.data(), host.size_bytes());
+    return m;
+  }
+  absl::StatusOr<std::unique_ptr<DeviceMemory>> UploadWeight(std::span<const float> host, WeightType type) override {
+    if (type == WeightType::kF32) return Upload(host);
+    ++uploads;
+    return d_->UploadWeight(host, type);  // bf16 rounding writes a copy
+  }
+  WeightType StoredType(WeightType type) const override { return d_->StoredType(type); }
+  absl::StatusOr<std::unique_ptr<DeviceMemory>> UploadFp8Weight(const Fp8BlockWeights& w, WeightView* view) override {
+    ++uploads;
+    return d_->UploadFp8Weight(w, view);  // widened into its own memory
+  }
+  absl::Status CopyToDevice(void* dst, const void* src, std::size_t bytes) override {
+    return d_->CopyToDevice(dst, src, bytes);
+  }
+  absl::Status CopyToHost(void* dst, const void* src, std::size_t bytes) override {
+    return d_->CopyToHost(dst, src, bytes);
+  }
+  absl::Status Synchronize() override {
+    ++syncs;
+    return d_->Synchronize();
+  }
+  absl::Status GemmNt(int m, int n, int k, const float* a, int lda, WeightView b, int ldb, float beta, float* c,
+                      int ldc) override {
+    return d_->GemmNt(m, n, k, a, lda, b, ldb, beta, c, ldc);
+  }
+  absl::Status GemmNnBatched(int batch, int m, int n, int k, const float* a, int lda, std::int64_t stride_a,
+                             WeightView b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
+                             std::int64_t stride_c) override {
+    return d_->GemmNnBatched(batch, m, n, k, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c);
+  }
+  absl::Status GemmNtBatched(int batch, int m, int n, int k, const float* a, int lda, std::int64_t stride_a,
+                             WeightView b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
+                             std::int64_t stride_c) override {
+    return d_->GemmNtBatched(batch, m, n, k, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c);
+  }
+  absl::Status RmsNorm(int rows, int dim, const float* x, int ldx, const float* w, float eps, float* y,
+                       int ldy) override {
+    return d_->RmsNorm(rows, dim, x, ldx, w, eps, y, ldy);
+  }
+  absl::Status RopeInterleaved(int rows, int rows_per_pos, int dim, float* x, int ldx, const std::int32_t* pos,
+                               const float* inv_freq, float attn_factor) override {
+    return d_->RopeInterleaved(rows, rows_per_pos, dim, x, ldx, pos, inv_freq, attn_factor);
+  }
+  absl::Status SiluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out,
+                       int ldo) override {
+    return d_->SiluMul(rows, n, gate, ldg, up, ldu, out, ldo);
+  }
+  absl::Status ScaleRows(int rows, int n, float* x, int ldx, const float* scales) override {
+    return d_->ScaleRows(rows, n, x, ldx, scales);
+  }
+  absl::Status GatherRows(int rows, int dim, WeightView src, int lds, const std::int32_t* idx, float* dst,
+                          int ldd) override {
+    return d_->GatherRows(rows, dim, src, lds, idx, dst, ldd);
+  }
+  absl::Status ScatterRows(int rows, int dim, const float* src, int lds, const std::int32_t* idx, float* dst,
+                           int ldd) override {
+    return d_->ScatterRows(rows, dim, src, lds, idx, dst, ldd);
+  }
+  absl::Status Copy2D(int rows, int cols, const float* src, int lds, float* dst, int ldd) override {
+    return d_->Copy2D(rows, cols, src, lds, dst, ldd);
+  }
+  absl::Status MlaAttention(const kernels::MlaAttentionParams& p, int max_ctx_len) override {
+    return d_->MlaAttention(p, max_ctx_len);
+  }
+  absl::Status Attention(const kernels::AttentionParams& p) override { return d_->Attention(p); }
+  absl::Status SampleRows(std::span<const RowSample> rows, const float* logits, int vocab, int ld,
+                          std::vector<SampleResult>* out) override {
+    return d_->SampleRows(rows, logits, vocab, ld, out);
+  }
+  absl::Status RouteTopk(const kernels::RouterParams& p) override { return d_->RouteTopk(p); }
+  absl::Status MoeDispatch(int num_tokens, int top_k, int num_experts, const std::int32_t* expert_ids,
+                           std::int32_t* counts, std::int32_t* offsets, std::int32_t* sorted,
+                           std::int32_t* position) override {
+    return d_->MoeDispatch(num_tokens, top_k, num_experts, expert_ids, counts, offsets, sorted, position);
+  }
+  absl::Status MoeGatherRows(int rows, int dim, const float* x, int ldx, const std::int32_t* sorted, int top_k,
+                             float* xs, int ldxs) override {
+    return d_->MoeGatherRows(rows, dim, x, ldx, sorted, top_k, xs, ldxs);
+  }
+  absl::Status GroupedGemmNt(int num_groups, int rows, int n, int k, const float* a, int lda,
+                             const std::int32_t* offsets, WeightView w, int ldw, std::int64_t w_stride, float* c,
+                             int ldc) override {
+    return d_->GroupedGemmNt(num_groups, rows, n, k, a, lda, offsets, w, ldw, w_stride, c, ldc);
+  }
+  absl::Status MoeCombine(int num_tokens, int top_k, int dim, const float* ys, int ldys, const std::int32_t* position,
+                          const float* weights, bool accumulate, float* out, int ldo) override {
+    return d_->MoeCombine(num_tokens, top_k, dim, ys, ldys, position, weights, accumulate, out, ldo);
+  }
+
+ private:
+  std::unique_ptr<Device> d_;
+};
+
+TEST(SeparateMemoryDeviceTest, StreamedLoadComputesWhatTheHostModelComputes) {
+  // Load() streams the weights of a device with its own memory layer by
+  // layer; the model then computes bit for bit what the CPU model computes
+  // from the fully loaded weights, for every weight type, in both prefill
+  // forms and through decode.
+  const std::string dir = testing::TempDir("streamed_load");
+  MakeModelOptions mo;
+  mo.seed = 21;
+  mo.dtype = DType::kBF16;
+  const ModelConfig config = testing::SmallVocabTiny();
+  ASSERT_TRUE(MakeModel(config, mo, dir).ok());
+  const std::vector<std::int32_t> prompt = {3, 141, 59, 26, 5, 358, 97, 9, 32, 38};
+  const std::vector<std::int32_t> next = {46};
+  for (WeightType type : {WeightType::kF32, WeightType::kBF16, WeightType::kFP8}) {
+    auto host = Mistral4Model::Load(dir, ModelOptions{.backend = kernels::Backend::kRef, .device = nullptr, .weight_type = type});
+    ASSERT_TRUE(host.ok()) << host.status();
+    auto device = std::make_shared<SeparateMemoryDevice>();
+    auto separate = Mistral4Model::Load(
+        dir, ModelOptions{.backend = kernels::Backend::kRef, .device = device, .weight_type = type});
+    ASSERT_TRUE(separate.ok()) << separate.status();
+    // Each layer reached the device and was waited for before the next was
+    // read (one Synchronize per layer, one after the embedding and head).
+    EXPECT_EQ(device->syncs, config.num_hidden_layers + 1) << WeightTypeName(type);
+    EXPECT_GT(device->uploads, 4 * config.num_hidden_layers);
+    for (AttentionForm form : {AttentionForm::kExpanded, AttentionForm::kAbsorbed}) {
+      std::vector<float> want, got;
+      for (auto* model : {&*host, &*separate}) {
+        auto pool = KvPool::Create((*model)->PoolOptions(8, 4), (*model)->device());
+        ASSERT_TRUE(pool.ok());
+        EXPECT_EQ((*pool)->host_accessible(), model == &*host);
+        BlockTable t(pool->get());
+        ASSERT_TRUE(t.Reserve(12).ok());
+        ForwardItem item{prompt, 0, &t, true};
+        std::vector<float>* out = model == &*host ? &want : &got;
+        ASSERT_TRUE((*model)->Forward({&item, 1}, **pool, form, out).ok());
+        ForwardItem step{next, static_cast<std::int64_t>(prompt.size()), &t, false};
+        std::vector<float> decoded;
+        ASSERT_TRUE((*model)->Forward({&step, 1}, **pool, AttentionForm::kAbsorbed, &decoded).ok());
+        out->insert(out->end(), decoded.begin(), decoded.end());
+      }
+      EXPECT_EQ(got, want) << WeightTypeName(type) << " form " << static_cast<int>(form);
+    }
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST(SeparateMemoryDeviceTest, LayerByLayerLoadStopsAtTheFirstError) {
+  const std::string dir = testing::TempDir("by_layer");
+  MakeModelOptions mo;
+  mo.seed = 3;
+  const ModelConfig config = testing::SmallVocabTiny();
+  ASSERT_TRUE(MakeModel(config, mo, dir).ok());
+  auto checkpoint = Checkpoint::Open(dir);
+  ASSERT_TRUE(checkpoint.ok());
+  auto all = LoadMistral4Weights(**checkpoint, config);
+  ASSERT_TRUE(all.ok());
+  std::vector<std::int64_t> seen;
+  auto globals = LoadMistral4WeightsByLayer(**checkpoint, config, [&](std::int64_t l, LayerWeights& lw) {
+    seen.push_back(l);
+    const LayerWeights& want = (*all)->layers[static_cast<std::size_t>(l)];
+    EXPECT_EQ(lw.is_moe, want.is_moe);
+    EXPECT_EQ(lw.attn.kv_a_proj.data, want.attn.kv_a_proj.data) << l;
+    EXPECT_EQ(lw.moe.gate_up, want.moe.gate_up) << l;
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(globals.ok());
+  EXPECT_EQ(seen.size(), static_cast<std::size_t>(config.num_hidden_layers));
+  for (std::size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], static_cast<std::int64_t>(i));
+  EXPECT_EQ((*globals)->embed.data, (*all)->embed.data);
+  for (std::size_t l = 0; l < seen.size(); ++l) {
+    EXPECT_EQ((*globals)->layers[l].is_moe, (*all)->layers[l].is_moe);
+    EXPECT_TRUE((*globals)->layers[l].attn.kv_a_proj.empty()) << "the layer stayed on the host";
+  }
+  int calls = 0;
+  auto failed = LoadMistral4WeightsByLayer(**checkpoint, config, [&](std::int64_t, LayerWeights&) {
+    ++calls;
+    return absl::ResourceExhaustedError("device full");
+  });
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(calls, 1);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
