@@ -57,24 +57,6 @@ WorkerLoad FromProto(const wk::Load& load) {
   return w;
 }
 
-// Fire-and-forget Cancel on a worker, so that it frees what the request holds
-// even when the stream was already torn down.
-void SendCancel(const std::shared_ptr<wk::Worker::Stub>& stub, const std::string& token,
-                const std::string& request_id) {
-  if (!stub) return;
-  struct State {
-    grpc::ClientContext context;
-    wk::CancelRequest request;
-    wk::CancelResponse response;
-  };
-  auto* state = new State;
-  state->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  services::AttachWorkerToken(state->context, token);
-  state->request.set_request_id(request_id);
-  stub->async()->Cancel(&state->context, &state->request, &state->response,
-                        [state](const grpc::Status&) { delete state; });
-}
-
 bool Finite(float f) { return std::isfinite(f); }
 
 bool ValidToolName(const std::string& name) {
@@ -401,9 +383,41 @@ struct RouterService::Shared {
   // Requests whose reactor still exists (it may outlive its server stream
   // while worker calls wind down); ~RouterService waits for zero.
   std::atomic<int> live_calls{0};
+  // Cancel calls not yet done (SendCancel: no reactor waits for them);
+  // ~RouterService waits for zero too.
+  std::atomic<int> cancels_in_flight{0};
 };
 
 namespace {
+
+// Fire-and-forget Cancel on a worker, so that it frees what the request holds
+// even when the stream was already torn down. Counted in cancels_in_flight
+// until its callback is done: its context shares the worker's channel, and
+// were the directory (whose stubs own the channels) gone first, the callback
+// would drop the channel's last reference on a gRPC callback thread, tearing
+// down the completion queue that very thread serves (gRPC aborts on a
+// refcount assertion).
+void SendCancel(const std::shared_ptr<RouterService::Shared>& shared, const std::shared_ptr<wk::Worker::Stub>& stub,
+                const std::string& request_id) {
+  if (!stub) return;
+  struct State {
+    std::shared_ptr<RouterService::Shared> shared;
+    grpc::ClientContext context;
+    wk::CancelRequest request;
+    wk::CancelResponse response;
+  };
+  auto* state = new State;
+  state->shared = shared;
+  state->context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  services::AttachWorkerToken(state->context, shared->directory->worker_token());
+  state->request.set_request_id(request_id);
+  shared->cancels_in_flight.fetch_add(1);
+  stub->async()->Cancel(&state->context, &state->request, &state->response, [state](const grpc::Status&) {
+    std::shared_ptr<RouterService::Shared> keep = std::move(state->shared);
+    delete state;  // the context, and with it its reference to the channel
+    keep->cancels_in_flight.fetch_sub(1);
+  });
+}
 
 // Drives one Chat or Generate through the workers. Owned by itself: deleted
 // once the server stream is done and no worker call is outstanding.
@@ -552,8 +566,8 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     for (auto& c : contexts_) c->TryCancel();
     if (worker_started_ && !worker_cancel_sent_ && !finished_normally_) {
       worker_cancel_sent_ = true;
-      SendCancel(decode_stub_, shared_->directory->worker_token(), job_.internal_id);
-      if (prefill_stub_) SendCancel(prefill_stub_, shared_->directory->worker_token(), job_.internal_id);
+      SendCancel(shared_, decode_stub_, job_.internal_id);
+      if (prefill_stub_) SendCancel(shared_, prefill_stub_, job_.internal_id);
     }
   }
 
@@ -1077,9 +1091,11 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
 
 RouterService::~RouterService() {
   // Worker calls of finished streams end quickly (their contexts are
-  // cancelled); the directory they touch must outlive them.
+  // cancelled; a Cancel has a 5 s deadline); the directory they touch, and
+  // whose channels they share, must outlive them.
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  while (shared_->live_calls.load() > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+  while ((shared_->live_calls.load() > 0 || shared_->cancels_in_flight.load() > 0) && absl::Now() < deadline)
+    absl::SleepFor(absl::Milliseconds(5));
 }
 
 int RouterService::live_streams() const { return shared_->live_calls.load(); }
