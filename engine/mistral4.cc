@@ -207,11 +207,15 @@ absl::StatusOr<std::unique_ptr<Mistral4Model>> Mistral4Model::FromWeights(const 
 }
 
 // With FP8 weights the linear layers and experts (nearly all parameters) are
-// block-FP8; the embedding and LM head (row gathers and the logits) and
-// kv_b_proj (sliced per head by absorbed attention) are bf16. Norm weights,
-// the router and the rope tables stay float32.
+// block-FP8, the embedding and LM head (row gathers and the logits) bf16, and
+// kv_b_proj float32: it is sliced per head by absorbed attention, and in
+// float32 (0.2% of the parameters) both attention forms compute the same
+// function. Norm weights, the router and the rope tables stay float32.
 WeightType Mistral4Model::PlainType() const {
   return weight_type_ == WeightType::kFP8 ? WeightType::kBF16 : weight_type_;
+}
+WeightType Mistral4Model::KvBType() const {
+  return weight_type_ == WeightType::kFP8 ? WeightType::kF32 : weight_type_;
 }
 
 absl::Status Mistral4Model::PutVector(std::span<const float> host, const float** out) {
@@ -222,17 +226,17 @@ absl::Status Mistral4Model::PutVector(std::span<const float> host, const float**
   return absl::OkStatus();
 }
 
-absl::Status Mistral4Model::PutPlain(std::span<const float> host, WeightView* out) {
+absl::Status Mistral4Model::PutPlain(std::span<const float> host, WeightType type, WeightView* out) {
   if (host.empty()) return absl::OkStatus();
-  SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->UploadWeight(host, PlainType()));
-  *out = WeightView(mem->data(), device_->StoredType(PlainType()));
+  SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->UploadWeight(host, type));
+  *out = WeightView(mem->data(), device_->StoredType(type));
   dw_->memory.push_back(std::move(mem));
   return absl::OkStatus();
 }
 
 absl::Status Mistral4Model::PutLinear(std::span<const float> host, std::int64_t batch, std::int64_t rows,
                                       std::int64_t cols, WeightView* out) {
-  if (weight_type_ != WeightType::kFP8) return PutPlain(host, out);
+  if (weight_type_ != WeightType::kFP8) return PutPlain(host, weight_type_, out);
   if (host.empty()) return absl::OkStatus();
   const Fp8BlockWeights q = QuantizeFp8Blocks(batch, rows, cols, host.data());
   SIROCCO_ASSIGN_OR_RETURN(auto mem, device_->UploadFp8Weight(q, out));
@@ -243,10 +247,10 @@ absl::Status Mistral4Model::PutLinear(std::span<const float> host, std::int64_t 
 
 absl::Status Mistral4Model::UploadGlobals(const Mistral4Weights& w) {
   DeviceWeights& d = *dw_;
-  SIROCCO_RETURN_IF_ERROR(PutPlain(w.embed.data, &d.embed));
+  SIROCCO_RETURN_IF_ERROR(PutPlain(w.embed.data, PlainType(), &d.embed));
   SIROCCO_RETURN_IF_ERROR(PutVector(w.final_norm, &d.final_norm));
   d.head = d.embed;
-  if (!w.lm_head.empty()) SIROCCO_RETURN_IF_ERROR(PutPlain(w.lm_head.data, &d.head));
+  if (!w.lm_head.empty()) SIROCCO_RETURN_IF_ERROR(PutPlain(w.lm_head.data, PlainType(), &d.head));
   return PutVector(rope_.inv_freq, &d.inv_freq);
 }
 
@@ -261,7 +265,7 @@ absl::Status Mistral4Model::UploadLayer(std::int64_t l, const LayerWeights& lw) 
   SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.q_b_proj, &dl.q_b_proj));
   SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.kv_a_proj, &dl.kv_a_proj));
   SIROCCO_RETURN_IF_ERROR(PutVector(lw.attn.kv_a_norm, &dl.kv_a_norm));
-  SIROCCO_RETURN_IF_ERROR(PutPlain(lw.attn.kv_b_proj.data, &dl.kv_b_proj));
+  SIROCCO_RETURN_IF_ERROR(PutPlain(lw.attn.kv_b_proj.data, KvBType(), &dl.kv_b_proj));
   SIROCCO_RETURN_IF_ERROR(put_matrix(lw.attn.o_proj, &dl.o_proj));
   const MlpWeights& mlp = lw.is_moe ? lw.moe.shared : lw.dense;
   SIROCCO_RETURN_IF_ERROR(put_matrix(mlp.gate, &dl.gate));

@@ -48,8 +48,8 @@ struct ModelOptions {
   // residual stream and attention stay float32 either way). kBF16 halves
   // weight memory and bandwidth; products then see bf16 activations with
   // float32 accumulation. kFP8 stores the linear layers and experts as
-  // block-FP8 (1 byte a parameter; weight-only: float32 activations) and the
-  // embedding, LM head and kv_b_proj as bf16. An FP8 checkpoint is
+  // block-FP8 (1 byte a parameter; weight-only: float32 activations), the
+  // embedding and LM head as bf16 and kv_b_proj as float32. An FP8 checkpoint is
   // requantised from its float32 values: where each block's largest code is
   // 448 (how FP8 checkpoints are written) that gives back the same codes, with
   // scales equal to within one float32 ulp.
@@ -108,9 +108,10 @@ class Mistral4Model {
   // Device copies of the weights (views on a host-accessible device).
   absl::Status UploadGlobals(const Mistral4Weights& w);
   absl::Status UploadLayer(std::int64_t layer, const LayerWeights& lw);
-  WeightType PlainType() const;
+  WeightType PlainType() const;  // the embedding and LM head
+  WeightType KvBType() const;    // kv_b_proj
   absl::Status PutVector(std::span<const float> host, const float** out);
-  absl::Status PutPlain(std::span<const float> host, WeightView* out);
+  absl::Status PutPlain(std::span<const float> host, WeightType type, WeightView* out);
   absl::Status PutLinear(std::span<const float> host, std::int64_t batch, std::int64_t rows, std::int64_t cols,
                          WeightView* out);
 

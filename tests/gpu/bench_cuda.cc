@@ -462,15 +462,15 @@ absl::StatusOr<DecodeLayerFixture*> BuildDecodeLayer(engine::WeightType weight_t
   auto fixture = std::make_unique<DecodeLayerFixture>();
   // Bytes a step reads per parameter: linear layers and experts take the
   // weight type (FP8: a code plus a float32 scale per 128 x 128 block);
-  // kv_b_proj and the LM head are bf16 under FP8; the router stays float32.
+  // the LM head is bf16 and kv_b_proj float32 under FP8; the router stays float32.
   const bool fp8 = weight_type == engine::WeightType::kFP8;
   const double linear = fp8 ? 1.0 + 4.0 / (128.0 * 128.0) : weight_type == engine::WeightType::kBF16 ? 2.0 : 4.0;
-  const double plain = fp8 ? 2.0 : linear;
+  const double head = fp8 ? 2.0 : linear, kv_b = fp8 ? 4.0 : linear;
   fixture->fixed_bytes =
       linear * static_cast<double>(l.attn.q_a_proj.data.size() + l.attn.q_b_proj.data.size() +
                                    l.attn.kv_a_proj.data.size() + l.attn.o_proj.data.size() +
                                    3 * l.moe.shared.gate.data.size()) +
-      plain * static_cast<double>(l.attn.kv_b_proj.data.size() + w->lm_head.data.size()) +
+      head * static_cast<double>(w->lm_head.data.size()) + kv_b * static_cast<double>(l.attn.kv_b_proj.data.size()) +
       sizeof(float) * static_cast<double>(l.moe.router.data.size());
   fixture->expert_bytes = linear * 3.0 * static_cast<double>(I2 * H);
   SIROCCO_BENCH_ASSIGN_OR_RETURN(std::unique_ptr<engine::Device> device, engine::cuda::MakeCudaDevice());

@@ -633,7 +633,7 @@ void CudaModelTest::CompareWeightType(WeightType type) {
 TEST_P(CudaModelTest, Bf16WeightsMatchTheCpuEnginesBf16Numerics) { CompareWeightType(WeightType::kBF16); }
 
 // FP8 linear layers and experts (weight-only, float32 activations) with the
-// embedding, LM head and kv_b_proj in bf16.
+// embedding and LM head in bf16, kv_b_proj in float32.
 TEST_P(CudaModelTest, Fp8WeightsMatchTheCpuEnginesFp8Numerics) { CompareWeightType(WeightType::kFP8); }
 
 INSTANTIATE_TEST_SUITE_P(Presets, CudaModelTest, testing::Values("tiny", "tiny-noqlora", "small"),

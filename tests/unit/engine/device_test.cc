@@ -189,7 +189,7 @@ TEST(HostDeviceTest, Fp8WeightsAreCodeTimesBlockScale) {
 }
 
 TEST(HostDeviceTest, Fp8WeightsStayCloseToFloat32) {
-  // Block-FP8 linear layers and experts, bf16 embedding, head and kv_b_proj:
+  // Block-FP8 linear layers and experts, bf16 embedding and head:
   // logits within e4m3's rounding of the float32 model's, mostly the same
   // greedy token, and visibly not the float32 model itself.
   const std::string dir = testing::TempDir("fp8_weights");
