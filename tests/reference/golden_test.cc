@@ -3,7 +3,9 @@
 // Pass criteria, per case, per kernel backend, per attention form:
 //   max |logit - reference| <= 1e-4 * max |reference logit|, over every
 //   position, for one full prefill and for prefill-1 + decode steps;
-//   the 32-token greedy continuation is identical.
+//   the 32-token greedy continuation is identical. A case may ask for the
+//   engine's block-FP8 weights (case.json "engine_weights"); its reference
+//   then computes with those weights (mistral4_reference.py).
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +29,7 @@ struct Case {
   std::vector<std::int32_t> greedy;
   std::vector<float> logits;  // [n, vocab], prompt followed by greedy tokens
   std::int64_t rows = 0, vocab = 0;
+  WeightType weights = WeightType::kF32;  // how the engine holds the weights (--weights)
 };
 
 std::vector<std::string> CaseNames() {
@@ -49,6 +52,9 @@ Case LoadCase(const std::string& name) {
   auto j = nlohmann::json::parse(ss.str());
   c.prompt = j.at("prompt").get<std::vector<std::int32_t>>();
   c.greedy = j.at("greedy").get<std::vector<std::int32_t>>();
+  auto weights = ParseWeightType(j.value("engine_weights", std::string("f32")));
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  if (weights.ok()) c.weights = *weights;
   auto npy = ReadNpy(c.dir + "/logits.npy");
   EXPECT_TRUE(npy.ok()) << npy.status().ToString();
   if (!npy.ok()) return c;
@@ -78,7 +84,7 @@ TEST_P(Golden, LogitsAndGreedyMatchTransformers) {
   if (!kernels::Available(backend)) GTEST_SKIP() << kernels::BackendName(backend) << " not available on this CPU";
   Case c = LoadCase(name);
   ASSERT_FALSE(c.logits.empty());
-  auto model = Mistral4Model::Load(c.dir, ModelOptions{.backend = backend, .device = nullptr});
+  auto model = Mistral4Model::Load(c.dir, ModelOptions{.backend = backend, .device = nullptr, .weight_type = c.weights});
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   ASSERT_EQ((*model)->config().vocab_size, c.vocab);
   std::vector<std::int32_t> seq = c.prompt;
@@ -135,7 +141,7 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 // An empty golden folder must fail loudly, not pass vacuously.
-TEST(GoldenCases, Present) { EXPECT_GE(CaseNames().size(), 5u) << "golden cases missing under " << SIROCCO_GOLDEN_DIR; }
+TEST(GoldenCases, Present) { EXPECT_GE(CaseNames().size(), 6u) << "golden cases missing under " << SIROCCO_GOLDEN_DIR; }
 
 }  // namespace
 }  // namespace sirocco::engine

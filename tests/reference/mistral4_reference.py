@@ -65,6 +65,8 @@ MIN_DISTINCT_GREEDY = 8  # the greedy continuation must not collapse to one toke
 
 FP8_BLOCK = 16
 FP8_MAX = 448.0
+# The engine's own block-FP8 weights (`--weights fp8`) use 128 x 128 blocks.
+ENGINE_FP8_BLOCK = 128
 
 # ----------------------------------------------------------------------------
 # Cases
@@ -83,13 +85,18 @@ class Case:
     # MIN_TOP2_GAP_REL * max|logit| on every greedy step, at least
     # MIN_DISTINCT_GREEDY distinct greedy tokens); `find-seed` lists them.
     # Seeds skipped: qlora_groups_f32 0-3, noqlora_bf16 0-6,
-    # mscale_f16_sharded 0-7, fp8_blockwise 0-2, multimodal_per_expert 0-12.
+    # mscale_f16_sharded 0-7, fp8_blockwise 0-2, multimodal_per_expert 0-12,
+    # engine_fp8_weights 0-4.
     seed: int
     config: dict
     embed_std: float = 0.5
     lm_head_gain: float = 3.0
     router_gain: float = 2.0
     extra: dict = field(default_factory=dict)
+    # How the engine is asked to hold the weights (`--weights`). "fp8": the
+    # reference runs on what the engine's block-FP8 mode computes with, built
+    # here independently (see emulate_engine_fp8).
+    engine_weights: str = "f32"
 
 
 def _rope(theta, factor, orig, beta_fast, beta_slow, mscale, mscale_all_dim, llama4_beta):
@@ -251,6 +258,35 @@ CASES: list[Case] = [
             first_k_dense_replace=0, tie_word_embeddings=False,
         ),
     ),
+    Case(
+        name="engine_fp8_weights",
+        description=(
+            "A bfloat16 checkpoint served with --weights fp8: the engine quantises every "
+            "decoder-layer Linear except kv_b_proj, the shared expert and both stacked expert "
+            "tensors to float8_e4m3fn with one float32 scale per 128x128 block (amax / 448) and "
+            "multiplies float32 activations by code * scale; the embedding and lm_head stay "
+            "bf16 with the lm_head input rounded to bf16; kv_b_proj, router and norms float32. "
+            "Widths above 128 leave partial blocks (hidden 160, moe_intermediate 136 so that a "
+            "gate_up block straddles the gate/up boundary, q_lora_rank 136, intermediate 144)."
+        ),
+        features=[
+            "engine_fp8_weights", "fp8_128_blocks", "partial_blocks", "bf16_lm_head", "q_lora",
+            "ungrouped_routing", "norm_topk_prob", "shared_experts", "dense_first_layer",
+            "llama4_query_scale", "rope_interleave", "bf16", "single_file",
+        ],
+        storage="bf16",
+        seed=5,
+        engine_weights="fp8",
+        config=_config(
+            _rope(10.0, 4, 16, 32, 1, 1.0, 1.0, 0.1),
+            hidden_size=160, vocab_size=256, intermediate_size=144, moe_intermediate_size=136,
+            num_hidden_layers=2, num_attention_heads=4, kv_lora_rank=32, q_lora_rank=136,
+            qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16,
+            n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
+            norm_topk_prob=True, routed_scaling_factor=1.0, n_shared_experts=1,
+            first_k_dense_replace=1, tie_word_embeddings=False,
+        ),
+    ),
 ]
 CASES_BY_NAME = {c.name: c for c in CASES}
 
@@ -345,6 +381,28 @@ def is_fp8_target(name: str, tensor: torch.Tensor) -> bool:
     if name.endswith("norm.weight") or name.endswith("mlp.gate.weight"):
         return False
     return name.endswith(".weight") and tensor.dim() == 2
+
+
+def is_engine_fp8_target(name: str, tensor: torch.Tensor) -> bool:
+    """What the engine's --weights fp8 holds in FP8: the decoder-layer Linear
+    weights except kv_b_proj (kept float32), and the stacked expert tensors."""
+    return is_fp8_target(name, tensor) and not name.endswith("kv_b_proj.weight")
+
+
+@torch.no_grad()
+def emulate_engine_fp8(model: Mistral4ForCausalLM) -> None:
+    """Turns a float32 reference into what the engine computes with
+    --weights fp8: FP8 targets replaced by their 128x128-block e4m3
+    quantisation, dequantised (code * scale in float32); the embedding and
+    lm_head rounded to bf16, and the lm_head's input rounded to bf16 (the
+    engine's bf16 products round their activations)."""
+    for name, p in model.named_parameters():
+        if is_engine_fp8_target(name, p):
+            q, s = quantize_blockwise(p.detach().float(), ENGINE_FP8_BLOCK)
+            p.copy_(dequantize_blockwise(q, s, ENGINE_FP8_BLOCK))
+        elif name in ("model.embed_tokens.weight", "lm_head.weight"):
+            p.copy_(p.to(torch.bfloat16).float())
+    model.lm_head.register_forward_pre_hook(lambda mod, inp: (inp[0].to(torch.bfloat16).float(),))
 
 
 # ----------------------------------------------------------------------------
@@ -650,6 +708,11 @@ def compute_case(case: Case, seed: int, case_dir: Path) -> CaseResult:
                 raise RuntimeError(f"{case.name}: from_pretrained disagrees on {k}")
         del hf
 
+    if case.engine_weights == "fp8":
+        emulate_engine_fp8(ref)
+    elif case.engine_weights != "f32":
+        raise ValueError(case.engine_weights)
+
     prompt = make_prompt(case, seed)
     greedy, rows = greedy_loop(ref, prompt, GREEDY_TOKENS)
     tokens = prompt + greedy
@@ -683,6 +746,7 @@ def compute_case(case: Case, seed: int, case_dir: Path) -> CaseResult:
         "n_tokens": len(tokens),
         "vocab_size": int(logits_np.shape[1]),
         "storage": case.storage,
+        "engine_weights": case.engine_weights,
         "seed": seed,
         "min_router_expert_gap": margins["min_router_expert_gap"],
         "min_router_group_gap": margins["min_router_group_gap"],
@@ -787,8 +851,9 @@ def _tail(s: str, n: int = 800) -> str:
     return s if len(s) <= n else "..." + s[-n:]
 
 
-def engine_logits(binary: str, case_dir: Path, tokens: list[int], out: Path, incremental: bool):
-    cmd = [binary, "logits", "--model", str(case_dir), "--tokens", ",".join(map(str, tokens)), "--out", str(out)]
+def engine_logits(binary: str, case_dir: Path, tokens: list[int], out: Path, incremental: bool, weights: str):
+    cmd = [binary, "logits", "--model", str(case_dir), "--tokens", ",".join(map(str, tokens)), "--out", str(out),
+           "--weights", weights]
     if incremental:
         cmd.append("--incremental")
     rc, so, se = _run(cmd)
@@ -810,9 +875,9 @@ def logits_ratio(engine: np.ndarray, ref: np.ndarray) -> tuple[float | None, str
     return float(np.abs(e - ref.astype(np.float64)).max() / np.abs(ref).max()), None
 
 
-def engine_generate(binary: str, case_dir: Path, prompt: list[int]):
+def engine_generate(binary: str, case_dir: Path, prompt: list[int], weights: str):
     cmd = [binary, "generate", "--model", str(case_dir), "--tokens", ",".join(map(str, prompt)),
-           "--max-tokens", str(GREEDY_TOKENS), "--ignore-eos"]
+           "--max-tokens", str(GREEDY_TOKENS), "--ignore-eos", "--weights", weights]
     rc, so, se = _run(cmd)
     if rc != 0:
         return None, f"exit {rc}: {_tail(se or so)}"
@@ -907,7 +972,8 @@ def cmd_check(args) -> int:
             notes = []
             ratios = {}
             for mode, incr in (("full", False), ("incr", True)):
-                arr, err = engine_logits(binary, case_dir, tokens, tmp / f"{case.name}_{mode}.npy", incr)
+                arr, err = engine_logits(binary, case_dir, tokens, tmp / f"{case.name}_{mode}.npy", incr,
+                                         case.engine_weights)
                 if err is None:
                     ratio, err = logits_ratio(arr, res.logits)
                 else:
@@ -917,7 +983,7 @@ def cmd_check(args) -> int:
                     notes.append(f"logits {mode}: {err}")
                 elif ratio > ENGINE_REL_TOL:
                     notes.append(f"logits {mode}: ratio {ratio:.3g} > {ENGINE_REL_TOL}")
-            ids, err = engine_generate(binary, case_dir, res.meta["prompt"])
+            ids, err = engine_generate(binary, case_dir, res.meta["prompt"], case.engine_weights)
             greedy_ok = err is None and ids == res.meta["greedy"]
             if err is not None:
                 notes.append(f"generate: {err}")
