@@ -2,15 +2,14 @@
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/parallel.h"
 
 namespace sirocco::engine {
 namespace {
@@ -265,23 +264,7 @@ Fp8BlockWeights QuantizeFp8Blocks(std::int64_t batch, std::int64_t rows, std::in
       }
     }
   };
-  const std::int64_t tasks = batch * sr;
-  const std::int64_t threads =
-      std::min<std::int64_t>(tasks, batch * rows * cols < (std::int64_t{1} << 22)
-                                        ? 1
-                                        : std::max<std::int64_t>(1, std::thread::hardware_concurrency()));
-  if (threads <= 1) {
-    for (std::int64_t t = 0; t < tasks; ++t) quantize_block_row(t);
-    return q;
-  }
-  std::atomic<std::int64_t> next{0};
-  std::vector<std::thread> pool;
-  for (std::int64_t t = 0; t < threads; ++t) {
-    pool.emplace_back([&] {
-      for (std::int64_t task = next++; task < tasks; task = next++) quantize_block_row(task);
-    });
-  }
-  for (std::thread& th : pool) th.join();
+  ParallelFor(batch * sr, batch * rows * cols, quantize_block_row);
   return q;
 }
 

@@ -9,6 +9,7 @@
 #include "engine/status_macros.h"
 #include "absl/strings/str_join.h"
 #include "engine/dtype.h"
+#include "engine/parallel.h"
 #include "engine/safetensors.h"
 
 namespace sirocco::engine {
@@ -44,8 +45,11 @@ class Reader {
   std::string Name(std::string_view suffix) const { return prefix_ + std::string(suffix); }
   bool Has(const std::string& name) const { return ckpt_.Find(name) != nullptr; }
 
-  // Loads `name` of exactly `shape` into `out` (resized) as float32.
-  absl::Status Load(const std::string& name, const std::vector<std::int64_t>& shape, std::vector<float>* out) {
+  // Loads `name` of exactly `shape` into `out` (resized) as float32; a large
+  // tensor is widened on every core unless `parallel` is false (the caller
+  // already runs loads in parallel).
+  absl::Status Load(const std::string& name, const std::vector<std::int64_t>& shape, std::vector<float>* out,
+                    bool parallel = true) {
     const TensorInfo* t = ckpt_.Find(name);
     if (t == nullptr) return absl::NotFoundError(absl::StrCat("checkpoint is missing tensor '", name, "'"));
     if (t->shape != shape) {
@@ -57,10 +61,11 @@ class Reader {
       case DType::kF32:
       case DType::kBF16:
       case DType::kF16:
-        return ConvertToFloat32(t->dtype, t->data, out->size(), out->data());
+        Widen(*t, out->data(), parallel);
+        return absl::OkStatus();
       case DType::kF8E4M3:
-        if (auto s = ConvertToFloat32(t->dtype, t->data, out->size(), out->data()); !s.ok()) return s;
-        return ApplyFp8Scale(*t, out->data());
+        Widen(*t, out->data(), parallel);
+        return ApplyFp8Scale(*t, out->data(), parallel);
       default:
         return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has dtype ", DTypeName(t->dtype),
                                                        ", expected F32, BF16, F16 or F8_E4M3"));
@@ -74,9 +79,22 @@ class Reader {
   }
 
  private:
+  // ConvertToFloat32 of a float tensor (the caller checked the dtype), in
+  // chunks of 1M elements spread over the cores.
+  static void Widen(const TensorInfo& t, float* out, bool parallel) {
+    constexpr std::int64_t kChunk = std::int64_t{1} << 20;
+    const std::int64_t n = t.numel(), chunks = (n + kChunk - 1) / kChunk;
+    const std::size_t size = DTypeSize(t.dtype);
+    ParallelFor(chunks, parallel ? n : 0, [&](std::int64_t i) {
+      const std::int64_t begin = i * kChunk, count = std::min(kChunk, n - begin);
+      (void)ConvertToFloat32(t.dtype, t.data + begin * static_cast<std::int64_t>(size),
+                             static_cast<std::size_t>(count), out + begin);
+    });
+  }
+
   // FP8 weights carry either block scales `<name>_scale_inv` (multiply each
   // [br, bc] block) or a per-tensor / per-row `<stem>.weight_scale`.
-  absl::Status ApplyFp8Scale(const TensorInfo& t, float* w) {
+  absl::Status ApplyFp8Scale(const TensorInfo& t, float* w, bool parallel) {
     std::string scale_name = absl::StrCat(t.name, "_scale_inv");
     const TensorInfo* s = ckpt_.Find(scale_name);
     if (s == nullptr && EndsWith(t.name, ".weight")) {
@@ -116,13 +134,12 @@ class Reader {
                                                      ShapeString(s->shape), ", which does not tile ",
                                                      ShapeString(t.shape), " in blocks of [", br, ", ", bc, "]"));
     }
-    for (std::int64_t b = 0; b < batch; ++b) {
-      for (std::int64_t r = 0; r < rows; ++r) {
-        float* row = w + (b * rows + r) * cols;
-        const float* srow = scale.data() + (b * sr + r / br) * sc;
-        for (std::int64_t c = 0; c < cols; ++c) row[c] *= srow[c / bc];
-      }
-    }
+    ParallelFor(batch * rows, parallel ? t.numel() : 0, [&](std::int64_t i) {
+      const std::int64_t b = i / rows, r = i % rows;
+      float* row = w + i * cols;
+      const float* srow = scale.data() + (b * sr + r / br) * sc;
+      for (std::int64_t c = 0; c < cols; ++c) row[c] *= srow[c / bc];
+    });
     return absl::OkStatus();
   }
 
@@ -144,20 +161,28 @@ absl::Status LoadExperts(Reader& r, const std::string& stem, const ModelConfig& 
     SIROCCO_RETURN_IF_ERROR(r.Load(stacked, {e, 2 * i, h}, &moe->gate_up));
     return r.Load(r.Name(stem + ".experts.down_proj"), {e, h, i}, &moe->down);
   }
-  // One tensor per expert, as in the released checkpoint.
+  // One tensor per expert, as in the released checkpoint: experts are read
+  // in parallel (a real layer has 128 of them, 25M values each).
   moe->gate_up.assign(static_cast<std::size_t>(e * 2 * i * h), 0.0f);
   moe->down.assign(static_cast<std::size_t>(e * h * i), 0.0f);
-  std::vector<float> tmp;
-  for (std::int64_t x = 0; x < e; ++x) {
+  std::vector<absl::Status> status(static_cast<std::size_t>(e));
+  ParallelFor(e, e * 3 * i * h, [&](std::int64_t x) {
     const std::string base = r.Name(absl::StrCat(stem, ".experts.", x));
     float* gu = moe->gate_up.data() + x * 2 * i * h;
-    SIROCCO_RETURN_IF_ERROR(r.Load(base + ".gate_proj.weight", {i, h}, &tmp));
+    std::vector<float> tmp;
+    absl::Status& st = status[static_cast<std::size_t>(x)];
+    st = r.Load(base + ".gate_proj.weight", {i, h}, &tmp, false);
+    if (!st.ok()) return;
     std::copy(tmp.begin(), tmp.end(), gu);
-    SIROCCO_RETURN_IF_ERROR(r.Load(base + ".up_proj.weight", {i, h}, &tmp));
+    st = r.Load(base + ".up_proj.weight", {i, h}, &tmp, false);
+    if (!st.ok()) return;
     std::copy(tmp.begin(), tmp.end(), gu + i * h);
-    SIROCCO_RETURN_IF_ERROR(r.Load(base + ".down_proj.weight", {h, i}, &tmp));
+    st = r.Load(base + ".down_proj.weight", {h, i}, &tmp, false);
+    if (!st.ok()) return;
     std::copy(tmp.begin(), tmp.end(), moe->down.data() + x * h * i);
-  }
+  });
+  // The first failing expert's error, as a one-by-one load would report.
+  for (const absl::Status& st : status) SIROCCO_RETURN_IF_ERROR(st);
   return absl::OkStatus();
 }
 

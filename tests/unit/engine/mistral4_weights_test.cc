@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "engine/dtype.h"
 #include "engine/generator.h"
@@ -159,6 +160,96 @@ TEST_F(WeightsTest, PerExpertMultimodalLayoutEqualsStacked) {
     EXPECT_EQ((*got)->layers[l].moe.down, (*want)->layers[l].moe.down) << l;
   }
   EXPECT_EQ((*got)->embed.data, (*want)->embed.data);
+}
+
+// Large FP8 layers load on every core (experts in parallel, big tensors in
+// chunks): layer 0 stores its experts one tensor each, layer 1 stacked, all
+// as e4m3 with 128x128 block scales. Every loaded value is its code times its
+// block's scale, computed here element by element.
+TEST(LargeWeightsTest, Fp8ExpertsLoadInParallelToCodeTimesScale) {
+  ModelConfig c = SmallVocabTiny();
+  c.hidden_size = 512;
+  c.moe_intermediate_size = 256;
+  c.n_routed_experts = 16;
+  c.n_group = 1;
+  c.topk_group = 1;
+  c.num_hidden_layers = 2;
+  c.first_k_dense_replace = 0;
+  const std::int64_t E = c.n_routed_experts, I = c.moe_intermediate_size, H = c.hidden_size;
+  ASSERT_GE(E * 3 * I * H, std::int64_t{1} << 22) << "below the size that loads in parallel";
+  ASSERT_GE(E * 2 * I * H, std::int64_t{1} << 22);
+  const std::string src_dir = TempDir("large_src");
+  MakeModelOptions o;
+  o.dtype = DType::kBF16;
+  ASSERT_TRUE(MakeModel(c, o, src_dir).ok());
+  auto src = Checkpoint::Open(src_dir);
+  ASSERT_TRUE(src.ok());
+  std::map<std::string, std::vector<float>> want;  // expected float32 values per stacked tensor
+  auto add_fp8 = [&](SafetensorsWriter& w, const std::string& name, std::vector<std::int64_t> shape,
+                     std::int64_t batch, std::int64_t rows, std::int64_t cols, const float* v,
+                     std::vector<float>* expect) {
+    const Fp8BlockWeights q = QuantizeFp8Blocks(batch, rows, cols, v);
+    std::vector<std::byte> codes(q.codes.size());
+    std::memcpy(codes.data(), q.codes.data(), codes.size());
+    w.Add(name, DType::kF8E4M3, shape, codes);
+    std::vector<std::int64_t> sshape = {q.scale_rows(), q.scale_cols()};
+    if (shape.size() == 3) sshape.insert(sshape.begin(), batch);
+    w.Add(name + "_scale_inv", DType::kF32, sshape, F32Bytes(q.scales));
+    for (std::int64_t b = 0; b < batch; ++b) {
+      for (std::int64_t r = 0; r < rows; ++r) {
+        for (std::int64_t col = 0; col < cols; ++col) {
+          const std::size_t at = static_cast<std::size_t>((b * rows + r) * cols + col);
+          const float scale = q.scales[static_cast<std::size_t>((b * q.scale_rows() + r / 128) * q.scale_cols() + col / 128)];
+          expect->push_back(F8E4M3ToFloat(q.codes[at]) * scale);
+        }
+      }
+    }
+  };
+  const std::string dir = Rewrite(c, **src, "large_fp8", [&](SafetensorsWriter& w, const std::string& n, auto shape,
+                                                               const std::vector<float>& v) {
+    if (n == "model.layers.0.mlp.experts.gate_up_proj") {
+      std::vector<float>& expect = want[n];
+      for (std::int64_t e = 0; e < E; ++e) {
+        const std::string stem = "model.layers.0.mlp.experts." + std::to_string(e);
+        add_fp8(w, stem + ".gate_proj.weight", {I, H}, 1, I, H, v.data() + e * 2 * I * H, &expect);
+        add_fp8(w, stem + ".up_proj.weight", {I, H}, 1, I, H, v.data() + e * 2 * I * H + I * H, &expect);
+      }
+    } else if (n == "model.layers.0.mlp.experts.down_proj") {
+      std::vector<float>& expect = want[n];
+      for (std::int64_t e = 0; e < E; ++e) {
+        add_fp8(w, "model.layers.0.mlp.experts." + std::to_string(e) + ".down_proj.weight", {H, I}, 1, H, I,
+                v.data() + e * H * I, &expect);
+      }
+    } else if (n == "model.layers.1.mlp.experts.gate_up_proj") {
+      add_fp8(w, n, shape, E, 2 * I, H, v.data(), &want[n]);
+    } else if (n == "model.layers.1.mlp.experts.down_proj") {
+      add_fp8(w, n, shape, E, H, I, v.data(), &want[n]);
+    } else {
+      w.Add(n, DType::kF32, shape, F32Bytes(v));
+    }
+  });
+  auto ck = Checkpoint::Open(dir);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  auto got = LoadMistral4Weights(**ck, c);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ((*got)->layers[0].moe.gate_up, want["model.layers.0.mlp.experts.gate_up_proj"]);
+  EXPECT_EQ((*got)->layers[0].moe.down, want["model.layers.0.mlp.experts.down_proj"]);
+  EXPECT_EQ((*got)->layers[1].moe.gate_up, want["model.layers.1.mlp.experts.gate_up_proj"]);
+  EXPECT_EQ((*got)->layers[1].moe.down, want["model.layers.1.mlp.experts.down_proj"]);
+  // A missing expert tensor is still named, whichever thread met it.
+  const std::string victim = "model.layers.0.mlp.experts.11.up_proj.weight";
+  const std::string broken = Rewrite(c, **ck, "large_missing", [&](SafetensorsWriter& w, const std::string& n,
+                                                                    auto shape, const std::vector<float>& v) {
+    if (n != victim) w.Add(n, DType::kF32, shape, F32Bytes(v));
+  });
+  auto ck2 = Checkpoint::Open(broken);
+  ASSERT_TRUE(ck2.ok());
+  const absl::Status st = LoadMistral4Weights(**ck2, c).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(std::string(st.message()).find(victim), std::string::npos) << st;
+  std::filesystem::remove_all(src_dir);
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove_all(broken);
 }
 
 }  // namespace
