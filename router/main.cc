@@ -8,7 +8,10 @@
 //       [--model-fingerprint FP (default: each decode worker's own)] [--context-length N] [--reasoning-effort none|high]
 //       [--max-in-flight N] [--listen HOST:PORT] [--port-file PATH] [--drain-grace-s 25]
 // Prints "sirocco-router: serving on HOST:PORT" once it serves; SIGINT/SIGTERM
-// drain and stop (a second signal exits at once).
+// drain and stop (a second signal exits at once). --context-length (default
+// 32768) caps prompt + output; the workers' own models lower it (the smallest
+// context a healthy worker reports), so a request without max_tokens is given
+// what is left of the context its workers hold.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>

@@ -54,6 +54,7 @@ WorkerLoad FromProto(const wk::Load& load) {
   w.prefill_tokens_queued = static_cast<std::int64_t>(load.prefill_tokens_queued());
   w.draining = load.draining();
   w.model_fingerprint = load.model_fingerprint();
+  w.context_length = load.context_length();
   return w;
 }
 
@@ -389,6 +390,15 @@ struct RouterService::Shared {
 };
 
 namespace {
+
+// The context length requests are checked against: the router's own, lowered
+// to the smallest one the healthy workers' models hold, so that a request
+// without max_tokens gets a default its workers accept.
+std::int32_t EffectiveContextLength(const RouterService::Shared& shared) {
+  const std::int64_t workers = shared.directory->WorkerContextLength();
+  if (workers <= 0) return shared.options.context_length;
+  return static_cast<std::int32_t>(std::min<std::int64_t>(shared.options.context_length, workers));
+}
 
 // Fire-and-forget Cancel on a worker, so that it frees what the request holds
 // even when the stream was already torn down. Counted in cancels_in_flight
@@ -1176,7 +1186,7 @@ grpc::ServerWriteReactor<v1::ChatResponse>* RouterService::Chat(grpc::CallbackSe
     if (!ids.ok()) return ids.status();
     auto resolved =
         ResolveJob(request->sampling(), request->stop(), request->output(), *std::move(ids), shared_->limits,
-                   shared_->options.context_length, shared_->tokenizer->vocab_size(), "messages");
+                   EffectiveContextLength(*shared_), shared_->tokenizer->vocab_size(), "messages");
     if (resolved.ok()) {
       resolved->request_id = request->request_id();
       resolved->chat = true;
@@ -1212,7 +1222,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* RouterService::Generate(grpc::Ca
         return InvalidFieldError("prompt", "exactly one of text, token_ids must be set");
     }
     auto resolved = ResolveJob(request->sampling(), request->stop(), request->output(), std::move(ids), shared_->limits,
-                               shared_->options.context_length, shared_->tokenizer->vocab_size(), field);
+                               EffectiveContextLength(*shared_), shared_->tokenizer->vocab_size(), field);
     if (resolved.ok()) {
       resolved->request_id = request->request_id();
       resolved->chat = false;
@@ -1261,9 +1271,10 @@ grpc::ServerUnaryReactor* RouterService::GetModelInfo(grpc::CallbackServerContex
                                                       const v1::GetModelInfoRequest*, v1::ModelInfo* response) {
   auto* reactor = context->DefaultReactor();
   const auto& o = shared_->options;
+  const std::int32_t context_length = EffectiveContextLength(*shared_);
   response->set_model_name(o.model_name);
   response->set_model_fingerprint(o.model_fingerprint);
-  response->set_context_length(o.context_length);
+  response->set_context_length(context_length);
   response->set_vocab_size(static_cast<std::int32_t>(shared_->tokenizer->vocab_size()));
   response->set_tokenizer_version("tekken " + std::string(text::TokenizerVersionName(shared_->tokenizer->version())));
   response->set_bos_token_id(shared_->tokenizer->bos_id());
@@ -1273,6 +1284,10 @@ grpc::ServerUnaryReactor* RouterService::GetModelInfo(grpc::CallbackServerContex
   response->set_default_reasoning_effort(o.default_reasoning_effort);
   response->set_supports_images(false);
   *response->mutable_limits() = shared_->limits;
+  // Prompt and output each leave room for at least one token of the other.
+  auto* limits = response->mutable_limits();
+  limits->set_max_prompt_tokens(std::min(limits->max_prompt_tokens(), context_length - 1));
+  limits->set_max_output_tokens(std::min(limits->max_output_tokens(), context_length - 1));
   response->set_server_version("0.1.0");
   reactor->Finish(grpc::Status::OK);
   return reactor;
@@ -1406,6 +1421,15 @@ void WorkerDirectory::Release(std::int64_t prompt_tokens) {
 std::vector<WorkerState> WorkerDirectory::Snapshot() {
   absl::MutexLock lock(&mu_);
   return pool_.Snapshot();
+}
+
+std::int64_t WorkerDirectory::WorkerContextLength() {
+  std::int64_t least = 0;
+  for (const WorkerState& w : Snapshot()) {
+    if (!w.healthy || w.load.context_length <= 0) continue;
+    least = least == 0 ? w.load.context_length : std::min(least, w.load.context_length);
+  }
+  return least;
 }
 
 std::shared_ptr<wk::Worker::Stub> WorkerDirectory::Stub(const WorkerId& id) {

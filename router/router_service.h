@@ -93,6 +93,9 @@ class WorkerDirectory {
   std::shared_ptr<sirocco::worker::v1::Worker::Stub> Stub(const WorkerId& id);
   const std::string& worker_token() const { return options_.worker_token; }
   std::vector<WorkerState> Snapshot();
+  // The smallest context length a healthy worker reports (0 when none does):
+  // a request the router admits must fit every worker it may go to.
+  std::int64_t WorkerContextLength();
 
   // Polls GetLoad on every worker now (the loop's body).
   void PollOnce();
@@ -115,6 +118,8 @@ class WorkerDirectory {
 struct RouterOptions {
   std::string model_name = "mistral-small-4";
   std::string model_fingerprint;
+  // The longest prompt + output the router admits; workers that report a
+  // smaller one (their model's) lower it (WorkerDirectory::WorkerContextLength).
   std::int32_t context_length = 32768;
   std::uint32_t layout_version = 1;
   sirocco::v1::ReasoningEffort default_reasoning_effort = sirocco::v1::REASONING_EFFORT_NONE;

@@ -46,6 +46,7 @@ struct WorkerLoad {
   std::int64_t prefill_tokens_queued = 0;
   bool draining = false;
   std::string model_fingerprint;  // as the worker reports it (empty: unknown)
+  std::int64_t context_length = 0;  // the worker's largest prompt + output (0: unknown)
 };
 
 struct WorkerState {

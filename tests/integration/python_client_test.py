@@ -18,6 +18,7 @@ Exit status 77 (ctest: skipped) when grpcio or protoc is missing.
 import argparse
 import importlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -135,6 +136,27 @@ def main():
             assert final.timing.ttft_us > 0 and final.timing.e2e_us >= final.timing.ttft_us, final.timing
             assert final.prefill_worker and final.decode_worker and final.prefill_worker != final.decode_worker
             print(f"chat: {deltas} deltas, tokens {ids}, ttft {final.timing.ttft_us} us")
+
+            # No max_tokens: the output fills the model's context exactly (the
+            # router's default comes from what its workers hold), as
+            # `sirocco chat` without --max-tokens asks.
+            info = channel.unary_unary("/sirocco.v1.Sirocco/GetModelInfo",
+                                       request_serializer=pb.GetModelInfoRequest.SerializeToString,
+                                       response_deserializer=pb.ModelInfo.FromString)(pb.GetModelInfoRequest(),
+                                                                                      timeout=10)
+            with open(os.path.join(work, "model", "config.json")) as f:
+                model_context = json.load(f)["max_position_embeddings"]
+            assert info.context_length == model_context, (info.context_length, model_context)
+            open_ended = pb.ChatRequest()
+            open_ended.CopyFrom(req)
+            open_ended.ClearField("stop")
+            open_ended.stop.ignore_eos = True
+            finals = [r.final for r in chat(open_ended, timeout=300) if r.WhichOneof("kind") == "final"]
+            assert len(finals) == 1, f"{len(finals)} Final messages"
+            usage = finals[0].usage
+            assert finals[0].finish_reason == pb.FINISH_REASON_LENGTH, pb.FinishReason.Name(finals[0].finish_reason)
+            assert usage.prompt_tokens + usage.completion_tokens == model_context, usage
+            print(f"open-ended chat: {usage.completion_tokens} tokens, context {model_context}")
 
             # A malformed field: INVALID_ARGUMENT naming it.
             bad = pb.ChatRequest()

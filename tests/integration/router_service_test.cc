@@ -77,6 +77,7 @@ class FakeWorker final : public wk::Worker::Service {
     {
       absl::MutexLock lock(&mu_);
       ++decodes;
+      last_max_tokens = request->stop().max_tokens();
       if (request->local_prefill()) ++local_prefills;
       held_[request->request_id()] = 1;
       if (request->local_prefill()) last_prompt_.assign(request->prompt_token_ids().begin(), request->prompt_token_ids().end());
@@ -131,6 +132,7 @@ class FakeWorker final : public wk::Worker::Service {
     load->set_total_blocks(1000);
     load->set_free_blocks(1000 - held_.size());
     load->set_block_size_tokens(16);
+    load->set_context_length(context_length);
     return grpc::Status::OK;
   }
 
@@ -146,6 +148,8 @@ class FakeWorker final : public wk::Worker::Service {
   std::atomic<int> reserves{0}, prefills{0}, prefills_with_target{0}, decodes{0}, local_prefills{0}, cancels{0};
   std::atomic<bool> abort_transfer{false}, unavailable_prefill{false}, full{false};
   std::atomic<int> token_delay_ms{0};
+  std::atomic<std::int32_t> context_length{0};   // reported in Load (0: not reported)
+  std::atomic<std::int64_t> last_max_tokens{0};  // of the last Decode
   std::int32_t eos_id = 2;
 
  private:
@@ -420,6 +424,37 @@ TEST_F(RouterServiceTest, ClientDeadlineReachesTheWorker) {
   for (int i = 0; i < 100 && workers_[0].service->held() != 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_EQ(workers_[0].service->held(), 0u);
+}
+
+TEST_F(RouterServiceTest, WorkersLowerTheContextLength) {
+  // The router admits 4096 tokens; the worker's model holds 40. A request
+  // without max_tokens gets what is left of the worker's 40, one asking for
+  // more than that is refused naming the field, and GetModelInfo says 40.
+  std::string long_text;
+  for (int i = 0; i < 60; ++i) long_text += " word";
+  workers_.push_back(StartWorker(wk::WORKER_ROLE_BOTH, Script(long_text), "w0"));
+  workers_[0].service->eos_id = tokenizer_->eos_id();
+  workers_[0].service->context_length = 40;
+  StartRouter({{workers_[0].address, WorkerRole::kBoth, false}});
+  ChatResult r = RunChat(UserChat("Hi"));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  const std::int64_t n = static_cast<std::int64_t>(workers_[0].service->last_prompt().size());
+  ASSERT_GT(n, 0);
+  EXPECT_EQ(workers_[0].service->last_max_tokens, 40 - n);
+  EXPECT_EQ(r.final.usage().completion_tokens(), 40 - n);
+
+  v1::ChatRequest too_long = UserChat("Hi");
+  too_long.mutable_stop()->set_max_tokens(41 - static_cast<std::int32_t>(n));
+  ChatResult refused = RunChat(too_long);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.status.error_message().find("stop.max_tokens"), std::string::npos)
+      << refused.status.error_message();
+
+  grpc::ClientContext ictx;
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(&ictx, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.context_length(), 40);
+  EXPECT_EQ(info.limits().max_output_tokens(), 39);
 }
 
 TEST_F(RouterServiceTest, DisaggregatedReservePrefillDecode) {
