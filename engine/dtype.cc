@@ -243,28 +243,24 @@ Fp8BlockWeights QuantizeFp8Blocks(std::int64_t batch, std::int64_t rows, std::in
   const std::int64_t sr = q.scale_rows(), sc = q.scale_cols(), blk = kFp8WeightBlock;
   // One task per row of blocks, spread over the cores for large weights (a
   // real model's experts are tens of billions of values).
-  auto quantize_block_row = [&](std::int64_t task) {
-    const std::int64_t b = task / sr, i = task % sr;
+  ParallelFor(batch * sr, batch * rows * cols, [&](std::int64_t task) {
+    const std::int64_t b = task / sr, r0 = task % sr * blk, r1 = std::min(rows, r0 + blk);
     const float* wb = w + b * rows * cols;
     std::uint8_t* cb = q.codes.data() + b * rows * cols;
-    {
-      const std::int64_t r0 = i * blk, r1 = std::min(rows, r0 + blk);
-      for (std::int64_t j = 0; j < sc; ++j) {
-        const std::int64_t c0 = j * blk, c1 = std::min(cols, c0 + blk);
-        float amax = 0.0f;
-        for (std::int64_t r = r0; r < r1; ++r) {
-          for (std::int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(wb[r * cols + c]));
-        }
-        float s = amax / 448.0f;
-        if (!(s > 0.0f) || !std::isfinite(s)) s = 1.0f;
-        q.scales[static_cast<std::size_t>((b * sr + i) * sc + j)] = s;
-        for (std::int64_t r = r0; r < r1; ++r) {
-          for (std::int64_t c = c0; c < c1; ++c) cb[r * cols + c] = FloatToF8E4M3(wb[r * cols + c] / s);
-        }
+    for (std::int64_t j = 0; j < sc; ++j) {
+      const std::int64_t c0 = j * blk, c1 = std::min(cols, c0 + blk);
+      float amax = 0.0f;
+      for (std::int64_t r = r0; r < r1; ++r) {
+        for (std::int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(wb[r * cols + c]));
+      }
+      float s = amax / 448.0f;
+      if (!(s > 0.0f) || !std::isfinite(s)) s = 1.0f;
+      q.scales[static_cast<std::size_t>(task * sc + j)] = s;
+      for (std::int64_t r = r0; r < r1; ++r) {
+        for (std::int64_t c = c0; c < c1; ++c) cb[r * cols + c] = FloatToF8E4M3(wb[r * cols + c] / s);
       }
     }
-  };
-  ParallelFor(batch * sr, batch * rows * cols, quantize_block_row);
+  });
   return q;
 }
 

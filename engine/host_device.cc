@@ -89,22 +89,12 @@ class HostDevice final : public Device {
   absl::Status GemmNnBatched(int batch, int m, int n, int k, const float* a, int lda, std::int64_t stride_a,
                              WeightView b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
                              std::int64_t stride_c) override {
-    SIROCCO_ASSIGN_OR_RETURN(const float* w, Weights(b));
-    if (batch > 0) a = Operand(b, m, static_cast<int>((batch - 1) * stride_a + k), a, lda);
-    for (int i = 0; i < batch; ++i) {
-      k_.gemm_nn(m, n, k, a + i * stride_a, lda, w + i * stride_b, ldb, beta, c + i * stride_c, ldc);
-    }
-    return absl::OkStatus();
+    return Batched(k_.gemm_nn, batch, m, n, k, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c);
   }
   absl::Status GemmNtBatched(int batch, int m, int n, int k, const float* a, int lda, std::int64_t stride_a,
                              WeightView b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
                              std::int64_t stride_c) override {
-    SIROCCO_ASSIGN_OR_RETURN(const float* w, Weights(b));
-    if (batch > 0) a = Operand(b, m, static_cast<int>((batch - 1) * stride_a + k), a, lda);
-    for (int i = 0; i < batch; ++i) {
-      k_.gemm_nt(m, n, k, a + i * stride_a, lda, w + i * stride_b, ldb, beta, c + i * stride_c, ldc);
-    }
-    return absl::OkStatus();
+    return Batched(k_.gemm_nt, batch, m, n, k, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c);
   }
   absl::Status RmsNorm(int rows, int dim, const float* x, int ldx, const float* w, float eps, float* y,
                        int ldy) override {
@@ -230,6 +220,18 @@ class HostDevice final : public Device {
   }
 
  private:
+  // `batch` products of one kernel-table gemm (gemm_nn or gemm_nt).
+  template <typename Gemm>
+  absl::Status Batched(Gemm gemm, int batch, int m, int n, int k, const float* a, int lda, std::int64_t stride_a,
+                       WeightView b, int ldb, std::int64_t stride_b, float beta, float* c, int ldc,
+                       std::int64_t stride_c) {
+    SIROCCO_ASSIGN_OR_RETURN(const float* w, Weights(b));
+    if (batch > 0) a = Operand(b, m, static_cast<int>((batch - 1) * stride_a + k), a, lda);
+    for (int i = 0; i < batch; ++i) {
+      gemm(m, n, k, a + i * stride_a, lda, w + i * stride_b, ldb, beta, c + i * stride_c, ldc);
+    }
+    return absl::OkStatus();
+  }
   static absl::StatusOr<const float*> Weights(WeightView w) {
     if (w.type == WeightType::kBF16) {
       return absl::InvalidArgumentError("the CPU device holds bf16 weights as float32 (kBF16AsF32)");

@@ -1424,12 +1424,8 @@ std::vector<WorkerState> WorkerDirectory::Snapshot() {
 }
 
 std::int64_t WorkerDirectory::WorkerContextLength() {
-  std::int64_t least = 0;
-  for (const WorkerState& w : Snapshot()) {
-    if (!w.healthy || w.load.context_length <= 0) continue;
-    least = least == 0 ? w.load.context_length : std::min(least, w.load.context_length);
-  }
-  return least;
+  absl::MutexLock lock(&mu_);
+  return pool_.MinContextLength();
 }
 
 std::shared_ptr<wk::Worker::Stub> WorkerDirectory::Stub(const WorkerId& id) {

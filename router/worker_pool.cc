@@ -108,6 +108,15 @@ std::vector<WorkerState> WorkerPool::Snapshot() const {
   return out;
 }
 
+std::int64_t WorkerPool::MinContextLength() const {
+  std::int64_t least = 0;
+  for (const auto& [id, w] : workers_) {
+    if (!w.healthy || w.load.context_length <= 0) continue;
+    least = least == 0 ? w.load.context_length : std::min(least, w.load.context_length);
+  }
+  return least;
+}
+
 std::optional<WorkerState> WorkerPool::Find(const WorkerId& id) const {
   auto it = workers_.find(id);
   if (it == workers_.end()) return std::nullopt;

@@ -86,6 +86,8 @@ class WorkerPool {
 
   void set_prefill_scorer(PrefillScorer scorer) { scorer_ = std::move(scorer); }
   std::vector<WorkerState> Snapshot() const;
+  // The smallest context length a healthy worker reports; 0 when none does.
+  std::int64_t MinContextLength() const;
   std::optional<WorkerState> Find(const WorkerId& id) const;
 
  private:

@@ -200,20 +200,13 @@ void BM_GemmF32(benchmark::State& state) {
   const int m = static_cast<int>(state.range(0));
   const int n = static_cast<int>(state.range(1));
   const int k = static_cast<int>(state.range(2));
-  absl::StatusOr<std::unique_ptr<Blas>> blas = Blas::Create();
-  if (!blas.ok()) {
-    state.SkipWithError(blas.status().ToString().c_str());
-    return;
-  }
+  const std::unique_ptr<Blas> blas = OrSkip(state, Blas::Create());
+  if (blas == nullptr) return;
   const DeviceBuffer a = Filled(state, sizeof(float) * m * static_cast<std::size_t>(k));
   const DeviceBuffer b = Filled(state, sizeof(float) * n * static_cast<std::size_t>(k));
-  absl::StatusOr<DeviceBuffer> c = DeviceBuffer::Allocate(sizeof(float) * m * static_cast<std::size_t>(n));
-  if (!c.ok()) {
-    state.SkipWithError(c.status().ToString().c_str());
-    return;
-  }
+  const DeviceBuffer c = Filled(state, sizeof(float) * m * static_cast<std::size_t>(n));
   TimeLaunches(state, [&] {
-    return (*blas)->GemmNt(m, n, k, a.as<float>(), k, b.as<float>(), k, 0.0f, c->as<float>(), n, nullptr);
+    return blas->GemmNt(m, n, k, a.as<float>(), k, b.as<float>(), k, 0.0f, c.as<float>(), n, nullptr);
   });
   GemmCounters(state, m, n, k, sizeof(float), kPeakFp32FlopsPerSecond);
 }
@@ -223,20 +216,13 @@ void BM_GemmBf16(benchmark::State& state) {
   const int m = static_cast<int>(state.range(0));
   const int n = static_cast<int>(state.range(1));
   const int k = static_cast<int>(state.range(2));
-  absl::StatusOr<std::unique_ptr<Blas>> blas = Blas::Create();
-  if (!blas.ok()) {
-    state.SkipWithError(blas.status().ToString().c_str());
-    return;
-  }
+  const std::unique_ptr<Blas> blas = OrSkip(state, Blas::Create());
+  if (blas == nullptr) return;
   const DeviceBuffer a = Filled(state, sizeof(Bf16) * m * static_cast<std::size_t>(k));
   const DeviceBuffer b = Filled(state, sizeof(Bf16) * n * static_cast<std::size_t>(k));
-  absl::StatusOr<DeviceBuffer> c = DeviceBuffer::Allocate(sizeof(Bf16) * m * static_cast<std::size_t>(n));
-  if (!c.ok()) {
-    state.SkipWithError(c.status().ToString().c_str());
-    return;
-  }
+  const DeviceBuffer c = Filled(state, sizeof(Bf16) * m * static_cast<std::size_t>(n));
   TimeLaunches(state, [&] {
-    return (*blas)->GemmNtBf16(m, n, k, a.as<Bf16>(), k, b.as<Bf16>(), k, 0.0f, c->as<Bf16>(), n, nullptr);
+    return blas->GemmNtBf16(m, n, k, a.as<Bf16>(), k, b.as<Bf16>(), k, 0.0f, c.as<Bf16>(), n, nullptr);
   });
   GemmCounters(state, m, n, k, sizeof(Bf16), kPeakBf16FlopsPerSecond);
 }
@@ -327,11 +313,8 @@ void BM_ExpertsCublasPerExpert(benchmark::State& state) {
   const int n = static_cast<int>(state.range(1));
   const int k = static_cast<int>(state.range(2));
   const ExpertCase c = MakeExpertCase(tokens);
-  absl::StatusOr<std::unique_ptr<Blas>> blas = Blas::Create();
-  if (!blas.ok()) {
-    state.SkipWithError(blas.status().ToString().c_str());
-    return;
-  }
+  const std::unique_ptr<Blas> blas = OrSkip(state, Blas::Create());
+  if (blas == nullptr) return;
   const DeviceBuffer a = Filled(state, sizeof(float) * c.rows * static_cast<std::size_t>(k));
   const DeviceBuffer w = Filled(state, sizeof(float) * 128 * static_cast<std::size_t>(n) * k);
   const DeviceBuffer out = Filled(state, sizeof(float) * c.rows * static_cast<std::size_t>(n));
@@ -340,7 +323,7 @@ void BM_ExpertsCublasPerExpert(benchmark::State& state) {
       const int begin = c.offsets[static_cast<std::size_t>(e)];
       const int count = c.offsets[static_cast<std::size_t>(e) + 1] - begin;
       if (count == 0) continue;
-      SIROCCO_BENCH_RETURN_IF_ERROR((*blas)->GemmNt(count, n, k, a.as<float>() + static_cast<std::size_t>(begin) * k, k,
+      SIROCCO_BENCH_RETURN_IF_ERROR(blas->GemmNt(count, n, k, a.as<float>() + static_cast<std::size_t>(begin) * k, k,
                                                     w.as<float>() + static_cast<std::size_t>(e) * n * k, k, 0.0f,
                                                     out.as<float>() + static_cast<std::size_t>(begin) * n, n, nullptr));
     }

@@ -51,12 +51,9 @@ void BM_GemmFp8(benchmark::State& state, Fp8Scaling scaling) {
   const int m = static_cast<int>(state.range(0));
   const int n = static_cast<int>(state.range(1));
   const int k = static_cast<int>(state.range(2));
-  absl::StatusOr<std::unique_ptr<BlasLt>> blas = BlasLt::Create();
-  if (!blas.ok()) {
-    state.SkipWithError(blas.status().ToString().c_str());
-    return;
-  }
-  if (scaling == Fp8Scaling::kBlock ? !(*blas)->SupportsBlockScaling() : !(*blas)->SupportsFp8()) {
+  const std::unique_ptr<BlasLt> blas = OrSkip(state, BlasLt::Create());
+  if (blas == nullptr) return;
+  if (scaling == Fp8Scaling::kBlock ? !blas->SupportsBlockScaling() : !blas->SupportsFp8()) {
     state.SkipWithError("this FP8 product needs compute capability 9.x");
     return;
   }
@@ -84,7 +81,7 @@ void BM_GemmFp8(benchmark::State& state, Fp8Scaling scaling) {
   p.scaling = scaling;
   p.a_scale = a_scale.as<float>();
   p.b_scale = b_scale.as<float>();
-  TimeLaunches(state, [&] { return (*blas)->GemmNtFp8(p, c.as<Bf16>(), n, nullptr); });
+  TimeLaunches(state, [&] { return blas->GemmNtFp8(p, c.as<Bf16>(), n, nullptr); });
   GemmCounters(state, m, n, k, 1, kPeakFp8FlopsPerSecond);
 }
 
@@ -97,17 +94,14 @@ void BM_GemmBf16OnFp8Shapes(benchmark::State& state) {
   const int m = static_cast<int>(state.range(0));
   const int n = static_cast<int>(state.range(1));
   const int k = static_cast<int>(state.range(2));
-  absl::StatusOr<std::unique_ptr<Blas>> blas = Blas::Create();
-  if (!blas.ok()) {
-    state.SkipWithError(blas.status().ToString().c_str());
-    return;
-  }
+  const std::unique_ptr<Blas> blas = OrSkip(state, Blas::Create());
+  if (blas == nullptr) return;
   const DeviceBuffer a = Filled(state, sizeof(Bf16) * m * static_cast<std::size_t>(k));
   const DeviceBuffer b = Filled(state, sizeof(Bf16) * n * static_cast<std::size_t>(k));
   const DeviceBuffer c = Filled(state, sizeof(Bf16) * m * static_cast<std::size_t>(n));
   if (state.error_occurred()) return;
   TimeLaunches(state, [&] {
-    return (*blas)->GemmNtBf16(m, n, k, a.as<Bf16>(), k, b.as<Bf16>(), k, 0.0f, c.as<Bf16>(), n, nullptr);
+    return blas->GemmNtBf16(m, n, k, a.as<Bf16>(), k, b.as<Bf16>(), k, 0.0f, c.as<Bf16>(), n, nullptr);
   });
   GemmCounters(state, m, n, k, sizeof(Bf16), kPeakBf16FlopsPerSecond);
 }

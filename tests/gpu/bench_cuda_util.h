@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -55,6 +56,14 @@ DeviceBuffer Upload(benchmark::State& state, const std::vector<T>& host) {
   const absl::Status st = CopyToDevice(buffer->data(), host.data(), host.size() * sizeof(T));
   if (!st.ok()) state.SkipWithError(st.ToString().c_str());
   return std::move(*buffer);
+}
+
+// The object a Create() made, or null with the benchmark marked as skipped.
+template <typename T>
+std::unique_ptr<T> OrSkip(benchmark::State& state, absl::StatusOr<std::unique_ptr<T>> created) {
+  if (created.ok()) return *std::move(created);
+  state.SkipWithError(created.status().ToString().c_str());
+  return nullptr;
 }
 
 inline bool NeedDevice(benchmark::State& state) {

@@ -12,6 +12,7 @@
 #include <memory>
 #include <filesystem>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -121,6 +122,31 @@ TEST(HostDeviceTest, Bf16WeightProductsRoundTheActivations) {
   EXPECT_EQ(a, a_copy) << "the product rounded its input in place";
 }
 
+// Logits of every position of `tokens`, prefilled in one step into a fresh
+// pool on the model's device.
+std::vector<float> AllLogits(const Mistral4Model& model, std::span<const std::int32_t> tokens, AttentionForm form) {
+  std::vector<float> logits;
+  auto pool = KvPool::Create(model.PoolOptions(8, 4), model.device());
+  EXPECT_TRUE(pool.ok());
+  if (!pool.ok()) return logits;
+  BlockTable t(pool->get());
+  EXPECT_TRUE(t.Reserve(static_cast<std::int64_t>(tokens.size())).ok());
+  ForwardItem item{tokens, 0, &t, true};
+  EXPECT_TRUE(model.Forward({&item, 1}, **pool, form, &logits).ok());
+  return logits;
+}
+
+// max |got - want| / max(1, max |want|).
+double MaxRelDiff(const std::vector<float>& got, const std::vector<float>& want) {
+  EXPECT_EQ(got.size(), want.size());
+  double max_diff = 0.0, max_abs = 1.0;
+  for (std::size_t i = 0; i < got.size() && i < want.size(); ++i) {
+    max_diff = std::max(max_diff, static_cast<double>(std::fabs(got[i] - want[i])));
+    max_abs = std::max(max_abs, static_cast<double>(std::fabs(want[i])));
+  }
+  return max_diff / max_abs;
+}
+
 TEST(HostDeviceTest, Bf16WeightsStayCloseToFloat32) {
   // A checkpoint stored in bf16 holds exactly the weights a bf16 model uses,
   // so the two runs differ only by the activations' bf16 rounding.
@@ -135,24 +161,11 @@ TEST(HostDeviceTest, Bf16WeightsStayCloseToFloat32) {
   ASSERT_TRUE(f32.ok() && b16.ok());
   const std::vector<std::int32_t> tokens = {3, 141, 59, 26, 5, 358, 97, 9, 32, 38, 46, 264};
   for (AttentionForm form : {AttentionForm::kExpanded, AttentionForm::kAbsorbed}) {
-    std::vector<float> want, got;
-    for (auto* model : {&*f32, &*b16}) {
-      auto pool = KvPool::Create((*model)->PoolOptions(8, 4), (*model)->device());
-      ASSERT_TRUE(pool.ok());
-      BlockTable t(pool->get());
-      ASSERT_TRUE(t.Reserve(16).ok());
-      ForwardItem item{tokens, 0, &t, true};
-      ASSERT_TRUE((*model)->Forward({&item, 1}, **pool, form, model == &*f32 ? &want : &got).ok());
-    }
-    ASSERT_EQ(got.size(), want.size());
-    double max_diff = 0.0, max_abs = 1.0;
-    for (std::size_t i = 0; i < got.size(); ++i) {
-      max_diff = std::max(max_diff, static_cast<double>(std::fabs(got[i] - want[i])));
-      max_abs = std::max(max_abs, static_cast<double>(std::fabs(want[i])));
-    }
+    const std::vector<float> want = AllLogits(**f32, tokens, form), got = AllLogits(**b16, tokens, form);
+    const double rel = MaxRelDiff(got, want);
     // bf16 keeps 8 significant bits (relative rounding 2^-9) per activation.
-    EXPECT_LT(max_diff / max_abs, 3e-2) << "form " << static_cast<int>(form);
-    EXPECT_GT(max_diff, 0.0) << "bf16 products were not rounded";
+    EXPECT_LT(rel, 3e-2) << "form " << static_cast<int>(form);
+    EXPECT_GT(rel, 0.0) << "bf16 products were not rounded";
   }
   std::filesystem::remove_all(dir);
 }
@@ -205,21 +218,9 @@ TEST(HostDeviceTest, Fp8WeightsStayCloseToFloat32) {
   const std::vector<std::int32_t> tokens = {3, 141, 59, 26, 5, 358, 97, 9, 32, 38, 46, 264};
   const std::int64_t vocab = (*f32)->config().vocab_size;
   for (AttentionForm form : {AttentionForm::kExpanded, AttentionForm::kAbsorbed}) {
-    std::vector<float> want, got;
-    for (auto* model : {&*f32, &*fp8}) {
-      auto pool = KvPool::Create((*model)->PoolOptions(8, 4), (*model)->device());
-      ASSERT_TRUE(pool.ok());
-      BlockTable t(pool->get());
-      ASSERT_TRUE(t.Reserve(16).ok());
-      ForwardItem item{tokens, 0, &t, true};
-      ASSERT_TRUE((*model)->Forward({&item, 1}, **pool, form, model == &*f32 ? &want : &got).ok());
-    }
+    const std::vector<float> want = AllLogits(**f32, tokens, form), got = AllLogits(**fp8, tokens, form);
     ASSERT_EQ(got.size(), want.size());
-    double max_diff = 0.0, max_abs = 1.0;
-    for (std::size_t i = 0; i < got.size(); ++i) {
-      max_diff = std::max(max_diff, static_cast<double>(std::fabs(got[i] - want[i])));
-      max_abs = std::max(max_abs, static_cast<double>(std::fabs(want[i])));
-    }
+    const double rel = MaxRelDiff(got, want);
     int same = 0;
     const auto rows = static_cast<std::int64_t>(tokens.size());
     for (std::int64_t r = 0; r < rows; ++r) {
@@ -228,8 +229,8 @@ TEST(HostDeviceTest, Fp8WeightsStayCloseToFloat32) {
     }
     // e4m3 keeps 4 significant bits to bf16's 8: about 16 times bf16's
     // deviation (about 1% on this model, through random weights).
-    EXPECT_LT(max_diff / max_abs, 0.3) << "form " << static_cast<int>(form);
-    EXPECT_GT(max_diff / max_abs, 1e-3) << "FP8 products were not quantised";
+    EXPECT_LT(rel, 0.3) << "form " << static_cast<int>(form);
+    EXPECT_GT(rel, 1e-3) << "FP8 products were not quantised";
     EXPECT_GE(same, rows * 3 / 4) << "form " << static_cast<int>(form);
   }
   std::filesystem::remove_all(dir);
