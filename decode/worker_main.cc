@@ -52,7 +52,7 @@ const char* const kKnownFlags[] = {"role", "model", "listen", "port-file", "metr
                                    "worker-id", "auth-token", "num-blocks", "block-size", "max-tokens-per-step",
                                    "max-seqs-per-step", "max-waiting", "kernels", "drain-grace-s",
                                    "ucx-host", "ucx-transports", "reservation-ttl-ms", "kv-transfer-timeout-ms",
-                                   "test-kv-fault", "kv-quarantine-ms", "weights"};
+                                   "test-kv-fault", "kv-quarantine-ms", "weights", "prefix-caching"};
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   Flags flags;
@@ -179,6 +179,11 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
   if (*quarantine_ms < 0) return Fail(absl::InvalidArgumentError("--kv-quarantine-ms: must be >= 0"));
   engine_options.reservation_quarantine = std::chrono::milliseconds(*quarantine_ms);
   engine_options.drain_timeout = std::chrono::seconds(*drain_grace_s);
+  const std::string prefix_caching = flags->Get("prefix-caching", "on");
+  if (prefix_caching != "on" && prefix_caching != "off") {
+    return Fail(absl::InvalidArgumentError("--prefix-caching: must be on or off"));
+  }
+  engine_options.prefix_caching = prefix_caching == "on";
   // The prefill side posts each layer's KV from the engine thread; the hook
   // reaches the service once it exists.
   auto hook_target = std::make_shared<std::atomic<WorkerService*>>(nullptr);
@@ -311,6 +316,14 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
       metrics->kv_cache_usage_perc->Set(1.0 - static_cast<double>(st.scheduler.free_blocks) /
                                                   static_cast<double>(st.scheduler.total_blocks));
     }
+    // Counters follow the engine's cumulative totals.
+    const auto advance = [](prometheus::Counter* c, std::int64_t total) {
+      const double delta = static_cast<double>(total) - c->Value();
+      if (delta > 0) c->Increment(delta);
+    };
+    advance(metrics->num_preemptions, st.scheduler.preemptions);
+    advance(metrics->prefix_cache_queries, st.scheduler.prefix_cache_queries);
+    advance(metrics->prefix_cache_hits, st.scheduler.prefix_cache_hits);
   }
   // Drain: health NOT_SERVING, new calls UNAVAILABLE; in-flight calls finish.
   gate->StartDrain();

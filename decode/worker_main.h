@@ -17,7 +17,10 @@
 //   --max-tokens-per-step N      default 512
 //   --max-seqs-per-step N        default 64
 //   --max-waiting N              queued requests before refusing; default 0 (no limit)
-//   --kernels ref|avx2           default avx2
+//   --kernels ref|avx2|cuda      default avx2
+//   --weights f32|bf16|fp8       how weight matrices are held; default f32
+//   --prefix-caching on|off      reuse the KV of full blocks across requests
+//                                with the same leading tokens; default on
 //   --drain-grace-s N            longest wait for in-flight calls after SIGTERM; default 25
 //   --ucx-host IP                where the KV transfer agent listens; default 127.0.0.1
 //   --ucx-transports cma-tcp|tcp|shm|default   UCX_TLS profile; default cma-tcp

@@ -190,6 +190,7 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
       // Queue: received -> first chunk computing; prefill: from there on.
       const auto started = link_->stream->started().value_or(start_);
       response_->set_queue_us(std::chrono::duration_cast<std::chrono::microseconds>(started - start_).count());
+      response_->set_cached_tokens(static_cast<std::uint32_t>(link_->stream->cached_tokens()));
       response_->set_prefill_us(MicrosSince(started));
       response_->set_prefill_worker_id(service_->options().worker_id);
       if (const services::ServingMetrics* m = service_->metrics()) {
@@ -559,6 +560,7 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
       const std::int64_t queue_us = std::chrono::duration_cast<std::chrono::microseconds>(started - start_).count();
       f->set_queue_us(queue_us);
       f->set_local_prefill_us(first_step_us_ < 0 ? 0 : std::max<std::int64_t>(0, first_step_us_ - queue_us));
+      if (link_->stream != nullptr) f->set_cached_tokens(static_cast<std::uint32_t>(link_->stream->cached_tokens()));
     }
     f->set_decode_worker_id(service_->options().worker_id);
   }

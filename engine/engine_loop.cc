@@ -46,9 +46,16 @@ std::optional<std::chrono::steady_clock::time_point> RequestStream::started() co
   return started_;
 }
 
-void RequestStream::MarkStarted(std::chrono::steady_clock::time_point when) {
+std::int64_t RequestStream::cached_tokens() const {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!started_.has_value()) started_ = when;
+  return cached_tokens_;
+}
+
+void RequestStream::MarkStarted(std::chrono::steady_clock::time_point when, std::int64_t cached_tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (started_.has_value()) return;
+  started_ = when;
+  cached_tokens_ = cached_tokens;
 }
 
 bool RequestStream::ended() const {
@@ -75,8 +82,9 @@ absl::StatusOr<std::unique_ptr<EngineLoop>> EngineLoop::Create(const EngineOptio
   if (options.model == nullptr) return absl::InvalidArgumentError("EngineOptions.model is null");
   const ModelConfig& c = options.model->config();
   // The pool lives where the model runs (device memory on a GPU).
-  SIROCCO_ASSIGN_OR_RETURN(auto pool, KvPool::Create(options.model->PoolOptions(options.num_blocks, options.block_size),
-                                                     options.model->device()));
+  KvPoolOptions pool_options = options.model->PoolOptions(options.num_blocks, options.block_size);
+  pool_options.prefix_caching = options.prefix_caching;
+  SIROCCO_ASSIGN_OR_RETURN(auto pool, KvPool::Create(pool_options, options.model->device()));
   SchedulerOptions so;
   so.max_tokens_per_step = options.max_tokens_per_step;
   so.max_seqs_per_step = options.max_seqs_per_step;
@@ -313,8 +321,12 @@ void EngineLoop::RunStep(StepPlan& plan) {
   const std::size_t vocab = static_cast<std::size_t>(model_.config().vocab_size);
   const auto step_start = std::chrono::steady_clock::now();
   for (const PrefillChunk& c : plan.prefill) {
-    if (c.start != 0) continue;  // only a request's first chunk ends its wait
-    if (auto it = live_.find(c.id); it != live_.end() && it->second.stream) it->second.stream->MarkStarted(step_start);
+    // Only a request's first chunk (it starts after the cached prefix) ends its wait.
+    const Scheduler::Sequence* s = scheduler_->Find(c.id);
+    if (c.start != s->num_cached) continue;
+    if (auto it = live_.find(c.id); it != live_.end() && it->second.stream) {
+      it->second.stream->MarkStarted(step_start, s->num_cached);
+    }
   }
   std::vector<ForwardItem> items;
   items.reserve(plan.decode.size() + plan.prefill.size());
@@ -330,6 +342,10 @@ void EngineLoop::RunStep(StepPlan& plan) {
                                                                                  static_cast<std::size_t>(c.len)),
                                 c.start, &s->blocks, false});
     if (s->prefill_only && options_.on_layer_kv_written) {
+      // A prefix found in the cache goes out with the first computed chunk.
+      if (c.start == s->num_cached && c.start > 0) {
+        kv_written.push_back(LayerKvWritten{c.id, 0, 0, c.start, &s->blocks, pool_.get()});
+      }
       kv_written.push_back(LayerKvWritten{c.id, 0, c.start, c.start + c.len, &s->blocks, pool_.get()});
     }
   }

@@ -69,12 +69,16 @@ class RequestStream {
   // chunk): the end of its time in the queue. Unset until then.
   std::optional<std::chrono::steady_clock::time_point> started() const;
 
+  // Prompt tokens the request found in the prefix cache when it started
+  // (0 before started()).
+  std::int64_t cached_tokens() const;
+
   // Engine side. Calls on_ready (outside the lock) when the queue goes from
   // empty to non-empty, so a consumer that drains after every on_ready
   // misses nothing and is not woken per token while it lags.
   void Push(StreamEvent event);
-  // Records started() the first time only.
-  void MarkStarted(std::chrono::steady_clock::time_point when);
+  // Records started() and cached_tokens() the first time only.
+  void MarkStarted(std::chrono::steady_clock::time_point when, std::int64_t cached_tokens = 0);
 
  private:
   const RequestId id_;
@@ -84,10 +88,13 @@ class RequestStream {
   std::deque<StreamEvent> events_;                                // guarded by mu_
   bool ended_ = false;                                            // guarded by mu_
   std::optional<std::chrono::steady_clock::time_point> started_;  // guarded by mu_
+  std::int64_t cached_tokens_ = 0;                                // guarded by mu_
 };
 
 // Prefill role: layer `layer`'s KV of tokens [token_begin, token_end) of a
 // prefill_only request is in `blocks` (of `pool`); later layers still compute.
+// A prefix found in the prefix cache is reported once per layer with the
+// request's first computed chunk, as a range of its own.
 struct LayerKvWritten {
   RequestId request;
   std::int64_t layer = 0;
@@ -120,6 +127,9 @@ struct EngineOptions {
   // whole cached prefix for one query token per step would cost more than it
   // saves).
   AttentionForm prefill_form = AttentionForm::kAbsorbed;
+  // Reuse the KV of published full blocks across requests with the same
+  // leading tokens (the prefix cache: kv_cache.h, scheduler.h).
+  bool prefix_caching = false;
   // Stop(kDrain) cancels what is still in flight after this long.
   std::chrono::steady_clock::duration drain_timeout = std::chrono::seconds(60);
   LayerKvWrittenFn on_layer_kv_written;  // optional

@@ -1,5 +1,6 @@
 #include "engine/kv_cache.h"
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -47,7 +48,9 @@ KvPool::KvPool(const KvPoolOptions& o, std::unique_ptr<float[]> host, std::uniqu
       device_storage_(std::move(device)),
       data_(host_storage_ ? host_storage_.get() : device_storage_->as<float>()),
       host_accessible_(host_accessible),
-      allocated_(static_cast<std::size_t>(o.num_blocks), false) {
+      refs_(static_cast<std::size_t>(o.num_blocks), 0),
+      entries_(static_cast<std::size_t>(o.num_blocks)),
+      lru_pos_(static_cast<std::size_t>(o.num_blocks)) {
   free_.reserve(static_cast<std::size_t>(o.num_blocks));
   // Highest id first so that allocation hands out 0, 1, 2, ... on a fresh pool.
   for (std::int64_t b = o.num_blocks - 1; b >= 0; --b) free_.push_back(BlockId{static_cast<std::int32_t>(b)});
@@ -61,20 +64,120 @@ absl::StatusOr<std::vector<BlockId>> KvPool::Allocate(std::int64_t n) {
   }
   std::vector<BlockId> out(static_cast<std::size_t>(n));
   for (auto& b : out) {
-    b = free_.back();
-    free_.pop_back();
-    allocated_[static_cast<std::size_t>(b.value)] = true;
+    if (!free_.empty()) {
+      b = free_.back();
+      free_.pop_back();
+    } else {
+      b = Evict();
+    }
+    refs_[static_cast<std::size_t>(b.value)] = 1;
   }
   return out;
 }
 
 void KvPool::Free(const std::vector<BlockId>& blocks) {
+  std::vector<BlockId> evictable;
   for (BlockId b : blocks) {
     SIROCCO_CHECK(b.value >= 0 && b.value < num_blocks(), "freeing a block outside the pool");
-    SIROCCO_CHECK(allocated_[static_cast<std::size_t>(b.value)], "block freed twice");
-    allocated_[static_cast<std::size_t>(b.value)] = false;
-    free_.push_back(b);
+    std::int32_t& refs = refs_[static_cast<std::size_t>(b.value)];
+    SIROCCO_CHECK(refs > 0, "block freed twice");
+    if (--refs > 0) continue;
+    if (entries_[static_cast<std::size_t>(b.value)].key != 0) {
+      evictable.push_back(b);
+    } else {
+      free_.push_back(b);
+    }
   }
+  // Later blocks first: a prefix is useless without the blocks before it.
+  for (auto it = evictable.rbegin(); it != evictable.rend(); ++it) {
+    lru_pos_[static_cast<std::size_t>(it->value)] = lru_.insert(lru_.end(), *it);
+  }
+}
+
+BlockId KvPool::Evict() {
+  SIROCCO_CHECK(!lru_.empty(), "nothing to evict");
+  const BlockId b = lru_.front();
+  lru_.pop_front();
+  Entry& e = entries_[static_cast<std::size_t>(b.value)];
+  index_.erase(e.hash);
+  e = Entry{};  // blocks published after it name a key that no longer exists: unreachable
+  return b;
+}
+
+std::uint64_t KvPool::ContentHash(std::uint64_t parent, std::span<const std::int32_t> tokens) {
+  // splitmix64 over the parent key and the tokens; a clash costs a missed
+  // publish, never a wrong match (Find compares the content).
+  auto mix = [](std::uint64_t x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+  };
+  std::uint64_t h = mix(parent);
+  for (std::int32_t t : tokens) h = mix(h ^ static_cast<std::uint32_t>(t));
+  return h;
+}
+
+const KvPool::Entry* KvPool::Find(std::uint64_t parent, std::span<const std::int32_t> tokens, BlockId* block) const {
+  const auto it = index_.find(ContentHash(parent, tokens));
+  if (it == index_.end()) return nullptr;
+  const Entry& e = entries_[static_cast<std::size_t>(it->second.value)];
+  if (e.parent != parent || !std::equal(tokens.begin(), tokens.end(), e.tokens.begin(), e.tokens.end())) {
+    return nullptr;
+  }
+  *block = it->second;
+  return &e;
+}
+
+PrefixMatch KvPool::MatchPrefix(std::span<const std::int32_t> tokens) const {
+  PrefixMatch match;
+  if (!options_.prefix_caching) return match;
+  const auto bs = static_cast<std::size_t>(options_.block_size);
+  for (std::size_t begin = 0; begin + bs <= tokens.size(); begin += bs) {
+    BlockId b;
+    const Entry* e = Find(match.key.value, tokens.subspan(begin, bs), &b);
+    if (e == nullptr) break;
+    match.blocks.push_back(b);
+    match.key = PrefixKey{e->key};
+    if (refs_[static_cast<std::size_t>(b.value)] == 0) ++match.evictable;
+  }
+  return match;
+}
+
+void KvPool::Share(std::span<const BlockId> blocks) {
+  for (BlockId b : blocks) {
+    SIROCCO_CHECK(b.value >= 0 && b.value < num_blocks(), "sharing a block outside the pool");
+    const auto i = static_cast<std::size_t>(b.value);
+    if (refs_[i] == 0) {
+      SIROCCO_CHECK(entries_[i].key != 0, "sharing a free block that is not published");
+      lru_.erase(lru_pos_[i]);
+    }
+    ++refs_[i];
+  }
+}
+
+PrefixKey KvPool::Publish(PrefixKey parent, BlockId block, std::span<const std::int32_t> tokens) {
+  if (!options_.prefix_caching || parent == PrefixKey::Broken()) return PrefixKey::Broken();
+  SIROCCO_CHECK(block.value >= 0 && block.value < num_blocks(), "publishing a block outside the pool");
+  SIROCCO_CHECK(static_cast<std::int64_t>(tokens.size()) == options_.block_size, "publishing a partial block");
+  const auto i = static_cast<std::size_t>(block.value);
+  SIROCCO_CHECK(refs_[i] > 0, "publishing a block nobody holds");
+  if (entries_[i].key != 0) {
+    // Shared from the cache already: the content is the one asked for.
+    SIROCCO_CHECK(entries_[i].parent == parent.value, "republishing a block under another prefix");
+    return PrefixKey{entries_[i].key};
+  }
+  BlockId existing;
+  if (const Entry* e = Find(parent.value, tokens, &existing)) return PrefixKey{e->key};
+  const std::uint64_t hash = ContentHash(parent.value, tokens);
+  if (index_.contains(hash)) return PrefixKey::Broken();  // a clash: this chain stays private
+  Entry& e = entries_[i];
+  e.key = next_key_++;
+  e.parent = parent.value;
+  e.hash = hash;
+  e.tokens.assign(tokens.begin(), tokens.end());
+  index_.emplace(hash, block);
+  return PrefixKey{e.key};
 }
 
 BlockTable::BlockTable(BlockTable&& other) noexcept : pool_(other.pool_), ids_(std::move(other.ids_)) {
@@ -103,6 +206,12 @@ absl::Status BlockTable::Reserve(std::int64_t num_tokens) {
 }
 
 void BlockTable::Adopt(std::vector<BlockId> blocks) {
+  for (BlockId b : blocks) ids_.push_back(b.value);
+}
+
+void BlockTable::Share(std::span<const BlockId> blocks) {
+  SIROCCO_CHECK(pool_ != nullptr, "block table without a pool");
+  pool_->Share(blocks);
   for (BlockId b : blocks) ids_.push_back(b.value);
 }
 

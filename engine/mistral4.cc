@@ -284,7 +284,11 @@ absl::Status Mistral4Model::UploadLayer(std::int64_t l, const LayerWeights& lw) 
 }
 
 KvPoolOptions Mistral4Model::PoolOptions(std::int64_t num_blocks, std::int64_t block_size) const {
-  return KvPoolOptions{config_.num_hidden_layers, num_blocks, block_size, config_.kv_entry_dim()};
+  return KvPoolOptions{.num_layers = config_.num_hidden_layers,
+                       .num_blocks = num_blocks,
+                       .block_size = block_size,
+                       .entry_dim = config_.kv_entry_dim(),
+                       .prefix_caching = false};
 }
 
 absl::Status Mistral4Model::Forward(std::span<const ForwardItem> items, KvPool& pool, AttentionForm form,

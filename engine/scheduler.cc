@@ -200,6 +200,9 @@ absl::Status Scheduler::MarkKvArrived(ReservationId rid, std::int32_t first_toke
   s->tokens.push_back(first_token);
   s->num_computed = prompt_len;
   s->blocks = std::move(r.blocks);
+  // The arrived KV is for the prompt's ids only when the caller names them
+  // (a reservation may be made for a prompt length alone).
+  if (!spec.prompt.empty()) PublishComputed(s.get());
   s->sampling = spec.sampling;
   s->stop = spec.stop;
   s->deadline = spec.deadline;
@@ -343,8 +346,22 @@ StepPlan Scheduler::Schedule(SchedTime now) {
   if (plan.preempted.empty()) {
     while (!waiting_.empty() && budget > 0 && seqs > 0) {
       Sequence* s = waiting_.front();
-      if (BlocksFor(static_cast<std::int64_t>(s->tokens.size())) > pool_->num_free()) break;
-      SIROCCO_CHECK(s->blocks.Reserve(static_cast<std::int64_t>(s->tokens.size())).ok(), "admission miscounted");
+      const std::int64_t total = static_cast<std::int64_t>(s->tokens.size());
+      // The last token is always computed: its logits give the next one.
+      PrefixMatch match =
+          pool_->MatchPrefix(std::span<const std::int32_t>(s->tokens).first(static_cast<std::size_t>(total - 1)));
+      const auto matched = static_cast<std::int64_t>(match.blocks.size());
+      // Sharing takes the matched evictable blocks out of the free count.
+      if (BlocksFor(total) - matched > pool_->num_free() - match.evictable) break;
+      s->blocks.Share(match.blocks);
+      SIROCCO_CHECK(s->blocks.Reserve(total).ok(), "admission miscounted");
+      s->num_computed = s->num_cached = matched * pool_->block_size();
+      s->num_published = matched;
+      s->prefix = match.key;
+      if (pool_->prefix_caching()) {
+        prefix_cache_queries_ += total;
+        prefix_cache_hits_ += s->num_cached;
+      }
       waiting_.erase(waiting_.begin());
       s->state = RequestState::kPrefilling;
       InsertOrdered(running_, s);
@@ -363,6 +380,7 @@ void Scheduler::OnStepDone(const StepPlan& plan) {
     SIROCCO_CHECK(s->state == RequestState::kDecoding && s->num_computed == d.pos, "decode item out of date");
     SIROCCO_CHECK(d.token >= 0 && d.token < options_.vocab_size, "decode item without a sampled token");
     s->num_computed += 1;
+    PublishComputed(s);
     sampled.emplace_back(s, d.token);
   }
   for (const PrefillChunk& c : plan.prefill) {
@@ -370,6 +388,7 @@ void Scheduler::OnStepDone(const StepPlan& plan) {
     if (s == nullptr) continue;
     SIROCCO_CHECK(s->state == RequestState::kPrefilling && s->num_computed == c.start, "prefill chunk out of date");
     s->num_computed += c.len;
+    PublishComputed(s);
     if (c.samples) {
       SIROCCO_CHECK(c.token >= 0 && c.token < options_.vocab_size, "final chunk without a sampled token");
       sampled.emplace_back(s, c.token);
@@ -435,6 +454,9 @@ SchedulerStats Scheduler::Stats() const {
   for (const Quarantined& q : quarantine_) st.quarantined_blocks += q.blocks.num_blocks();
   st.preemptions = preemptions_;
   st.reservations_expired = reservations_expired_;
+  st.cached_blocks = pool_->num_cached();
+  st.prefix_cache_queries = prefix_cache_queries_;
+  st.prefix_cache_hits = prefix_cache_hits_;
   return st;
 }
 
@@ -450,12 +472,24 @@ void Scheduler::Remove(std::vector<Sequence*>& queue, Sequence* s) {
 void Scheduler::Preempt(Sequence* s) {
   Remove(running_, s);
   s->blocks.Release();
-  s->num_computed = 0;
+  s->num_computed = s->num_cached = s->num_published = 0;
+  s->prefix = PrefixKey::Root();
   s->state = RequestState::kQueued;
   ++s->num_preemptions;
   ++preemptions_;
   // Its arrival is older than most of the queue, so it is recomputed first.
   InsertOrdered(waiting_, s);
+}
+
+void Scheduler::PublishComputed(Sequence* s) {
+  if (!pool_->prefix_caching()) return;
+  const std::int64_t bs = pool_->block_size();
+  while ((s->num_published + 1) * bs <= s->num_computed) {
+    const std::span<const std::int32_t> tokens = std::span<const std::int32_t>(s->tokens).subspan(
+        static_cast<std::size_t>(s->num_published * bs), static_cast<std::size_t>(bs));
+    s->prefix = pool_->Publish(s->prefix, s->blocks.block(s->num_published), tokens);
+    ++s->num_published;
+  }
 }
 
 void Scheduler::ExitRequest(Sequence* s, ExitReason reason, absl::Status status) {

@@ -30,6 +30,13 @@
 // A request must fit the pool alone (prompt + max_tokens - 1 cached tokens),
 // else it is refused up front: once admitted, it always makes progress.
 //
+// Prefix cache (KvPoolOptions::prefix_caching): an admission first shares the
+// longest run of published blocks that hold the sequence's leading tokens
+// (never its last token, whose logits are needed) and prefills only the
+// rest; every block a sequence fills (prompt or output, computed here or
+// arrived from a prefill worker for ids DecodeSpec::prompt names) is
+// published as soon as it is full.
+//
 // Thread-safety: none. The scheduler and its pool belong to one engine thread
 // (docs/architecture.md, "Inside a worker"). The one exception is
 // ValidateRequest, which reads only immutable options and may run anywhere.
@@ -189,6 +196,12 @@ struct SchedulerStats {
   std::int64_t prefill_tokens_pending = 0;
   std::int64_t preemptions = 0;            // cumulative
   std::int64_t reservations_expired = 0;   // cumulative
+  // Prefix cache: published blocks (held or evictable; evictable ones count
+  // as free), and, cumulative over admissions, tokens looked up and tokens
+  // found (vLLM's prefix_cache_queries and prefix_cache_hits).
+  std::int64_t cached_blocks = 0;
+  std::int64_t prefix_cache_queries = 0;
+  std::int64_t prefix_cache_hits = 0;
   std::int64_t running() const { return prefilling + decoding; }
 };
 
@@ -202,7 +215,14 @@ class Scheduler {
     std::vector<std::int32_t> tokens;  // prompt, then generated tokens
     std::int64_t prompt_len = 0;
     std::int64_t num_computed = 0;     // leading tokens whose KV is in `blocks`
+    // Of those, how many the last admission found in the prefix cache; its
+    // first prefill chunk starts there.
+    std::int64_t num_cached = 0;
     BlockTable blocks;
+    // Leading blocks published to the prefix cache (or found there), and
+    // the prefix they form.
+    std::int64_t num_published = 0;
+    PrefixKey prefix = PrefixKey::Root();
     SamplingParams sampling;
     StopParams stop;
     SchedTime deadline;
@@ -296,6 +316,8 @@ class Scheduler {
   static void InsertOrdered(std::vector<Sequence*>& queue, Sequence* s);
   static void Remove(std::vector<Sequence*>& queue, Sequence* s);
   void Preempt(Sequence* s);
+  // Publishes every block of `s` that is full and computed.
+  void PublishComputed(Sequence* s);
   void ExitRequest(Sequence* s, ExitReason reason, absl::Status status);
 
   SchedulerOptions options_;
@@ -317,6 +339,8 @@ class Scheduler {
   std::uint64_t next_reservation_ = 1;
   std::int64_t preemptions_ = 0;
   std::int64_t reservations_expired_ = 0;
+  std::int64_t prefix_cache_queries_ = 0;
+  std::int64_t prefix_cache_hits_ = 0;
 };
 
 }  // namespace sirocco::engine

@@ -741,6 +741,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
         // The decode worker computed the prompt: its queue and prefill.
         queue_us_ = absl::ToInt64Microseconds(decode_sent_ - received_) + f.queue_us();
         prefill_us_ = f.local_prefill_us();
+        cached_tokens_ = f.cached_tokens();
       } else if (f.first_step_us() > 0) {
         first_step_us_ = f.first_step_us();
       }
@@ -998,7 +999,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
   void FillUsageLocked(v1::Final* f) {
     f->mutable_usage()->set_prompt_tokens(static_cast<std::int32_t>(prompt_tokens_));
     f->mutable_usage()->set_completion_tokens(static_cast<std::int32_t>(all_ids_.size()));
-    f->mutable_usage()->set_cached_tokens(static_cast<std::int32_t>(cached_tokens_));
+    f->mutable_usage()->set_cached_tokens(static_cast<std::int32_t>(std::min(cached_tokens_, prompt_tokens_)));
     f->mutable_usage()->set_reasoning_tokens(static_cast<std::int32_t>(reasoning_tokens_));
     auto* t = f->mutable_timing();
     t->set_queue_us(queue_us_);

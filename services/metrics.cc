@@ -163,6 +163,10 @@ absl::StatusOr<ServingMetrics> RegisterServingMetrics(prometheus::Registry& regi
                                      "Number of generation tokens processed.");
     m.num_preemptions = AddCounter(registry, l, "sirocco:num_preemptions_total",
                                    "Cumulative number of preemption from the engine.");
+    m.prefix_cache_queries = AddCounter(registry, l, "sirocco:prefix_cache_queries_total",
+                                        "Prefix cache queries, in terms of number of queried tokens.");
+    m.prefix_cache_hits = AddCounter(registry, l, "sirocco:prefix_cache_hits_total",
+                                     "Prefix cache hits, in terms of number of cached tokens.");
     m.kv_transfer_bytes = AddCounter(registry, l, "sirocco:kv_transfer_bytes_total",
                                      "KV-cache bytes moved between workers (sent by prefill, received by decode).");
     m.kv_transfer_failures = AddCounter(registry, l, "sirocco:kv_transfer_failures_total",

@@ -72,6 +72,8 @@ struct ServingMetrics {
   prometheus::Counter* prompt_tokens = nullptr;
   prometheus::Counter* generation_tokens = nullptr;
   prometheus::Counter* num_preemptions = nullptr;
+  prometheus::Counter* prefix_cache_queries = nullptr;  // tokens
+  prometheus::Counter* prefix_cache_hits = nullptr;     // tokens
   prometheus::Counter* kv_transfer_bytes = nullptr;
   prometheus::Counter* kv_transfer_failures = nullptr;
   prometheus::Counter* local_prefill_fallbacks = nullptr;

@@ -307,6 +307,25 @@ class RouterClusterTest : public ::testing::Test {
     ExpectWorkersIdle();
   }
 
+  // Prompts sharing a 300-token prefix, one after another: each returns its
+  // reference tokens, and every one after the first reports the prefix's
+  // whole blocks (--block-size=8: 37 of them) as cached, unless caching is
+  // off.
+  void SharedPrefixReusesTheCache(bool caching) {
+    const std::vector<std::int32_t> shared = RandomPrompt(300, 77);
+    for (int i = 0; i < 4; ++i) {
+      std::vector<std::int32_t> prompt = shared;
+      const std::vector<std::int32_t> tail = RandomPrompt(5 + 20 * i, 200u + static_cast<std::uint32_t>(i));
+      prompt.insert(prompt.end(), tail.begin(), tail.end());
+      Result r = RunGenerate(prompt, 4);
+      ASSERT_TRUE(r.status.ok()) << "request " << i << ": " << r.status.error_message();
+      ASSERT_TRUE(r.has_final);
+      EXPECT_EQ(r.ids, Reference(prompt, 4)) << "request " << i;
+      EXPECT_EQ(r.final.usage().cached_tokens(), caching && i > 0 ? 296 : 0) << "request " << i;
+    }
+    ExpectWorkersIdle();
+  }
+
   static inline std::string* model_dir_ = nullptr;
   std::vector<std::unique_ptr<WorkerProcess>> workers_;
   std::unique_ptr<WorkerProcess> router_;
@@ -361,6 +380,21 @@ TEST_F(RouterClusterTest, ColocatedLongPromptsMatchEngineGenerate) {
 TEST_F(RouterClusterTest, DisaggregatedLongPromptsMatchEngineGenerate) {
   StartCluster({"prefill", "decode"});
   LongPromptsMatchReference();
+}
+
+TEST_F(RouterClusterTest, ColocatedSharedPrefixesComeFromThePrefixCache) {
+  StartCluster({"both"});
+  SharedPrefixReusesTheCache(true);
+}
+
+TEST_F(RouterClusterTest, DisaggregatedSharedPrefixesComeFromThePrefillersCache) {
+  StartCluster({"prefill", "decode"});
+  SharedPrefixReusesTheCache(true);
+}
+
+TEST_F(RouterClusterTest, PrefixCachingOffComputesEveryPrompt) {
+  StartCluster({"prefill", "decode"}, {{"prefill", {"--prefix-caching=off"}}});
+  SharedPrefixReusesTheCache(false);
 }
 
 TEST_F(RouterClusterTest, DisaggregatedSixteenDistinctPromptsConcurrently) {

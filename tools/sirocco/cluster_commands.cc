@@ -201,7 +201,11 @@ absl::Status RunUp(int argc, char** argv) {
   // Passed to every worker: where the model runs and how its weights are held.
   const std::string kernels = args->Take("kernels", "");
   const std::string weights = args->Take("weights", "");
+  const std::string prefix_caching = args->Take("prefix-caching", "");
   if (absl::Status s = args->CheckAllUsed(); !s.ok()) return s;
+  if (!prefix_caching.empty() && prefix_caching != "on" && prefix_caching != "off") {
+    return absl::InvalidArgumentError("--prefix-caching: must be on or off");
+  }
   if (!args->positional.empty()) return absl::InvalidArgumentError("sirocco up takes no positional arguments");
   if ((*prefill > 0) != (*decode > 0))
     return absl::InvalidArgumentError("--prefill and --decode: give both (disaggregated) or neither");
@@ -252,6 +256,7 @@ absl::Status RunUp(int argc, char** argv) {
     // A KV pool in GPU memory needs UCX's own (CUDA-aware) transport choice.
     if (kernels == "cuda") worker_args.insert(worker_args.end(), {"--ucx-transports", "default"});
     if (!weights.empty()) worker_args.insert(worker_args.end(), {"--weights", weights});
+    if (!prefix_caching.empty()) worker_args.insert(worker_args.end(), {"--prefix-caching", prefix_caching});
     auto pid = Spawn(bin, worker_args);
     if (!pid.ok()) return pid.status();
     c.pid = *pid;

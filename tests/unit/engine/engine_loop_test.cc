@@ -571,6 +571,176 @@ TEST_P(EngineLoopTest, PrefillAndDecodeEnginesTogetherMatchColocated) {
   EXPECT_TRUE(Eventually(**decode, PoolWhole));
 }
 
+// Requests sharing prefixes of several lengths (a common "system prompt",
+// the same prompt twice, a prompt that is another's prefix), greedy and
+// sampled with logprobs.
+std::vector<RequestSpec> SharedPrefixRequests(const std::vector<std::int32_t>& system) {
+  std::vector<RequestSpec> reqs;
+  auto with = [&](std::vector<std::int32_t> tail, std::int32_t max_tokens, bool sampled) {
+    RequestSpec r;
+    r.prompt = system;
+    r.prompt.insert(r.prompt.end(), tail.begin(), tail.end());
+    r.stop.max_tokens = max_tokens;
+    r.stop.ignore_eos = true;
+    r.sampling.logprobs = 2;
+    if (sampled) {
+      r.sampling.temperature = 0.8f;
+      r.sampling.seed = 77 + reqs.size();
+    } else {
+      r.sampling.temperature = 0.0f;
+    }
+    reqs.push_back(std::move(r));
+  };
+  with({11, 12, 13}, 6, false);
+  with({11, 12, 13}, 6, false);  // the same prompt again
+  with({21, 22, 23, 24, 25, 26, 27, 28, 29}, 5, true);
+  with({}, 4, false);  // the shared part alone
+  with({11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21}, 7, true);
+  return reqs;
+}
+
+void ExpectSameSamples(const std::vector<SampleResult>& got, const std::vector<SampleResult>& want,
+                       const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].token, want[i].token) << what << " token " << i;
+    EXPECT_NEAR(got[i].logprob, want[i].logprob, 1e-4) << what << " token " << i;
+  }
+}
+
+TEST_P(EngineLoopTest, PrefixCacheGivesTheTokensAndLogprobsOfEachAlone) {
+  EngineOptions o = Options(64, 8);
+  o.prefix_caching = true;
+  auto loop = EngineLoop::Create(o);
+  ASSERT_TRUE(loop.ok());
+  const std::vector<std::int32_t> system = Prompt(37, 9);  // 4 full blocks and a bit
+  const std::vector<RequestSpec> reqs = SharedPrefixRequests(system);
+  // One at a time: each finds what the earlier ones published.
+  std::vector<std::int64_t> cached;
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    auto stream = (*loop)->Submit(RequestId{i + 1}, reqs[i]);
+    ASSERT_TRUE(stream.ok());
+    Collected c = Collect(**stream);
+    ASSERT_EQ(c.reason, ExitReason::kLength) << c.status;
+    ExpectSameSamples(c.samples, Alone(reqs[i]).samples, "request " + std::to_string(i));
+    cached.push_back((*stream)->cached_tokens());
+  }
+  EXPECT_EQ(cached[0], 0);
+  EXPECT_EQ(cached[1], 32) << "the same 40-token prompt: 4 of its 5 blocks (the last token is computed)";
+  EXPECT_EQ(cached[2], 32);
+  EXPECT_EQ(cached[3], 32) << "37 tokens: the 4 full blocks";
+  EXPECT_EQ(cached[4], 40) << "the first request's output tokens were published too";
+  // All at once, while their prefixes are being published.
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    RequestSpec r = reqs[i];
+    r.prompt.push_back(400 + static_cast<std::int32_t>(i));
+    streams.push_back(*(*loop)->Submit(RequestId{100 + i}, r));
+  }
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    RequestSpec r = reqs[i];
+    r.prompt.push_back(400 + static_cast<std::int32_t>(i));
+    Collected c = Collect(*streams[i]);
+    ASSERT_EQ(c.reason, ExitReason::kLength) << c.status;
+    ExpectSameSamples(c.samples, Alone(r).samples, "concurrent request " + std::to_string(i));
+  }
+  EXPECT_TRUE(Eventually(**loop, PoolWhole));
+  const EngineStats st = (*loop)->Stats();
+  EXPECT_GT(st.scheduler.prefix_cache_hits, 5 * 32);
+  EXPECT_GT(st.scheduler.cached_blocks, 0);
+}
+
+TEST_P(EngineLoopTest, APrefillEngineSendsItsCachedPrefixWithTheComputedKv) {
+  auto decode = EngineLoop::Create(Options(64, 8));
+  ASSERT_TRUE(decode.ok());
+  // One prefill engine with a prefix cache serves every request in turn; the
+  // decode engine (no cache) must receive the whole prompt's KV each time.
+  struct Transfer {
+    Reservation target;
+    RequestId id;
+    std::atomic<std::int64_t> events{0}, written{0};
+    std::atomic<std::int64_t> tokens_sent{0};
+    std::atomic<bool> all_posted{false}, failed{false};
+  };
+  std::atomic<Transfer*> current{nullptr};
+  EngineLoop* prefill_raw = nullptr;
+  auto finish = [&](Transfer* t) { (void)prefill_raw->TransferDone(t->id, absl::OkStatus()); };
+  EngineOptions po = Options(64, 8);
+  po.prefix_caching = true;
+  po.on_layer_kv_written = [&](const LayerKvWritten& w) {
+    Transfer* t = current.load();
+    ++t->events;
+    if (w.layer == 0) t->tokens_sent += w.token_end - w.token_begin;
+    std::vector<std::int32_t> src_blocks(w.blocks->data(), w.blocks->data() + w.blocks->num_blocks());
+    const std::vector<BlockId> dst = t->target.blocks;
+    auto status = (*decode)->WriteKv(
+        t->target.id,
+        [w, src_blocks, dst](KvPool& pool, std::span<const BlockId> blocks) {
+          if (blocks.size() != dst.size()) return absl::InternalError("reservation changed");
+          const std::int64_t bs = pool.block_size(), dim = pool.entry_dim();
+          for (std::int64_t tok = w.token_begin; tok < w.token_end; ++tok) {
+            const auto b = static_cast<std::size_t>(tok / bs);
+            const float* from = w.pool->layer(w.layer) + (src_blocks[b] * w.pool->block_size() + tok % bs) * dim;
+            std::memcpy(pool.entry(w.layer, blocks[b], tok % bs), from, sizeof(float) * static_cast<std::size_t>(dim));
+          }
+          return absl::OkStatus();
+        },
+        [&, t](absl::Status st) {
+          if (!st.ok()) t->failed = true;
+          if (++t->written == t->events.load() && t->all_posted.load()) finish(t);
+        });
+    EXPECT_TRUE(status.ok());
+  };
+  auto prefill = EngineLoop::Create(po);
+  ASSERT_TRUE(prefill.ok());
+  prefill_raw = prefill->get();
+
+  const std::vector<RequestSpec> reqs = SharedPrefixRequests(Prompt(37, 10));
+  std::int64_t total_cached = 0;
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    const RequestSpec& spec = reqs[i];
+    const RequestId id{i + 1};
+    std::promise<absl::StatusOr<Reservation>> reserved;
+    ASSERT_TRUE((*decode)
+                    ->Reserve(ReserveSpec{id, spec.prompt, 8, seconds(60)},
+                              [&](absl::StatusOr<Reservation> r) { reserved.set_value(std::move(r)); })
+                    .ok());
+    absl::StatusOr<Reservation> target = reserved.get_future().get();
+    ASSERT_TRUE(target.ok()) << target.status();
+    Transfer t;
+    t.target = *target;
+    t.id = id;
+    current = &t;
+    RequestSpec pre = spec;
+    pre.prefill_only = true;
+    auto pstream = (*prefill)->Submit(id, pre);
+    ASSERT_TRUE(pstream.ok());
+    ASSERT_TRUE(Eventually(**prefill, [](const EngineStats& s) { return s.scheduler.transferring == 1; }));
+    t.all_posted = true;
+    if (t.written.load() == t.events.load()) finish(&t);
+    Collected first = Collect(**pstream);
+    ASSERT_EQ(first.reason, ExitReason::kPrefillDone) << first.status;
+    EXPECT_FALSE(t.failed.load());
+    EXPECT_EQ(t.tokens_sent.load(), static_cast<std::int64_t>(spec.prompt.size()))
+        << "request " << i << ": every prompt token's KV, cached or computed, is sent";
+    total_cached += (*pstream)->cached_tokens();
+
+    DecodeSpec ds;
+    ds.sampling = spec.sampling;
+    ds.stop = spec.stop;
+    Collected rest = Collect(**(*decode)->Decode(target->id, id, first.tokens[0], ds));
+    ASSERT_EQ(rest.reason, ExitReason::kLength) << rest.status;
+    std::vector<SampleResult> all = first.samples;
+    all.insert(all.end(), rest.samples.begin(), rest.samples.end());
+    ExpectSameSamples(all, Alone(spec).samples, "request " + std::to_string(i));
+    current = nullptr;
+  }
+  EXPECT_GE(total_cached, 4 * 32) << "requests after the first reused the shared prefix";
+  (*prefill)->Stop();
+  EXPECT_TRUE(PoolWhole((*prefill)->Stats()));
+  EXPECT_TRUE(Eventually(**decode, PoolWhole));
+}
+
 INSTANTIATE_TEST_SUITE_P(Forms, EngineLoopTest, ::testing::Values(AttentionForm::kAbsorbed, AttentionForm::kExpanded),
                          [](const ::testing::TestParamInfo<AttentionForm>& p) {
                            return p.param == AttentionForm::kAbsorbed ? std::string("Absorbed")

@@ -67,5 +67,142 @@ TEST(KvPoolDeath, DoubleFreeIsABug) {
   EXPECT_DEATH(pool->Free(a), "freed twice");
 }
 
+// ---------------------------------------------------------------- prefix cache
+
+std::unique_ptr<KvPool> CachingPool(std::int64_t num_blocks, std::int64_t block_size = 2) {
+  return *KvPool::Create(KvPoolOptions{
+      .num_layers = 1, .num_blocks = num_blocks, .block_size = block_size, .entry_dim = 1, .prefix_caching = true});
+}
+
+// Allocates one block per full block of `tokens` and publishes them as one
+// sequence would; returns the blocks (held once).
+std::vector<BlockId> PublishChain(KvPool& pool, const std::vector<std::int32_t>& tokens) {
+  const auto bs = static_cast<std::size_t>(pool.block_size());
+  std::vector<BlockId> blocks = *pool.Allocate(static_cast<std::int64_t>(tokens.size() / bs));
+  PrefixKey key = PrefixKey::Root();
+  for (std::size_t i = 0; i < blocks.size(); ++i) {
+    key = pool.Publish(key, blocks[i], std::span<const std::int32_t>(tokens).subspan(i * bs, bs));
+  }
+  return blocks;
+}
+
+TEST(PrefixCache, MatchesTheLongestRunOfWholeBlocksExactly) {
+  auto pool = CachingPool(8);
+  const std::vector<BlockId> chain = PublishChain(*pool, {1, 2, 3, 4, 5, 6});
+  EXPECT_EQ(pool->num_cached(), 3);
+
+  PrefixMatch m = pool->MatchPrefix(std::vector<std::int32_t>{1, 2, 3, 4, 5, 6, 7});
+  EXPECT_EQ(m.blocks, chain);
+  EXPECT_EQ(m.evictable, 0) << "the chain is still held";
+  // A partial last block, a different token, a different start.
+  EXPECT_EQ(pool->MatchPrefix(std::vector<std::int32_t>{1, 2, 3, 4, 5}).blocks.size(), 2u);
+  EXPECT_EQ(pool->MatchPrefix(std::vector<std::int32_t>{1, 2, 3, 9, 5, 6}).blocks.size(), 1u);
+  EXPECT_TRUE(pool->MatchPrefix(std::vector<std::int32_t>{3, 4, 5, 6}).blocks.empty())
+      << "a block matches only after the same prefix";
+  EXPECT_TRUE(pool->MatchPrefix(std::vector<std::int32_t>{1}).blocks.empty());
+  pool->Free(chain);
+}
+
+TEST(PrefixCache, FreedPublishedBlocksStayFindableCountAsFreeAndAreEvictedLast) {
+  auto pool = CachingPool(4);
+  std::vector<BlockId> chain = PublishChain(*pool, {1, 2, 3, 4});  // 2 blocks
+  std::vector<BlockId> plain = *pool->Allocate(1);                 // never published
+  pool->Free(chain);
+  pool->Free(plain);
+  EXPECT_EQ(pool->num_free(), 4);
+  EXPECT_EQ(pool->num_evictable(), 2);
+  PrefixMatch m = pool->MatchPrefix(std::vector<std::int32_t>{1, 2, 3, 4});
+  EXPECT_EQ(m.blocks, chain);
+  EXPECT_EQ(m.evictable, 2);
+
+  // Never-used blocks go first; then the evictable chain, its tail first.
+  std::vector<BlockId> a = *pool->Allocate(2);
+  EXPECT_EQ(pool->MatchPrefix(std::vector<std::int32_t>{1, 2, 3, 4}).blocks.size(), 2u);
+  std::vector<BlockId> b = *pool->Allocate(1);
+  EXPECT_EQ(b[0], chain[1]) << "the chain's tail is evicted before its head";
+  EXPECT_EQ(pool->MatchPrefix(std::vector<std::int32_t>{1, 2, 3, 4}).blocks.size(), 1u);
+  EXPECT_EQ(pool->num_cached(), 1);
+  pool->Free(a);
+  pool->Free(b);
+  EXPECT_EQ(pool->num_free(), 4);
+}
+
+TEST(PrefixCache, SharedBlocksLeaveTheFreeCountAndComeBackWithTheLastHolder) {
+  auto pool = CachingPool(4);
+  std::vector<BlockId> chain = PublishChain(*pool, {1, 2, 3, 4});
+  pool->Free(chain);
+  PrefixMatch m = pool->MatchPrefix(std::vector<std::int32_t>{1, 2, 3, 4});
+  BlockTable first(pool.get());
+  first.Share(m.blocks);
+  EXPECT_EQ(pool->num_free(), 2) << "shared blocks are held again";
+  {
+    BlockTable second(pool.get());
+    second.Share(pool->MatchPrefix(std::vector<std::int32_t>{1, 2, 9}).blocks);
+    EXPECT_EQ(second.num_blocks(), 1);
+    ASSERT_TRUE(second.Reserve(4).ok());
+    EXPECT_EQ(pool->num_free(), 1);
+    // Everything else is held: the shared blocks cannot be evicted.
+    EXPECT_EQ(pool->Allocate(2).status().code(), absl::StatusCode::kResourceExhausted);
+  }
+  EXPECT_EQ(pool->num_free(), 2) << "the first table still holds both";
+  first.Release();
+  EXPECT_EQ(pool->num_free(), 4);
+  EXPECT_EQ(pool->num_evictable(), 2);
+}
+
+TEST(PrefixCache, TheSameContentIsPublishedOnceAndItsKeyContinuesTheChain) {
+  auto pool = CachingPool(6);
+  std::vector<BlockId> a = PublishChain(*pool, {1, 2});
+  std::vector<BlockId> b = *pool->Allocate(2);
+  const PrefixKey key = pool->Publish(PrefixKey::Root(), b[0], std::vector<std::int32_t>{1, 2});
+  EXPECT_EQ(pool->num_cached(), 1) << "a duplicate stays private";
+  EXPECT_EQ(key, pool->MatchPrefix(std::vector<std::int32_t>{1, 2}).key);
+  // The duplicate's successor is published after the existing entry.
+  (void)pool->Publish(key, b[1], std::vector<std::int32_t>{3, 4});
+  PrefixMatch m = pool->MatchPrefix(std::vector<std::int32_t>{1, 2, 3, 4});
+  ASSERT_EQ(m.blocks.size(), 2u);
+  EXPECT_EQ(m.blocks[0], a[0]);
+  EXPECT_EQ(m.blocks[1], b[1]);
+  pool->Free(a);
+  pool->Free(b);
+  EXPECT_EQ(pool->num_free(), 6);
+  EXPECT_EQ(pool->num_evictable(), 2) << "the private duplicate went back to the free list";
+}
+
+TEST(PrefixCache, BlocksAfterAnEvictedOneAreNeverFoundAgain) {
+  auto pool = CachingPool(3);
+  std::vector<BlockId> chain = PublishChain(*pool, {1, 2, 3, 4});
+  // Free the head only (held once more by nobody); keep the tail held.
+  pool->Free({chain[0]});
+  std::vector<BlockId> other = *pool->Allocate(2);  // the never-used block, then the evicted head
+  EXPECT_EQ(other[1], chain[0]);
+  // Republish the head's block id with other content: the old tail must not
+  // be reachable through it, though its parent's block id is the same.
+  const PrefixKey key = pool->Publish(PrefixKey::Root(), other[1], std::vector<std::int32_t>{1, 2});
+  EXPECT_NE(key, PrefixKey::Broken());
+  PrefixMatch m = pool->MatchPrefix(std::vector<std::int32_t>{1, 2, 3, 4});
+  ASSERT_EQ(m.blocks.size(), 1u) << "the tail was published after the evicted entry";
+  EXPECT_EQ(m.blocks[0], other[1]);
+  pool->Free({chain[1]});
+  pool->Free(other);
+  EXPECT_EQ(pool->num_free(), 3);
+}
+
+TEST(PrefixCache, WithoutPrefixCachingNothingIsPublishedOrFound) {
+  auto pool = *KvPool::Create({1, 4, 2, 1});
+  std::vector<BlockId> chain = PublishChain(*pool, {1, 2, 3, 4});
+  EXPECT_EQ(pool->num_cached(), 0);
+  EXPECT_TRUE(pool->MatchPrefix(std::vector<std::int32_t>{1, 2, 3, 4}).blocks.empty());
+  pool->Free(chain);
+  EXPECT_EQ(pool->num_evictable(), 0);
+}
+
+TEST(PrefixCacheDeath, SharingAFreeUnpublishedBlockIsABug) {
+  auto pool = CachingPool(2);
+  std::vector<BlockId> b = *pool->Allocate(1);
+  pool->Free(b);
+  EXPECT_DEATH(pool->Share(b), "not published");
+}
+
 }  // namespace
 }  // namespace sirocco::engine

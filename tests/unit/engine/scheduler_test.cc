@@ -20,9 +20,14 @@ constexpr std::int32_t kToken = 7;  // what the fake runner samples unless told 
 
 class SchedulerTest : public ::testing::Test {
  protected:
-  void Make(std::int64_t num_blocks, std::int64_t block_size, std::int64_t budget = 16, std::int64_t max_seqs = 8) {
+  void Make(std::int64_t num_blocks, std::int64_t block_size, std::int64_t budget = 16, std::int64_t max_seqs = 8,
+            bool prefix_caching = false) {
     sched_.reset();
-    pool_ = *KvPool::Create(KvPoolOptions{1, num_blocks, block_size, 1});
+    pool_ = *KvPool::Create(KvPoolOptions{.num_layers = 1,
+                                          .num_blocks = num_blocks,
+                                          .block_size = block_size,
+                                          .entry_dim = 1,
+                                          .prefix_caching = prefix_caching});
     opts_.max_tokens_per_step = budget;
     opts_.max_seqs_per_step = max_seqs;
     opts_.max_model_len = 1024;
@@ -81,6 +86,10 @@ class SchedulerTest : public ::testing::Test {
     EXPECT_EQ(st.free_blocks, st.total_blocks);
     EXPECT_EQ(st.running() + st.waiting + st.transferring + st.reservations, 0);
   }
+
+  // Random submits, reservations, arrivals, cancels, transfers, deadlines
+  // and steps over many seeds, checking the invariants after every operation.
+  void RunRandomOperations(bool prefix_caching);
 
   SchedulerOptions opts_;
   std::unique_ptr<KvPool> pool_;
@@ -665,16 +674,16 @@ TEST_F(SchedulerTest, CancelAllAndDestructionReturnEveryBlock) {
 // Random operations against the invariants: blocks are conserved, plans
 // respect the limits, every request exits exactly once with no more than
 // max_tokens outputs, and the pool is whole when all is done.
-TEST_F(SchedulerTest, RandomOperationsKeepTheInvariants) {
+void SchedulerTest::RunRandomOperations(bool prefix_caching) {
   std::map<ExitReason, int> reasons;  // over all seeds: the run must reach every exit path
-  std::int64_t preemptions = 0;
+  std::int64_t preemptions = 0, hits = 0;
   for (std::uint64_t seed = 1; seed <= 20; ++seed) {
     std::mt19937_64 rng(seed);
     auto uniform = [&](std::int64_t lo, std::int64_t hi) {
       return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng);
     };
     Make(/*num_blocks=*/uniform(8, 24), /*block_size=*/uniform(1, 4), /*budget=*/uniform(1, 12),
-         /*max_seqs=*/uniform(1, 5));
+         /*max_seqs=*/uniform(1, 5), prefix_caching);
     std::map<std::uint64_t, std::int32_t> max_tokens;     // submitted requests
     std::map<std::uint64_t, ReservationId> reservations;  // reserved, not yet arrived
     std::set<std::uint64_t> exited;
@@ -715,6 +724,24 @@ TEST_F(SchedulerTest, RandomOperationsKeepTheInvariants) {
         sched_->Expire(now_);
         token_for_.clear();
         StepPlan plan = sched_->Schedule(now_);
+        // Every block a step writes into belongs to its sequence alone and is
+        // not published (shared prefix blocks are only read).
+        std::map<std::int32_t, int> holders;
+        for (std::uint64_t id = 1; id < next_id; ++id) {
+          if (const Scheduler::Sequence* s = sched_->Find(RequestId{id})) {
+            for (std::int64_t b = 0; b < s->blocks.num_blocks(); ++b) ++holders[s->blocks.block(b).value];
+          }
+        }
+        auto expect_private = [&](RequestId id, std::int64_t begin, std::int64_t end) {
+          const Scheduler::Sequence* s = sched_->Find(id);
+          const std::int64_t bs = pool_->block_size();
+          for (std::int64_t b = begin / bs; b <= (end - 1) / bs; ++b) {
+            EXPECT_EQ(holders[s->blocks.block(b).value], 1) << "seed " << seed << ": a shared block is written";
+            EXPECT_GE(b, s->num_published) << "seed " << seed << ": a published block is written";
+          }
+        };
+        for (const DecodeItem& d : plan.decode) expect_private(d.id, d.pos, d.pos + 1);
+        for (const PrefillChunk& c : plan.prefill) expect_private(c.id, c.start, c.start + c.len);
         EXPECT_LE(plan.num_tokens(), opts_.max_tokens_per_step);
         EXPECT_LE(static_cast<std::int64_t>(plan.decode.size() + plan.prefill.size()), opts_.max_seqs_per_step);
         std::set<std::uint64_t> in_plan;
@@ -742,17 +769,18 @@ TEST_F(SchedulerTest, RandomOperationsKeepTheInvariants) {
           EXPECT_EQ(e.num_output_tokens, max_tokens[e.id.value]);
         }
       }
-      // Conservation: free + held by requests + held by reservations = total.
-      std::int64_t held = 0;
+      // Conservation: free + held (by requests, once however many share a
+      // block, and by reservations) = total.
+      std::set<std::int32_t> held_blocks;
       for (std::uint64_t id = 1; id < next_id; ++id) {
         if (const Scheduler::Sequence* s = sched_->Find(RequestId{id})) {
-          held += s->blocks.num_blocks();
+          for (std::int64_t b = 0; b < s->blocks.num_blocks(); ++b) held_blocks.insert(s->blocks.block(b).value);
           if (s->state == RequestState::kQueued) {
             EXPECT_EQ(s->blocks.num_blocks(), 0);
           }
         }
       }
-      held += sched_->Stats().reserved_blocks;
+      const std::int64_t held = static_cast<std::int64_t>(held_blocks.size()) + sched_->Stats().reserved_blocks;
       ASSERT_EQ(held + pool_->num_free(), pool_->num_blocks()) << "seed " << seed << " op " << op;
     }
     // Drain: finish transfers, let everything run out, then expire the rest.
@@ -773,13 +801,87 @@ TEST_F(SchedulerTest, RandomOperationsKeepTheInvariants) {
     }
     EXPECT_EQ(exited.size(), max_tokens.size()) << "seed " << seed << ": every request exits exactly once";
     preemptions += sched_->Stats().preemptions;
+    hits += sched_->Stats().prefix_cache_hits;
     ExpectPoolWhole();
+  }
+  if (prefix_caching) {
+    EXPECT_GT(hits, 0) << "the prompts share prefixes: some admissions must hit";
+  } else {
+    EXPECT_EQ(hits, 0);
   }
   for (ExitReason r : {ExitReason::kStop, ExitReason::kLength, ExitReason::kPrefillDone, ExitReason::kCancelled,
                        ExitReason::kDeadlineExceeded}) {
     EXPECT_GT(reasons[r], 0) << ExitReasonName(r);
   }
   EXPECT_GT(preemptions, 0);
+}
+
+TEST_F(SchedulerTest, RandomOperationsKeepTheInvariants) { RunRandomOperations(false); }
+
+TEST_F(SchedulerTest, RandomOperationsWithPrefixCachingKeepTheInvariants) { RunRandomOperations(true); }
+
+TEST_F(SchedulerTest, PrefixCacheSkipsTheBlocksAnEarlierRequestComputed) {
+  Make(64, 4, /*budget=*/16, /*max_seqs=*/8, /*prefix_caching=*/true);
+  ASSERT_TRUE(Add(1, Spec(10, 3)).ok());
+  StepPlan p = Step();  // prefills all 10 tokens: blocks 0 and 1 are full and published
+  ASSERT_EQ(p.prefill.size(), 1u);
+  EXPECT_EQ(sched_->Stats().cached_blocks, 2);
+
+  // Same 10 tokens while request 1 still runs: 8 come from the cache; the
+  // last block (tokens 8, 9) is computed, as the last token must be.
+  ASSERT_TRUE(Add(2, Spec(10, 3)).ok());
+  p = Step();
+  ASSERT_EQ(p.prefill.size(), 1u);
+  EXPECT_EQ(p.prefill[0].id.value, 2u);
+  EXPECT_EQ(p.prefill[0].start, 8);
+  EXPECT_EQ(p.prefill[0].len, 2);
+  EXPECT_EQ(sched_->Find(RequestId{2})->num_cached, 8);
+  EXPECT_EQ(sched_->Find(RequestId{2})->blocks.block(0), sched_->Find(RequestId{1})->blocks.block(0));
+
+  // A prompt of exactly two blocks: only the first is reused.
+  ASSERT_TRUE(Add(3, Spec(8, 1)).ok());
+  p = Step();
+  ASSERT_EQ(p.prefill.size(), 1u);
+  EXPECT_EQ(p.prefill[0].start, 4);
+  EXPECT_EQ(p.prefill[0].len, 4);
+  RunToIdle();
+  ExitsById();
+  SchedulerStats st = sched_->Stats();
+  EXPECT_EQ(st.prefix_cache_queries, 10 + 10 + 8);
+  EXPECT_EQ(st.prefix_cache_hits, 8 + 4);
+  EXPECT_GT(st.cached_blocks, 2) << "output blocks are published too";
+  ExpectPoolWhole();
+  EXPECT_EQ(pool_->num_evictable(), st.cached_blocks);
+
+  // After everyone left, the cache still serves a new request.
+  ASSERT_TRUE(Add(4, Spec(12, 1)).ok());
+  p = Step();
+  EXPECT_EQ(p.prefill[0].start, 8);
+  RunToIdle();
+  ExpectPoolWhole();
+}
+
+TEST_F(SchedulerTest, PreemptedRequestsResumeFromTheirOwnPublishedBlocks) {
+  Make(/*num_blocks=*/6, /*block_size=*/2, /*budget=*/16, /*max_seqs=*/8, /*prefix_caching=*/true);
+  // Two requests that together outgrow the pool: the newer one is preempted,
+  // and its recompute finds the blocks it had published.
+  RequestSpec a = Spec(4, 6), b = Spec(4, 6);
+  for (std::int32_t& t : b.prompt) t += 50;  // no prefix in common with a
+  ASSERT_TRUE(Add(1, a).ok());
+  ASSERT_TRUE(Add(2, b).ok());
+  std::int64_t resumed_from = -1;
+  for (int i = 0; i < 100 && !sched_->idle(); ++i) {
+    StepPlan p = Step();
+    for (const PrefillChunk& c : p.prefill) {
+      if (c.id.value == 2 && sched_->Find(RequestId{2}) && sched_->Find(RequestId{2})->num_preemptions > 0) {
+        resumed_from = std::max(resumed_from, c.start);
+      }
+    }
+  }
+  EXPECT_GT(sched_->Stats().preemptions, 0);
+  EXPECT_GT(resumed_from, 0) << "the recompute started after cached blocks";
+  ExitsById();
+  ExpectPoolWhole();
 }
 
 }  // namespace

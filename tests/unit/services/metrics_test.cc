@@ -267,6 +267,8 @@ TEST_F(MetricsTest, ServesValidExpositionWithVllmNamesAndBuckets) {
       {"sirocco:prompt_tokens_total", "counter"},
       {"sirocco:generation_tokens_total", "counter"},
       {"sirocco:num_preemptions_total", "counter"},
+      {"sirocco:prefix_cache_queries_total", "counter"},
+      {"sirocco:prefix_cache_hits_total", "counter"},
       {"sirocco:request_success_total", "counter"},
       {"sirocco:kv_transfer_bytes_total", "counter"},
       {"sirocco:kv_transfer_failures_total", "counter"},
