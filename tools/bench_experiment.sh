@@ -6,6 +6,11 @@
 #
 #   tools/bench_experiment.sh [BUILD_DIR]        (default: build)
 #
+# EXPERIMENT=prefix-cache runs the prefix-cache experiment instead: one
+# disaggregated cluster (1 prefill + 1 decode) with the workers' prefix cache
+# off, then on, under requests that share one of 4 system prompts of 768
+# tokens (then 64 tokens of their own, 32 output tokens); A = off, B = on.
+#
 # Needs `sirocco`, `sirocco-router`, `sirocco-decode` and `sirocco-prefill`
 # built in BUILD_DIR. Uses the embedded tiny model in models/tiny (`sirocco up`
 # makes it if absent). Writes OUT_DIR (default BUILD_DIR/bench_experiment):
@@ -23,10 +28,18 @@ RATE="${RATE:-6}"
 SLO_TTFT_MS="${SLO_TTFT_MS:-300}"
 SLO_TPOT_MS="${SLO_TPOT_MS:-25}"
 
-# Identical workload and load for both clusters: 3 short prompts (32 tokens)
-# for each long one (1024 tokens), 32 output tokens each (ignore_eos), seed 1.
+EXPERIMENT="${EXPERIMENT:-disagg}"
+
+# Identical workload and load for both clusters. disagg: 3 short prompts (32
+# tokens) for each long one (1024 tokens); prefix-cache: 4 shared 768-token
+# prefixes, 64 tokens after them. 32 output tokens each (ignore_eos), seed 1.
+case "$EXPERIMENT" in
+  disagg) WORKLOAD=(--input-len "mix:32@0.75,1024@0.25") ;;
+  prefix-cache) WORKLOAD=(--prefix-groups 4 --prefix-len 768 --input-len 64) ;;
+  *) echo "bench_experiment: EXPERIMENT must be disagg or prefix-cache" >&2; exit 1 ;;
+esac
 BENCH_ARGS=(--target "127.0.0.1:$PORT" --num-requests "$NUM_REQUESTS" --rate "$RATE" --arrival poisson --seed 1
-  --warmup 2 --input-len "mix:32@0.75,1024@0.25" --output-len 32
+  --warmup 2 "${WORKLOAD[@]}" --output-len 32
   --slo "ttft_ms=$SLO_TTFT_MS" --slo "tpot_ms=$SLO_TPOT_MS" --no-progress)
 
 [[ -x "$SIROCCO" ]] || { echo "bench_experiment: no $SIROCCO; build first (ninja -C $BUILD_DIR sirocco sirocco-router sirocco-decode sirocco-prefill)" >&2; exit 1; }
@@ -62,8 +75,15 @@ run() {
 }
 
 start=$(date +%s)
-run colocated --colocated 2
-run disaggregated --prefill 1 --decode 1
-echo "== compare (A = colocated, B = disaggregated)"
-"$SIROCCO" bench compare "$OUT_DIR/colocated.json" "$OUT_DIR/disaggregated.json" | tee "$OUT_DIR/compare.txt"
+if [[ "$EXPERIMENT" == disagg ]]; then
+  run colocated --colocated 2
+  run disaggregated --prefill 1 --decode 1
+  echo "== compare (A = colocated, B = disaggregated)"
+  "$SIROCCO" bench compare "$OUT_DIR/colocated.json" "$OUT_DIR/disaggregated.json" | tee "$OUT_DIR/compare.txt"
+else
+  run prefix_cache_off --prefill 1 --decode 1 --prefix-caching off
+  run prefix_cache_on --prefill 1 --decode 1 --prefix-caching on
+  echo "== compare (A = prefix cache off, B = on)"
+  "$SIROCCO" bench compare "$OUT_DIR/prefix_cache_off.json" "$OUT_DIR/prefix_cache_on.json" | tee "$OUT_DIR/compare.txt"
+fi
 echo "bench_experiment: $(($(date +%s) - start)) s; results in $OUT_DIR"

@@ -121,6 +121,7 @@ Aggregates Aggregate(const std::vector<RequestRecord>& records, double duration_
     }
     ++a.completed;
     a.input_tokens += r.prompt_tokens;
+    a.cached_tokens += r.cached_tokens;
     a.output_tokens += r.output_tokens;
     const auto t = TtftMs(r);
     const auto p = TpotMs(r);

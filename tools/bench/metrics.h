@@ -52,6 +52,7 @@ struct RequestRecord {
   std::vector<double> chunk_s;    // each delta's arrival
   std::vector<int> chunk_tokens;  // tokens in each delta
   int prompt_tokens = 0;          // Final.usage, else input_len
+  int cached_tokens = 0;          // Final.usage: prompt tokens the server's prefix cache held
   int output_tokens = 0;          // Final.usage, else the sum of chunk_tokens
   int status_code = 0;            // gRPC status code
   std::string status_message;
@@ -97,6 +98,7 @@ struct Aggregates {
   std::int64_t requests = 0, completed = 0, cancelled = 0, failed = 0;
   std::map<std::string, std::int64_t> errors;        // by ErrorKey
   std::int64_t input_tokens = 0, output_tokens = 0;  // completed requests
+  std::int64_t cached_tokens = 0;                    // of input_tokens, from the server's prefix cache
   double request_throughput = 0;                     // completed / s
   double output_throughput = 0;                      // output tokens / s
   double total_token_throughput = 0;                 // (input + output) tokens / s

@@ -40,6 +40,7 @@ const std::vector<std::pair<std::string, std::string>>& Headline() {
       {"Requests cancelled", "cancelled"},
       {"Duration (s)", "duration_s"},
       {"Input tokens", "input_tokens"},
+      {"  from the prefix cache", "cached_tokens"},
       {"Output tokens", "output_tokens"},
       {"Request throughput (req/s)", "request_throughput"},
       {"Output token throughput (tok/s)", "output_throughput"},

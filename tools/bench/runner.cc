@@ -83,6 +83,7 @@ void CopyFinal(const Response& response, RequestRecord& r) {
   const sirocco::v1::Final& f = response.final();
   r.finish_reason = sirocco::v1::FinishReason_Name(f.finish_reason());
   r.prompt_tokens = f.usage().prompt_tokens();
+  r.cached_tokens = f.usage().cached_tokens();
   r.output_tokens = f.usage().completion_tokens();
   if (f.has_timing()) {
     r.has_timing = true;

@@ -75,6 +75,8 @@ TEST(AggregateTest, ExactValuesOnSyntheticRecords) {
   cancelled.status_code = 1;
   records.push_back(cancelled);
   records[1].scheduled_s = 0.99;  // 10 ms send lag
+  records[1].cached_tokens = 16;
+  records[4].cached_tokens = 5;  // a failed request: not counted
   records[0].callbacks = 6;
   records[0].callback_total_us = 60;
   records[0].callback_max_us = 25;
@@ -90,6 +92,7 @@ TEST(AggregateTest, ExactValuesOnSyntheticRecords) {
   EXPECT_EQ(a.errors.at("RESOURCE_EXHAUSTED"), 1);
   EXPECT_EQ(a.errors.at("FINISH_REASON_ERROR"), 1);
   EXPECT_EQ(a.input_tokens, 60);
+  EXPECT_EQ(a.cached_tokens, 16);
   EXPECT_EQ(a.output_tokens, 9);
   EXPECT_DOUBLE_EQ(a.request_throughput, 0.75);
   EXPECT_DOUBLE_EQ(a.output_throughput, 2.25);
