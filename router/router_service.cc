@@ -612,7 +612,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
 
   // Disaggregated: Prefill on a prefill worker, its KV into the reservation.
   void StartPrefillLocked() {
-    auto prefill = shared_->directory->PickPrefill(prompt_tokens_, excluded_prefill_);
+    auto prefill = shared_->directory->PickPrefill(job_.prompt, excluded_prefill_);
     if (!prefill.ok()) {
       // No healthy prefill worker (all lost, or this one's retries spent):
       // the decode worker prefills itself rather than fail the request.
@@ -1389,9 +1389,10 @@ absl::StatusOr<WorkerState> WorkerDirectory::PickDecode(std::int64_t blocks) {
   return *state;
 }
 
-absl::StatusOr<WorkerId> WorkerDirectory::PickPrefill(std::int64_t prompt_tokens, const std::set<WorkerId>& exclude) {
+absl::StatusOr<WorkerId> WorkerDirectory::PickPrefill(std::span<const std::int32_t> prompt,
+                                                      const std::set<WorkerId>& exclude) {
   absl::MutexLock lock(&mu_);
-  return pool_.PickPrefill(prompt_tokens, exclude);
+  return pool_.PickPrefill(prompt, exclude);
 }
 
 void WorkerDirectory::DoneDecode(const WorkerId& id, std::int64_t blocks) {

@@ -82,7 +82,8 @@ class WorkerDirectory {
 
   // Picks the decode worker (possibly role BOTH) for `blocks` KV blocks.
   absl::StatusOr<WorkerState> PickDecode(std::int64_t blocks);
-  absl::StatusOr<WorkerId> PickPrefill(std::int64_t prompt_tokens, const std::set<WorkerId>& exclude);
+  // Prefix-aware: see WorkerPool's policy.
+  absl::StatusOr<WorkerId> PickPrefill(std::span<const std::int32_t> prompt, const std::set<WorkerId>& exclude);
   void DoneDecode(const WorkerId& id, std::int64_t blocks);
   void DonePrefill(const WorkerId& id, std::int64_t prompt_tokens);
   void MarkUnhealthy(const WorkerId& id);

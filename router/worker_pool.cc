@@ -22,7 +22,11 @@ void WorkerPool::Upsert(const WorkerId& id, WorkerRole role) {
 }
 
 void WorkerPool::Retain(const std::set<WorkerId>& present) {
-  std::erase_if(workers_, [&](const auto& kv) { return !present.contains(kv.first); });
+  std::erase_if(workers_, [&](const auto& kv) {
+    if (present.contains(kv.first)) return false;
+    prefixes_.Forget(kv.first.address);
+    return true;
+  });
 }
 
 void WorkerPool::ReportLoad(const WorkerId& id, const WorkerLoad& load, absl::Time now) {
@@ -38,6 +42,7 @@ void WorkerPool::ReportLoad(const WorkerId& id, const WorkerLoad& load, absl::Ti
 
 void WorkerPool::MarkUnhealthy(const WorkerId& id) {
   if (auto it = workers_.find(id); it != workers_.end()) it->second.healthy = false;
+  prefixes_.Forget(id.address);  // it may come back restarted, its cache empty
 }
 
 void WorkerPool::ExpireStale(absl::Time now, absl::Duration max_age) {
@@ -67,19 +72,30 @@ absl::StatusOr<WorkerId> WorkerPool::PickDecode(std::int64_t blocks_needed) {
   return best->id;
 }
 
-absl::StatusOr<WorkerId> WorkerPool::PickPrefill(std::int64_t prompt_tokens, const std::set<WorkerId>& exclude) {
-  WorkerState* best = nullptr;
-  double best_score = 0;
-  auto key = [](const WorkerState& w) {
-    return std::make_tuple(w.load.prefill_tokens_queued + w.prefill_tokens_in_flight, w.load.running + w.load.waiting,
-                           w.id);
+absl::StatusOr<WorkerId> WorkerPool::PickPrefill(std::span<const std::int32_t> prompt,
+                                                 const std::set<WorkerId>& exclude) {
+  const auto prompt_tokens = static_cast<std::int64_t>(prompt.size());
+  // Block hashes per block size (workers normally share one).
+  std::map<std::int64_t, std::vector<std::uint64_t>> hashes;
+  auto hashes_for = [&](std::int64_t block_size) -> const std::vector<std::uint64_t>& {
+    auto it = hashes.find(block_size);
+    if (it == hashes.end()) it = hashes.emplace(block_size, PrefixIndex::BlockHashes(prompt, block_size)).first;
+    return it->second;
   };
+  WorkerState* best = nullptr;
+  std::tuple<std::int64_t, std::int64_t, WorkerId> best_key;
   for (auto& [id, w] : workers_) {
     if (!CanPrefill(w.role) || !Usable(w) || exclude.contains(id)) continue;
-    const double score = scorer_ ? scorer_(w, prompt_tokens) : 0.0;
-    if (best == nullptr || score > best_score || (score == best_score && key(w) < key(*best))) {
+    // A worker computes at least the last token however much it holds.
+    const std::int64_t bs = std::max<std::int64_t>(1, w.load.block_size);
+    const std::int64_t cached =
+        std::min(prefixes_.Overlap(id.address, hashes_for(bs)) * bs, (prompt_tokens - 1) / bs * bs);
+    auto key = std::make_tuple(
+        w.load.prefill_tokens_queued + w.prefill_tokens_in_flight + prompt_tokens - std::max<std::int64_t>(0, cached),
+        w.load.running + w.load.waiting, w.id);
+    if (best == nullptr || key < best_key) {
       best = &w;
-      best_score = score;
+      best_key = std::move(key);
     }
   }
   if (best == nullptr) {
@@ -87,6 +103,8 @@ absl::StatusOr<WorkerId> WorkerPool::PickPrefill(std::int64_t prompt_tokens, con
                                                   : "no other healthy prefill worker to retry on");
   }
   best->prefill_tokens_in_flight += prompt_tokens;
+  const std::int64_t bs = std::max<std::int64_t>(1, best->load.block_size);
+  prefixes_.Record(best->id.address, hashes_for(bs), best->load.total_blocks > 0 ? best->load.total_blocks : 1024);
   return best->id;
 }
 

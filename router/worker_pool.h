@@ -10,9 +10,12 @@
 //     last report, ties broken by fewer running+waiting, then by id;
 //   * prefill: among healthy, non-draining prefill-capable workers not in the
 //     caller's exclusion set (workers that already failed this request), the
-//     one with the fewest queued prefill tokens (reported + sent since), ties
-//     by fewer running+waiting, then by id. `PrefillScorer` is the seam for
-//     prefix-aware routing: a scorer may prefer a worker that holds a prefix.
+//     one that would finish it first: least queued prefill tokens (reported
+//     + sent since) plus the tokens of this prompt it would compute, which is
+//     the prompt less the leading full blocks the router last sent it (they
+//     are likely in its prefix cache; PrefixIndex). Ties by fewer
+//     running+waiting, then by id. So a shared prefix draws its requests to
+//     one worker until that worker's queue outweighs what the cache saves.
 //
 // Thread-safety: not thread-safe; the router guards it with one mutex.
 #pragma once
@@ -22,11 +25,13 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "router/prefix_index.h"
 
 namespace sirocco::router {
 
@@ -61,10 +66,6 @@ struct WorkerState {
   std::int64_t prefill_tokens_in_flight = 0;
 };
 
-// Extra preference for a prefill worker (larger is better); the default
-// scorer returns 0 for everyone.
-using PrefillScorer = std::function<double(const WorkerState&, std::int64_t prompt_tokens)>;
-
 class WorkerPool {
  public:
   // Adds a worker (unhealthy until its first report) or updates its role.
@@ -79,12 +80,12 @@ class WorkerPool {
   // UNAVAILABLE when no decode worker is healthy; RESOURCE_EXHAUSTED when
   // none has room for `blocks_needed`.
   absl::StatusOr<WorkerId> PickDecode(std::int64_t blocks_needed);
-  absl::StatusOr<WorkerId> PickPrefill(std::int64_t prompt_tokens, const std::set<WorkerId>& exclude);
+  // Records the prompt's full blocks as sent to the worker it picks.
+  absl::StatusOr<WorkerId> PickPrefill(std::span<const std::int32_t> prompt, const std::set<WorkerId>& exclude);
   // Forget what a finished dispatch added to the in-flight estimates.
   void DoneDecode(const WorkerId& id, std::int64_t blocks);
   void DonePrefill(const WorkerId& id, std::int64_t prompt_tokens);
 
-  void set_prefill_scorer(PrefillScorer scorer) { scorer_ = std::move(scorer); }
   std::vector<WorkerState> Snapshot() const;
   // The smallest context length a healthy worker reports; 0 when none does.
   std::int64_t MinContextLength() const;
@@ -92,7 +93,7 @@ class WorkerPool {
 
  private:
   std::map<WorkerId, WorkerState> workers_;
-  PrefillScorer scorer_;
+  PrefixIndex prefixes_;
 };
 
 // Admission control: at most `max_in_flight` requests and `max_queued_tokens`

@@ -392,6 +392,38 @@ TEST_F(RouterClusterTest, DisaggregatedSharedPrefixesComeFromThePrefillersCache)
   SharedPrefixReusesTheCache(true);
 }
 
+// Two prefixes warmed up concurrently (so usually on different prefill
+// workers); afterwards each prefix's requests go where it is cached, though
+// both workers are idle.
+TEST_F(RouterClusterTest, RequestsGoToThePrefillWorkerThatHoldsTheirPrefix) {
+  StartCluster({"prefill", "prefill", "decode"});
+  const std::vector<std::vector<std::int32_t>> prefixes = {RandomPrompt(300, 31), RandomPrompt(300, 32)};
+  auto prompt = [&](std::size_t p, std::uint32_t seed) {
+    std::vector<std::int32_t> out = prefixes[p];
+    const std::vector<std::int32_t> tail = RandomPrompt(12, seed);
+    out.insert(out.end(), tail.begin(), tail.end());
+    return out;
+  };
+  std::vector<Result> warm(2);
+  {
+    std::vector<std::thread> threads;
+    for (std::size_t p = 0; p < 2; ++p) threads.emplace_back([&, p] { warm[p] = RunGenerate(prompt(p, 0), 2); });
+    for (auto& t : threads) t.join();
+  }
+  for (const Result& r : warm) ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  for (std::uint32_t i = 1; i <= 3; ++i) {
+    for (std::size_t p = 0; p < 2; ++p) {
+      const std::vector<std::int32_t> ids = prompt(p, i);
+      Result r = RunGenerate(ids, 2);
+      ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+      EXPECT_EQ(r.final.prefill_worker(), warm[p].final.prefill_worker()) << "prefix " << p << ", request " << i;
+      EXPECT_EQ(r.final.usage().cached_tokens(), 296) << "prefix " << p << ", request " << i;
+      EXPECT_EQ(r.ids, Reference(ids, 2));
+    }
+  }
+  ExpectWorkersIdle();
+}
+
 TEST_F(RouterClusterTest, PrefixCachingOffComputesEveryPrompt) {
   StartCluster({"prefill", "decode"}, {{"prefill", {"--prefix-caching=off"}}});
   SharedPrefixReusesTheCache(false);

@@ -7,6 +7,14 @@ namespace {
 
 const absl::Time kNow = absl::FromUnixSeconds(1000);
 
+// `n` token ids fixed by `seed`.
+std::vector<std::int32_t> Tokens(int n, std::uint32_t seed) {
+  std::vector<std::int32_t> out(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i)
+    out[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((seed * 7919u + i * 104729u) % 50000u);
+  return out;
+}
+
 WorkerLoad Load(std::int64_t free_blocks, std::int64_t running = 0, std::int64_t queued = 0) {
   WorkerLoad l;
   l.free_blocks = free_blocks;
@@ -73,23 +81,80 @@ TEST(WorkerPool, PrefillByQueuedTokensWithExclusionForRetries) {
   pool.ReportLoad({"p1:1"}, Load(0, 0, 1000), kNow);
   pool.ReportLoad({"p2:1"}, Load(0, 0, 200), kNow);
   pool.ReportLoad({"d:1"}, Load(100), kNow);
-  EXPECT_EQ(pool.PickPrefill(900, {})->address, "p2:1");   // p2 -> 1100 queued
-  EXPECT_EQ(pool.PickPrefill(10, {})->address, "p1:1");    // 1000 < 1100
-  EXPECT_EQ(pool.PickPrefill(10, {{"p1:1"}})->address, "p2:1");
-  auto none = pool.PickPrefill(10, {{"p1:1"}, {"p2:1"}});
+  EXPECT_EQ(pool.PickPrefill(Tokens(900, 1), {})->address, "p2:1");  // p2 -> 1100 queued
+  EXPECT_EQ(pool.PickPrefill(Tokens(10, 2), {})->address, "p1:1");   // 1000 < 1100
+  EXPECT_EQ(pool.PickPrefill(Tokens(10, 3), {{"p1:1"}})->address, "p2:1");
+  auto none = pool.PickPrefill(Tokens(10, 4), {{"p1:1"}, {"p2:1"}});
   EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable);
   // A decode-only worker is never chosen for prefill.
   EXPECT_NE(std::string(none.status().message()).find("prefill"), std::string::npos);
 }
 
-TEST(WorkerPool, PrefillScorerIsTheSeamForPrefixRouting) {
+TEST(WorkerPool, PrefillFollowsTheCachedPrefixUntilTheQueueOutweighsIt) {
   WorkerPool pool;
   pool.Upsert({"p1:1"}, WorkerRole::kPrefill);
   pool.Upsert({"p2:1"}, WorkerRole::kPrefill);
-  pool.ReportLoad({"p1:1"}, Load(0, 0, 0), kNow);
-  pool.ReportLoad({"p2:1"}, Load(0, 0, 5000), kNow);
-  pool.set_prefill_scorer([](const WorkerState& w, std::int64_t) { return w.id.address == "p2:1" ? 1.0 : 0.0; });
-  EXPECT_EQ(pool.PickPrefill(10, {})->address, "p2:1");
+  pool.ReportLoad({"p1:1"}, Load(0, 0, 0), kNow);  // block size 16
+  pool.ReportLoad({"p2:1"}, Load(0, 0, 0), kNow);
+  const std::vector<std::int32_t> system = Tokens(640, 7);  // 40 blocks
+  auto with_tail = [&](std::uint32_t seed) {
+    std::vector<std::int32_t> p = system;
+    const std::vector<std::int32_t> tail = Tokens(40, seed);
+    p.insert(p.end(), tail.begin(), tail.end());
+    return p;
+  };
+  // The first goes to p1 (a tie, broken by id). For the second, p1 holds the
+  // prefix but has the first in its queue: 680 queued + 40 to compute = 720
+  // against p2's 0 + 680.
+  EXPECT_EQ(pool.PickPrefill(with_tail(1), {})->address, "p1:1");
+  EXPECT_EQ(pool.PickPrefill(with_tail(2), {})->address, "p2:1");
+  // Both now hold the prefix: the less loaded one wins, each computing 40.
+  pool.ReportLoad({"p1:1"}, Load(0, 0, 300), kNow);
+  pool.ReportLoad({"p2:1"}, Load(0, 0, 500), kNow);
+  EXPECT_EQ(pool.PickPrefill(with_tail(3), {})->address, "p1:1");
+  // A new prefix: p2 knows nothing of it either, so load decides...
+  const std::vector<std::int32_t> other = Tokens(800, 9);
+  pool.ReportLoad({"p1:1"}, Load(0, 0, 600), kNow);
+  pool.ReportLoad({"p2:1"}, Load(0, 0, 0), kNow);
+  EXPECT_EQ(pool.PickPrefill(other, {})->address, "p2:1");
+  // ...and then the cache does: p2 queues 700, p1 600, but p2 computes 16
+  // tokens of the same prompt (the last block) and p1 all 800.
+  pool.ReportLoad({"p2:1"}, Load(0, 0, 700), kNow);
+  EXPECT_EQ(pool.PickPrefill(other, {})->address, "p2:1");
+  // A worker marked unhealthy is forgotten: it may return with an empty cache.
+  pool.MarkUnhealthy({"p2:1"});
+  pool.ReportLoad({"p2:1"}, Load(0, 0, 700), kNow);
+  EXPECT_EQ(pool.PickPrefill(other, {})->address, "p1:1") << "p1: 600 + 800 against p2: 700 + 800";
+}
+
+TEST(PrefixIndex, RemembersWholePrefixesUpToTheWorkersCapacity) {
+  PrefixIndex index;
+  const std::vector<std::int32_t> a = Tokens(64, 1);       // 4 blocks of 16
+  std::vector<std::int32_t> b(a.begin(), a.begin() + 32);  // a's first 2 blocks, then its own
+  const std::vector<std::int32_t> b_tail = Tokens(40, 2);
+  b.insert(b.end(), b_tail.begin(), b_tail.end());
+  const auto ha = PrefixIndex::BlockHashes(a, 16), hb = PrefixIndex::BlockHashes(b, 16);
+  ASSERT_EQ(ha.size(), 4u);
+  ASSERT_EQ(hb.size(), 4u) << "72 tokens: 4 full blocks, the partial fifth has no hash";
+  EXPECT_EQ(ha[1], hb[1]);
+  EXPECT_NE(ha[2], hb[2]);
+  EXPECT_NE(PrefixIndex::BlockHashes(a, 8)[1], ha[0]) << "hashes depend on the block size";
+  // The same block content after a different prefix is a different block.
+  const std::vector<std::int32_t> shifted(a.begin() + 16, a.end());
+  EXPECT_NE(PrefixIndex::BlockHashes(shifted, 16)[0], ha[1]);
+
+  index.Record("w", ha, 4);
+  EXPECT_EQ(index.Overlap("w", ha), 4);
+  EXPECT_EQ(index.Overlap("w", hb), 2);
+  EXPECT_EQ(index.Overlap("other", ha), 0);
+  // Capacity 4: b's two new blocks push out a's last two (least recent, the
+  // tail of a's prefix).
+  index.Record("w", hb, 4);
+  EXPECT_EQ(index.size("w"), 4);
+  EXPECT_EQ(index.Overlap("w", hb), 4);
+  EXPECT_EQ(index.Overlap("w", ha), 2);
+  index.Forget("w");
+  EXPECT_EQ(index.Overlap("w", hb), 0);
 }
 
 TEST(WorkerPool, RetainDropsWorkersDnsNoLongerReturns) {
