@@ -5,8 +5,10 @@
 //       [--colocated-dns name:port] [--prefill-dns name:port] [--decode-dns name:port]
 //       [--dns-interval-s 10] [--load-interval-ms 200] [--metrics-port -1]
 //       [--worker-token TOKEN (or $SIROCCO_WORKER_TOKEN)] [--model-name NAME]
-//       [--model-fingerprint FP (default: each decode worker's own)] [--context-length N] [--reasoning-effort none|high]
+//       [--model-fingerprint FP (default: each decode worker's own)] [--context-length N] [--reasoning-effort
+//       none|high]
 //       [--max-in-flight N] [--listen HOST:PORT] [--port-file PATH] [--drain-grace-s 25]
+//       [--prefix-routing on|off]   (prefill worker by queue + prefix-cache estimate; off: by queue alone)
 // Prints "sirocco-router: serving on HOST:PORT" once it serves; SIGINT/SIGTERM
 // drain and stop (a second signal exits at once). --context-length (default
 // 32768) caps prompt + output; the workers' own models lower it (the smallest
@@ -114,6 +116,9 @@ int main(int argc, char** argv) {
   long long drain_grace_s = 0;
   if (!take_int("drain-grace-s", 25, &drain_grace_s) || drain_grace_s < 0)
     return Fail("--drain-grace-s: an integer >= 0");
+  const std::string prefix_routing = take("prefix-routing", "on");
+  if (prefix_routing != "on" && prefix_routing != "off") return Fail("--prefix-routing: on or off");
+  dir_options.prefix_routing = prefix_routing == "on";
   dir_options.dns_interval = absl::Seconds(dns_s);
   dir_options.load_interval = absl::Milliseconds(load_ms);
   dir_options.admission.max_in_flight = max_in_flight;

@@ -1297,7 +1297,10 @@ grpc::ServerUnaryReactor* RouterService::GetModelInfo(grpc::CallbackServerContex
 // --- WorkerDirectory ----------------------------------------------------------
 
 WorkerDirectory::WorkerDirectory(DirectoryOptions options)
-    : options_(std::move(options)), admission_(options_.admission) {}
+    : options_(std::move(options)), admission_(options_.admission) {
+  absl::MutexLock lock(&mu_);
+  pool_.set_prefix_routing(options_.prefix_routing);
+}
 
 WorkerDirectory::~WorkerDirectory() {
   if (!stop_.HasBeenNotified()) stop_.Notify();

@@ -65,6 +65,8 @@ struct DirectoryOptions {
   // A worker whose last report is older than this is unhealthy.
   absl::Duration max_report_age = absl::Seconds(3);
   AdmissionLimits admission;
+  // WorkerPool::set_prefix_routing.
+  bool prefix_routing = true;
 };
 
 class WorkerDirectory {

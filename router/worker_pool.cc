@@ -89,7 +89,8 @@ absl::StatusOr<WorkerId> WorkerPool::PickPrefill(std::span<const std::int32_t> p
     // A worker computes at least the last token however much it holds.
     const std::int64_t bs = std::max<std::int64_t>(1, w.load.block_size);
     const std::int64_t cached =
-        std::min(prefixes_.Overlap(id.address, hashes_for(bs)) * bs, (prompt_tokens - 1) / bs * bs);
+        prefix_routing_ ? std::min(prefixes_.Overlap(id.address, hashes_for(bs)) * bs, (prompt_tokens - 1) / bs * bs)
+                        : 0;
     auto key = std::make_tuple(
         w.load.prefill_tokens_queued + w.prefill_tokens_in_flight + prompt_tokens - std::max<std::int64_t>(0, cached),
         w.load.running + w.load.waiting, w.id);
@@ -104,7 +105,8 @@ absl::StatusOr<WorkerId> WorkerPool::PickPrefill(std::span<const std::int32_t> p
   }
   best->prefill_tokens_in_flight += prompt_tokens;
   const std::int64_t bs = std::max<std::int64_t>(1, best->load.block_size);
-  prefixes_.Record(best->id.address, hashes_for(bs), best->load.total_blocks > 0 ? best->load.total_blocks : 1024);
+  if (prefix_routing_)
+    prefixes_.Record(best->id.address, hashes_for(bs), best->load.total_blocks > 0 ? best->load.total_blocks : 1024);
   return best->id;
 }
 

@@ -82,6 +82,8 @@ class WorkerPool {
   absl::StatusOr<WorkerId> PickDecode(std::int64_t blocks_needed);
   // Records the prompt's full blocks as sent to the worker it picks.
   absl::StatusOr<WorkerId> PickPrefill(std::span<const std::int32_t> prompt, const std::set<WorkerId>& exclude);
+  // Off: PickPrefill counts no prefix as cached (queue alone). Default on.
+  void set_prefix_routing(bool on) { prefix_routing_ = on; }
   // Forget what a finished dispatch added to the in-flight estimates.
   void DoneDecode(const WorkerId& id, std::int64_t blocks);
   void DonePrefill(const WorkerId& id, std::int64_t prompt_tokens);
@@ -94,6 +96,7 @@ class WorkerPool {
  private:
   std::map<WorkerId, WorkerState> workers_;
   PrefixIndex prefixes_;
+  bool prefix_routing_ = true;
 };
 
 // Admission control: at most `max_in_flight` requests and `max_queued_tokens`

@@ -10,6 +10,10 @@
 # disaggregated cluster (1 prefill + 1 decode) with the workers' prefix cache
 # off, then on, under requests that share one of 4 system prompts of 768
 # tokens (then 64 tokens of their own, 32 output tokens); A = off, B = on.
+# EXPERIMENT=prefix-routing: 2 prefill workers + 1 decode, the router's
+# prefix-aware choice of prefill worker off, then on, under 16 shared
+# prefixes of 1280 tokens: more than one prefill worker's pool (1024 blocks
+# of 16 tokens) holds, but half of them fit; A = off, B = on.
 #
 # Needs `sirocco`, `sirocco-router`, `sirocco-decode` and `sirocco-prefill`
 # built in BUILD_DIR. Uses the embedded tiny model in models/tiny (`sirocco up`
@@ -36,7 +40,8 @@ EXPERIMENT="${EXPERIMENT:-disagg}"
 case "$EXPERIMENT" in
   disagg) WORKLOAD=(--input-len "mix:32@0.75,1024@0.25") ;;
   prefix-cache) WORKLOAD=(--prefix-groups 4 --prefix-len 768 --input-len 64) ;;
-  *) echo "bench_experiment: EXPERIMENT must be disagg or prefix-cache" >&2; exit 1 ;;
+  prefix-routing) WORKLOAD=(--prefix-groups 16 --prefix-len 1280 --input-len 64) ;;
+  *) echo "bench_experiment: EXPERIMENT must be disagg, prefix-cache or prefix-routing" >&2; exit 1 ;;
 esac
 BENCH_ARGS=(--target "127.0.0.1:$PORT" --num-requests "$NUM_REQUESTS" --rate "$RATE" --arrival poisson --seed 1
   --warmup 2 "${WORKLOAD[@]}" --output-len 32
@@ -80,6 +85,11 @@ if [[ "$EXPERIMENT" == disagg ]]; then
   run disaggregated --prefill 1 --decode 1
   echo "== compare (A = colocated, B = disaggregated)"
   "$SIROCCO" bench compare "$OUT_DIR/colocated.json" "$OUT_DIR/disaggregated.json" | tee "$OUT_DIR/compare.txt"
+elif [[ "$EXPERIMENT" == prefix-routing ]]; then
+  run prefix_routing_off --prefill 2 --decode 1 --prefix-routing off
+  run prefix_routing_on --prefill 2 --decode 1 --prefix-routing on
+  echo "== compare (A = prefix routing off, B = on)"
+  "$SIROCCO" bench compare "$OUT_DIR/prefix_routing_off.json" "$OUT_DIR/prefix_routing_on.json" | tee "$OUT_DIR/compare.txt"
 else
   run prefix_cache_off --prefill 1 --decode 1 --prefix-caching off
   run prefix_cache_on --prefill 1 --decode 1 --prefix-caching on

@@ -202,9 +202,13 @@ absl::Status RunUp(int argc, char** argv) {
   const std::string kernels = args->Take("kernels", "");
   const std::string weights = args->Take("weights", "");
   const std::string prefix_caching = args->Take("prefix-caching", "");
+  const std::string prefix_routing = args->Take("prefix-routing", "");
   if (absl::Status s = args->CheckAllUsed(); !s.ok()) return s;
   if (!prefix_caching.empty() && prefix_caching != "on" && prefix_caching != "off") {
     return absl::InvalidArgumentError("--prefix-caching: must be on or off");
+  }
+  if (!prefix_routing.empty() && prefix_routing != "on" && prefix_routing != "off") {
+    return absl::InvalidArgumentError("--prefix-routing: must be on or off");
   }
   if (!args->positional.empty()) return absl::InvalidArgumentError("sirocco up takes no positional arguments");
   if ((*prefill > 0) != (*decode > 0))
@@ -298,6 +302,7 @@ absl::Status RunUp(int argc, char** argv) {
   if (!colocated_addrs.empty()) rargs.insert(rargs.end(), {"--colocated", absl::StrJoin(colocated_addrs, ",")});
   if (!prefill_addrs.empty()) rargs.insert(rargs.end(), {"--prefill", absl::StrJoin(prefill_addrs, ",")});
   if (!decode_addrs.empty()) rargs.insert(rargs.end(), {"--decode", absl::StrJoin(decode_addrs, ",")});
+  if (!prefix_routing.empty()) rargs.insert(rargs.end(), {"--prefix-routing", prefix_routing});
   auto rpid = Spawn(*router_bin, rargs);
   if (!rpid.ok()) return fail(rpid.status());
   router.pid = *rpid;

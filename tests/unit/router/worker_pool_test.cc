@@ -127,6 +127,23 @@ TEST(WorkerPool, PrefillFollowsTheCachedPrefixUntilTheQueueOutweighsIt) {
   EXPECT_EQ(pool.PickPrefill(other, {})->address, "p1:1") << "p1: 600 + 800 against p2: 700 + 800";
 }
 
+TEST(WorkerPool, WithoutPrefixRoutingTheQueueAloneDecides) {
+  for (bool routing : {true, false}) {
+    WorkerPool pool;
+    pool.set_prefix_routing(routing);
+    pool.Upsert({"p1:1"}, WorkerRole::kPrefill);
+    pool.Upsert({"p2:1"}, WorkerRole::kPrefill);
+    pool.ReportLoad({"p1:1"}, Load(0, 0, 100), kNow);
+    pool.ReportLoad({"p2:1"}, Load(0, 0, 0), kNow);
+    const std::vector<std::int32_t> prompt = Tokens(400, 5);
+    EXPECT_EQ(pool.PickPrefill(prompt, {})->address, "p2:1");
+    pool.ReportLoad({"p2:1"}, Load(0, 0, 200), kNow);
+    // p2 holds 384 of the 400 tokens: 200 + 16 beats p1's 100 + 400, unless
+    // prefixes are not counted.
+    EXPECT_EQ(pool.PickPrefill(prompt, {})->address, routing ? "p2:1" : "p1:1") << "routing " << routing;
+  }
+}
+
 TEST(PrefixIndex, RemembersWholePrefixesUpToTheWorkersCapacity) {
   PrefixIndex index;
   const std::vector<std::int32_t> a = Tokens(64, 1);       // 4 blocks of 16
