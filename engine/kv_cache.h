@@ -10,7 +10,7 @@
 // published blocks (reference-counted) instead of computing them again. A
 // published block outlives its holders: once the last one frees it, it is
 // evictable: counted as free, still found by MatchPrefix, and taken back by
-// Allocate only when no never-used block is left, least recently freed
+// Allocate only when no unpublished free block is left, least recently freed
 // first. Lookups compare tokens exactly and identify a prefix by the cache
 // entry of its last block (never reused), so a match is never a hash
 // collision and a stale entry is never found.
@@ -95,7 +95,7 @@ class KvPool {
   // returned.
   PrefixKey Publish(PrefixKey parent, BlockId block, std::span<const std::int32_t> tokens);
 
-  // Blocks Allocate can hand out: never-used ones plus evictable ones.
+  // Blocks Allocate can hand out: unpublished free ones plus evictable ones.
   std::int64_t num_free() const { return static_cast<std::int64_t>(free_.size() + lru_.size()); }
   // Published blocks, held or evictable.
   std::int64_t num_cached() const { return static_cast<std::int64_t>(index_.size()); }

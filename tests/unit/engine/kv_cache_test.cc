@@ -115,7 +115,7 @@ TEST(PrefixCache, FreedPublishedBlocksStayFindableCountAsFreeAndAreEvictedLast) 
   EXPECT_EQ(m.blocks, chain);
   EXPECT_EQ(m.evictable, 2);
 
-  // Never-used blocks go first; then the evictable chain, its tail first.
+  // Unpublished free blocks go first; then the evictable chain, its tail first.
   std::vector<BlockId> a = *pool->Allocate(2);
   EXPECT_EQ(pool->MatchPrefix(std::vector<std::int32_t>{1, 2, 3, 4}).blocks.size(), 2u);
   std::vector<BlockId> b = *pool->Allocate(1);
@@ -174,7 +174,7 @@ TEST(PrefixCache, BlocksAfterAnEvictedOneAreNeverFoundAgain) {
   std::vector<BlockId> chain = PublishChain(*pool, {1, 2, 3, 4});
   // Free the head only (held once more by nobody); keep the tail held.
   pool->Free({chain[0]});
-  std::vector<BlockId> other = *pool->Allocate(2);  // the never-used block, then the evicted head
+  std::vector<BlockId> other = *pool->Allocate(2);  // the unpublished free block, then the evicted head
   EXPECT_EQ(other[1], chain[0]);
   // Republish the head's block id with other content: the old tail must not
   // be reachable through it, though its parent's block id is the same.
