@@ -929,6 +929,8 @@ wv1::Load WorkerService::CurrentLoad() {
   load.set_reservations(static_cast<std::uint32_t>(stats.scheduler.reservations));
   load.set_prefill_tokens_queued(static_cast<std::uint64_t>(stats.scheduler.prefill_tokens_pending));
   load.set_quarantined_blocks(static_cast<std::uint64_t>(stats.scheduler.quarantined_blocks));
+  load.set_prefix_caching(engine_->pool().prefix_caching());  // an immutable option of the pool
+  load.set_cached_blocks(static_cast<std::uint64_t>(stats.scheduler.cached_blocks));
   load.set_model_fingerprint(options_.model_fingerprint);
   load.set_vocab_size(static_cast<std::int32_t>(model_->config().vocab_size));
   load.set_context_length(static_cast<std::int32_t>(model_->config().max_position_embeddings));

@@ -9,6 +9,8 @@
 //       none|high]
 //       [--max-in-flight N] [--listen HOST:PORT] [--port-file PATH] [--drain-grace-s 25]
 //       [--prefix-routing on|off]   (prefill worker by queue + prefix-cache estimate; off: by queue alone)
+//       [--local-prefill-max-tokens 256]   (a decode worker that likely holds all of a prompt but this
+//                                           many tokens prefills it itself; 0: never)
 // Prints "sirocco-router: serving on HOST:PORT" once it serves; SIGINT/SIGTERM
 // drain and stop (a second signal exits at once). --context-length (default
 // 32768) caps prompt + output; the workers' own models lower it (the smallest
@@ -119,6 +121,9 @@ int main(int argc, char** argv) {
   const std::string prefix_routing = take("prefix-routing", "on");
   if (prefix_routing != "on" && prefix_routing != "off") return Fail("--prefix-routing: on or off");
   dir_options.prefix_routing = prefix_routing == "on";
+  long long local_prefill_max = 0;
+  if (!take_int("local-prefill-max-tokens", 256, &local_prefill_max) || local_prefill_max < 0)
+    return Fail("--local-prefill-max-tokens: an integer >= 0");
   dir_options.dns_interval = absl::Seconds(dns_s);
   dir_options.load_interval = absl::Milliseconds(load_ms);
   dir_options.admission.max_in_flight = max_in_flight;
@@ -136,6 +141,7 @@ int main(int argc, char** argv) {
   router_options.model_name = take("model-name", router_options.model_name);
   router_options.model_fingerprint = take("model-fingerprint", "");
   router_options.context_length = static_cast<std::int32_t>(context_length);
+  router_options.local_prefill_max_tokens = local_prefill_max;
   const std::string effort = take("reasoning-effort", "none");
   if (effort == "none") {
     router_options.default_reasoning_effort = sirocco::v1::REASONING_EFFORT_NONE;

@@ -55,6 +55,7 @@ WorkerLoad FromProto(const wk::Load& load) {
   w.draining = load.draining();
   w.model_fingerprint = load.model_fingerprint();
   w.context_length = load.context_length();
+  w.prefix_caching = load.prefix_caching();
   return w;
 }
 
@@ -478,9 +479,20 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
       local_prefill_ = true;
       worker_started_ = true;
       StartDecodeLocked();
-    } else {
-      StartReserveLocked();
+      return;
     }
+    const std::int64_t cached = shared_->directory->CachedOnDecode(decode_id_, job_.prompt);
+    if (cached > 0 && prompt_tokens_ - cached <= shared_->options.local_prefill_max_tokens) {
+      // The decode worker likely holds all but a short tail of the prompt
+      // (an earlier turn it served): it prefills the tail itself, which
+      // costs less than a remote prefill of everything plus its transfer.
+      prefill_id_ = decode_id_;
+      local_prefill_ = true;
+      worker_started_ = true;
+      StartDecodeLocked();
+      return;
+    }
+    StartReserveLocked();
   }
 
   void OnWriteDone(bool ok) override {
@@ -748,6 +760,13 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
       if (!f.decode_worker_id().empty()) decode_worker_ = f.decode_worker_id();
       if (f.local_prefill()) prefill_worker_ = decode_worker_.empty() ? decode_id_.address : decode_worker_;
       if (f.reason() == wk::DecodeFinish::REASON_STOP) stop_token_id_ = f.stop_token_id();
+      // What the decode worker's pool now holds: the prompt and every token
+      // fed back (all but the last).
+      if (!all_ids_.empty()) {
+        std::vector<std::int32_t> held = job_.prompt;
+        held.insert(held.end(), all_ids_.begin(), all_ids_.end() - 1);
+        shared_->directory->RecordDecoded(decode_id_, held);
+      }
       finished_normally_ = true;
       EndLocked(f.reason());
       return false;
@@ -1396,6 +1415,16 @@ absl::StatusOr<WorkerId> WorkerDirectory::PickPrefill(std::span<const std::int32
                                                       const std::set<WorkerId>& exclude) {
   absl::MutexLock lock(&mu_);
   return pool_.PickPrefill(prompt, exclude);
+}
+
+std::int64_t WorkerDirectory::CachedOnDecode(const WorkerId& id, std::span<const std::int32_t> prompt) {
+  absl::MutexLock lock(&mu_);
+  return pool_.CachedOnDecode(id, prompt);
+}
+
+void WorkerDirectory::RecordDecoded(const WorkerId& id, std::span<const std::int32_t> tokens) {
+  absl::MutexLock lock(&mu_);
+  pool_.RecordDecoded(id, tokens);
 }
 
 void WorkerDirectory::DoneDecode(const WorkerId& id, std::int64_t blocks) {

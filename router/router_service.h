@@ -87,6 +87,8 @@ class WorkerDirectory {
   // Prefix-aware: see WorkerPool's policy.
   absl::StatusOr<WorkerId> PickPrefill(std::span<const std::int32_t> prompt, const std::set<WorkerId>& exclude);
   void DoneDecode(const WorkerId& id, std::int64_t blocks);
+  std::int64_t CachedOnDecode(const WorkerId& id, std::span<const std::int32_t> prompt);
+  void RecordDecoded(const WorkerId& id, std::span<const std::int32_t> tokens);
   void DonePrefill(const WorkerId& id, std::int64_t prompt_tokens);
   void MarkUnhealthy(const WorkerId& id);
   Admission TryAdmit(std::int64_t prompt_tokens);
@@ -130,6 +132,11 @@ struct RouterOptions {
   // The router's serving metrics (requests, TTFT, e2e, tokens); null: none.
   // Must outlive the service.
   const services::ServingMetrics* metrics = nullptr;
+  // Conditional disaggregation: when the picked decode worker likely holds
+  // all of a prompt but at most this many tokens in its prefix cache (a
+  // follow-up turn of a conversation it served), it prefills the rest itself
+  // and no prefill worker or KV transfer is involved. 0: always disaggregate.
+  std::int64_t local_prefill_max_tokens = 256;
 };
 
 sirocco::v1::Limits DefaultLimits(std::int32_t context_length);

@@ -25,6 +25,7 @@ void WorkerPool::Retain(const std::set<WorkerId>& present) {
   std::erase_if(workers_, [&](const auto& kv) {
     if (present.contains(kv.first)) return false;
     prefixes_.Forget(kv.first.address);
+    decode_prefixes_.Forget(kv.first.address);
     return true;
   });
 }
@@ -43,6 +44,7 @@ void WorkerPool::ReportLoad(const WorkerId& id, const WorkerLoad& load, absl::Ti
 void WorkerPool::MarkUnhealthy(const WorkerId& id) {
   if (auto it = workers_.find(id); it != workers_.end()) it->second.healthy = false;
   prefixes_.Forget(id.address);  // it may come back restarted, its cache empty
+  decode_prefixes_.Forget(id.address);
 }
 
 void WorkerPool::ExpireStale(absl::Time now, absl::Duration max_age) {
@@ -89,8 +91,9 @@ absl::StatusOr<WorkerId> WorkerPool::PickPrefill(std::span<const std::int32_t> p
     // A worker computes at least the last token however much it holds.
     const std::int64_t bs = std::max<std::int64_t>(1, w.load.block_size);
     const std::int64_t cached =
-        prefix_routing_ ? std::min(prefixes_.Overlap(id.address, hashes_for(bs)) * bs, (prompt_tokens - 1) / bs * bs)
-                        : 0;
+        prefix_routing_ && w.load.prefix_caching
+            ? std::min(prefixes_.Overlap(id.address, hashes_for(bs)) * bs, (prompt_tokens - 1) / bs * bs)
+            : 0;
     auto key = std::make_tuple(
         w.load.prefill_tokens_queued + w.prefill_tokens_in_flight + prompt_tokens - std::max<std::int64_t>(0, cached),
         w.load.running + w.load.waiting, w.id);
@@ -105,9 +108,25 @@ absl::StatusOr<WorkerId> WorkerPool::PickPrefill(std::span<const std::int32_t> p
   }
   best->prefill_tokens_in_flight += prompt_tokens;
   const std::int64_t bs = std::max<std::int64_t>(1, best->load.block_size);
-  if (prefix_routing_)
+  if (prefix_routing_ && best->load.prefix_caching)
     prefixes_.Record(best->id.address, hashes_for(bs), best->load.total_blocks > 0 ? best->load.total_blocks : 1024);
   return best->id;
+}
+
+std::int64_t WorkerPool::CachedOnDecode(const WorkerId& id, std::span<const std::int32_t> prompt) const {
+  const auto it = workers_.find(id);
+  if (!prefix_routing_ || it == workers_.end() || !it->second.load.prefix_caching || prompt.empty()) return 0;
+  const std::int64_t bs = std::max<std::int64_t>(1, it->second.load.block_size);
+  const auto n = static_cast<std::int64_t>(prompt.size());
+  return std::min(decode_prefixes_.Overlap(id.address, PrefixIndex::BlockHashes(prompt, bs)) * bs, (n - 1) / bs * bs);
+}
+
+void WorkerPool::RecordDecoded(const WorkerId& id, std::span<const std::int32_t> tokens) {
+  const auto it = workers_.find(id);
+  if (!prefix_routing_ || it == workers_.end() || !it->second.load.prefix_caching) return;
+  const std::int64_t bs = std::max<std::int64_t>(1, it->second.load.block_size);
+  decode_prefixes_.Record(id.address, PrefixIndex::BlockHashes(tokens, bs),
+                          it->second.load.total_blocks > 0 ? it->second.load.total_blocks : 1024);
 }
 
 void WorkerPool::DoneDecode(const WorkerId& id, std::int64_t blocks) {

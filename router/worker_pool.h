@@ -16,6 +16,11 @@
 //     are likely in its prefix cache; PrefixIndex). Ties by fewer
 //     running+waiting, then by id. So a shared prefix draws its requests to
 //     one worker until that worker's queue outweighs what the cache saves.
+//   * a decode worker's cache: the router also remembers the tokens each
+//     decode-capable worker computed or received for requests that finished
+//     there (prompt and output: a conversation's earlier turns), so that it
+//     can let that worker prefill a follow-up whose new part is short
+//     (CachedOnDecode; RouterOptions::local_prefill_max_tokens).
 //
 // Thread-safety: not thread-safe; the router guards it with one mutex.
 #pragma once
@@ -52,6 +57,7 @@ struct WorkerLoad {
   bool draining = false;
   std::string model_fingerprint;  // as the worker reports it (empty: unknown)
   std::int64_t context_length = 0;  // the worker's largest prompt + output (0: unknown)
+  bool prefix_caching = false;      // the worker keeps a prefix cache
 };
 
 struct WorkerState {
@@ -82,7 +88,14 @@ class WorkerPool {
   absl::StatusOr<WorkerId> PickDecode(std::int64_t blocks_needed);
   // Records the prompt's full blocks as sent to the worker it picks.
   absl::StatusOr<WorkerId> PickPrefill(std::span<const std::int32_t> prompt, const std::set<WorkerId>& exclude);
-  // Off: PickPrefill counts no prefix as cached (queue alone). Default on.
+  // Tokens of `prompt`'s leading full blocks that decode worker `id` likely
+  // holds (never the last token); 0 when prefix routing is off.
+  std::int64_t CachedOnDecode(const WorkerId& id, std::span<const std::int32_t> prompt) const;
+  // A request finished on decode worker `id`, whose KV pool then held
+  // `tokens` (prompt + output but the last).
+  void RecordDecoded(const WorkerId& id, std::span<const std::int32_t> tokens);
+  // Off: PickPrefill counts no prefix as cached (queue alone) and
+  // CachedOnDecode is 0. Default on.
   void set_prefix_routing(bool on) { prefix_routing_ = on; }
   // Forget what a finished dispatch added to the in-flight estimates.
   void DoneDecode(const WorkerId& id, std::int64_t blocks);
@@ -95,7 +108,8 @@ class WorkerPool {
 
  private:
   std::map<WorkerId, WorkerState> workers_;
-  PrefixIndex prefixes_;
+  PrefixIndex prefixes_;         // prefill-capable workers: prompts sent
+  PrefixIndex decode_prefixes_;  // decode-capable workers: requests finished
   bool prefix_routing_ = true;
 };
 

@@ -10,13 +10,14 @@
 // and leaves no block behind on the surviving workers.
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <random>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -77,11 +78,21 @@ class RouterClusterTest : public ::testing::Test {
   }
 
   // Starts the workers, then the router in front of them. `extra` adds flags
-  // to the workers of a role.
+  // to the workers of a role, and extra["router"] to the router. The router
+  // always disaggregates (--local-prefill-max-tokens=0) unless told
+  // otherwise, so that the tests of the disaggregated path take it.
   void StartCluster(const std::vector<std::string>& roles,
                     const std::map<std::string, std::vector<std::string>>& extra = {}) {
+    // No --model-fingerprint: each decode worker reports its own.
     std::vector<std::string> router_args = {"--tokenizer=" + *model_dir_ + "/tekken.json",
-                                            std::string("--worker-token=") + kTestToken, "--load-interval-ms=50"};  // no --model-fingerprint: each decode worker reports its own
+                                            std::string("--worker-token=") + kTestToken, "--load-interval-ms=50"};
+    if (auto it = extra.find("router"); it != extra.end()) {
+      router_args.insert(router_args.end(), it->second.begin(), it->second.end());
+    }
+    if (std::none_of(router_args.begin(), router_args.end(),
+                     [](const std::string& a) { return a.starts_with("--local-prefill-max-tokens"); })) {
+      router_args.push_back("--local-prefill-max-tokens=0");
+    }
     for (const auto& role : roles) {
       std::vector<std::string> args = WorkerArgs(role);
       if (auto it = extra.find(role); it != extra.end()) args.insert(args.end(), it->second.begin(), it->second.end());
@@ -420,6 +431,42 @@ TEST_F(RouterClusterTest, RequestsGoToThePrefillWorkerThatHoldsTheirPrefix) {
       EXPECT_EQ(r.final.usage().cached_tokens(), 296) << "prefix " << p << ", request " << i;
       EXPECT_EQ(r.ids, Reference(ids, 2));
     }
+  }
+  ExpectWorkersIdle();
+}
+
+// Conditional disaggregation: a follow-up whose prompt the decode worker
+// holds but for a short tail (the previous prompt and answer) is prefilled
+// there; a new prompt still goes to the prefill worker.
+TEST_F(RouterClusterTest, AFollowUpTheDecodeWorkerHoldsIsPrefilledThere) {
+  StartCluster({"prefill", "decode"}, {{"router", {"--local-prefill-max-tokens=64"}}});
+  const std::vector<std::int32_t> first = RandomPrompt(300, 41);
+  Result a = RunGenerate(first, 6);
+  ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+  EXPECT_NE(a.final.prefill_worker(), a.final.decode_worker());
+  // The next turn: the first prompt, its answer, 20 new tokens. The decode
+  // worker held 300 + 5 tokens (the last answer token is never fed back):
+  // 38 blocks of 8.
+  std::vector<std::int32_t> next = first;
+  next.insert(next.end(), a.ids.begin(), a.ids.end());
+  const std::vector<std::int32_t> tail = RandomPrompt(20, 42);
+  next.insert(next.end(), tail.begin(), tail.end());
+  Result b = RunGenerate(next, 4);
+  ASSERT_TRUE(b.status.ok()) << b.status.error_message();
+  EXPECT_EQ(b.final.prefill_worker(), b.final.decode_worker()) << "the decode worker prefilled the tail";
+  EXPECT_EQ(b.final.usage().cached_tokens(), 304);
+  EXPECT_EQ(b.final.timing().kv_transfer_us(), 0);
+  EXPECT_EQ(b.ids, Reference(next, 4));
+  // A new prompt, and one whose uncached part is longer than 64 tokens,
+  // are disaggregated as usual.
+  for (int extra : {0, 100}) {
+    std::vector<std::int32_t> other = extra == 0 ? RandomPrompt(200, 43) : first;
+    const std::vector<std::int32_t> more = RandomPrompt(extra, 44);
+    other.insert(other.end(), more.begin(), more.end());
+    Result c = RunGenerate(other, 4);
+    ASSERT_TRUE(c.status.ok()) << c.status.error_message();
+    EXPECT_NE(c.final.prefill_worker(), c.final.decode_worker()) << extra;
+    EXPECT_EQ(c.ids, Reference(other, 4));
   }
   ExpectWorkersIdle();
 }

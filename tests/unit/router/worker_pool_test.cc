@@ -21,6 +21,7 @@ WorkerLoad Load(std::int64_t free_blocks, std::int64_t running = 0, std::int64_t
   l.total_blocks = 100;
   l.running = running;
   l.prefill_tokens_queued = queued;
+  l.prefix_caching = true;
   return l;
 }
 
@@ -142,6 +143,32 @@ TEST(WorkerPool, WithoutPrefixRoutingTheQueueAloneDecides) {
     // prefixes are not counted.
     EXPECT_EQ(pool.PickPrefill(prompt, {})->address, routing ? "p2:1" : "p1:1") << "routing " << routing;
   }
+}
+
+TEST(WorkerPool, ADecodeWorkersCacheIsWhatFinishedThere) {
+  WorkerPool pool;
+  pool.Upsert({"d1:1"}, WorkerRole::kDecode);
+  pool.Upsert({"d2:1"}, WorkerRole::kDecode);
+  pool.ReportLoad({"d1:1"}, Load(100), kNow);
+  WorkerLoad no_cache = Load(100);
+  no_cache.prefix_caching = false;
+  pool.ReportLoad({"d2:1"}, no_cache, kNow);
+  const std::vector<std::int32_t> held = Tokens(100, 3);  // 6 blocks of 16
+  pool.RecordDecoded({"d1:1"}, held);
+  pool.RecordDecoded({"d2:1"}, held);
+  std::vector<std::int32_t> next = held;
+  next.push_back(5);
+  EXPECT_EQ(pool.CachedOnDecode({"d1:1"}, next), 96);
+  EXPECT_EQ(pool.CachedOnDecode({"d1:1"}, std::span<const std::int32_t>(held).first(96)), 80)
+      << "the last token is always computed";
+  EXPECT_EQ(pool.CachedOnDecode({"d2:1"}, next), 0) << "a worker without a prefix cache holds nothing";
+  EXPECT_EQ(pool.CachedOnDecode({"d1:1"}, Tokens(100, 4)), 0);
+  pool.set_prefix_routing(false);
+  EXPECT_EQ(pool.CachedOnDecode({"d1:1"}, next), 0);
+  pool.set_prefix_routing(true);
+  pool.MarkUnhealthy({"d1:1"});
+  pool.ReportLoad({"d1:1"}, Load(100), kNow);
+  EXPECT_EQ(pool.CachedOnDecode({"d1:1"}, next), 0) << "forgotten with its health";
 }
 
 TEST(PrefixIndex, RemembersWholePrefixesUpToTheWorkersCapacity) {
