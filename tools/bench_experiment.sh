@@ -14,6 +14,11 @@
 # prefix-aware choice of prefill worker off, then on, under 16 shared
 # prefixes of 1280 tokens: more than one prefill worker's pool (1024 blocks
 # of 16 tokens) holds, but half of them fit; A = off, B = on.
+# EXPERIMENT=multi-turn: 1 prefill + 1 decode worker under 8 synthetic
+# conversations (each turn 64 new user tokens, answers of 32), the router
+# always disaggregating (--local-prefill-max-tokens 0), then letting the
+# decode worker prefill a turn whose earlier turns it holds (256); A = 0,
+# B = 256.
 #
 # Needs `sirocco`, `sirocco-router`, `sirocco-decode` and `sirocco-prefill`
 # built in BUILD_DIR. Uses the embedded tiny model in models/tiny (`sirocco up`
@@ -41,7 +46,8 @@ case "$EXPERIMENT" in
   disagg) WORKLOAD=(--input-len "mix:32@0.75,1024@0.25") ;;
   prefix-cache) WORKLOAD=(--prefix-groups 4 --prefix-len 768 --input-len 64) ;;
   prefix-routing) WORKLOAD=(--prefix-groups 16 --prefix-len 1280 --input-len 64) ;;
-  *) echo "bench_experiment: EXPERIMENT must be disagg, prefix-cache or prefix-routing" >&2; exit 1 ;;
+  multi-turn) WORKLOAD=(--conversations 8 --input-len 64) ;;
+  *) echo "bench_experiment: EXPERIMENT must be disagg, prefix-cache, prefix-routing or multi-turn" >&2; exit 1 ;;
 esac
 BENCH_ARGS=(--target "127.0.0.1:$PORT" --num-requests "$NUM_REQUESTS" --rate "$RATE" --arrival poisson --seed 1
   --warmup 2 "${WORKLOAD[@]}" --output-len 32
@@ -85,6 +91,11 @@ if [[ "$EXPERIMENT" == disagg ]]; then
   run disaggregated --prefill 1 --decode 1
   echo "== compare (A = colocated, B = disaggregated)"
   "$SIROCCO" bench compare "$OUT_DIR/colocated.json" "$OUT_DIR/disaggregated.json" | tee "$OUT_DIR/compare.txt"
+elif [[ "$EXPERIMENT" == multi-turn ]]; then
+  run always_disaggregated --prefill 1 --decode 1 --local-prefill-max-tokens 0
+  run local_follow_ups --prefill 1 --decode 1 --local-prefill-max-tokens 256
+  echo "== compare (A = always disaggregated, B = follow-ups prefilled on decode)"
+  "$SIROCCO" bench compare "$OUT_DIR/always_disaggregated.json" "$OUT_DIR/local_follow_ups.json" | tee "$OUT_DIR/compare.txt"
 elif [[ "$EXPERIMENT" == prefix-routing ]]; then
   run prefix_routing_off --prefill 2 --decode 1 --prefix-routing off
   run prefix_routing_on --prefill 2 --decode 1 --prefix-routing on

@@ -36,6 +36,7 @@ std::mt19937_64 Rng(std::uint64_t seed, std::uint64_t stream, std::int64_t index
 constexpr std::uint64_t kRequestStream = 1;
 constexpr std::uint64_t kPrefixStream = 2;
 constexpr std::uint64_t kShuffleStream = 3;
+constexpr std::uint64_t kTurnStream = 4;
 
 std::string Words(std::mt19937_64& rng, int n) {
   std::uniform_int_distribution<int> pick(0, kNumWords - 1);
@@ -224,6 +225,9 @@ absl::Status WorkloadOptions::Validate() const {
     return absl::InvalidArgumentError("prefix groups and prefix length: give both or neither");
   if (prefix_groups > 0 && !sharegpt_path.empty())
     return absl::InvalidArgumentError("shared-prefix groups and ShareGPT prompts exclude each other");
+  if (conversations < 0) return absl::InvalidArgumentError("conversations: negative");
+  if (conversations > 0 && chat_prompts)
+    return absl::InvalidArgumentError("conversations: token-id prompts only (not --api chat or --sharegpt)");
   if (!effort_mix.empty() && !chat_prompts)
     return absl::InvalidArgumentError("a reasoning-effort mix needs Chat requests (--api chat or --sharegpt)");
   if (!(image_share >= 0 && image_share <= 1)) return absl::InvalidArgumentError("image share: not in [0, 1]");
@@ -283,6 +287,25 @@ RequestSpec Workload::Make(std::int64_t index) const {
     if (r.group >= 0) {
       auto prefix_rng = Rng(o.seed, kPrefixStream, r.group);
       for (int i = 0; i < o.prefix_len; ++i) r.prompt_ids.push_back(id(prefix_rng));
+    }
+    if (o.conversations > 0) {
+      // Turns 0 .. t of conversation c, each from its own generator; warm-up
+      // requests (negative indices) are one-turn conversations of their own.
+      const std::int64_t c = index >= 0 ? index % o.conversations : index;
+      const std::int64_t t = index >= 0 ? index / o.conversations : 0;
+      for (std::int64_t k = 0; k <= t; ++k) {
+        auto turn = Rng(o.seed, kTurnStream, c * (std::int64_t{1} << 24) + k);
+        const int user = o.input_len.Sample(turn);
+        const int answer = o.output_len.Sample(turn);
+        for (int i = 0; i < user; ++i) r.prompt_ids.push_back(id(turn));
+        if (k == t) {
+          r.max_tokens = answer;
+        } else {
+          for (int i = 0; i < answer; ++i) r.prompt_ids.push_back(id(turn));
+        }
+      }
+      r.input_len = static_cast<int>(r.prompt_ids.size());
+      return r;
     }
     for (int i = 0; i < r.input_len; ++i) r.prompt_ids.push_back(id(rng));
     r.input_len = static_cast<int>(r.prompt_ids.size());

@@ -11,6 +11,11 @@
 //              group i % N (N groups, each prefix drawn from its own seed).
 //   sharegpt   the first human turn of each conversation of a ShareGPT JSONL
 //              file, sent with Chat, in an order shuffled by the seed.
+//   conversations  C synthetic conversations (Generate): request i is turn
+//              t = i / C of conversation c = i % C; its prompt is every
+//              earlier turn's user tokens and answer (max_tokens of that
+//              turn, synthetic tokens), then its own user tokens (input
+//              length). Turns of one conversation arrive C requests apart.
 // Output lengths come from a LengthDist and are enforced with max_tokens
 // (and ignore_eos for Generate, so the server generates exactly that many).
 // Per request, independently: a reasoning effort drawn from a weighted mix
@@ -78,6 +83,7 @@ struct WorkloadOptions {
   bool ignore_eos = true;
   int prefix_groups = 0;      // > 0: shared-prefix groups
   int prefix_len = 0;         // tokens of each group's prefix
+  int conversations = 0;      // > 0: multi-turn conversations (Generate)
   std::string sharegpt_path;  // non-empty: prompts from this JSONL file (Chat)
   // (effort, weight); empty: every request UNSPECIFIED. Non-empty needs Chat.
   std::vector<std::pair<Effort, double>> effort_mix;

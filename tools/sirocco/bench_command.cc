@@ -67,6 +67,9 @@ Workload
                            vocabulary is not larger (default 1000)
   --prefix-groups N        shared-prefix groups: request i starts with group i%N's prefix (default 0)
   --prefix-len L           tokens of each group's prefix (default 0)
+  --conversations C        multi-turn: request i is turn i/C of conversation i%C; its prompt holds every
+                           earlier turn (user tokens, then an answer of that turn's output length) and
+                           input-len new tokens (Generate only; default 0: single turns)
   --sharegpt FILE.jsonl    prompts: the first human turn of each ShareGPT conversation (Chat)
   --reasoning-mix MIX      Chat only: e.g. none:0.5,high:0.5 (default: unspecified for all)
   --image-share F          share of requests sent as Chat with an image part (default 0)
@@ -245,6 +248,7 @@ absl::Status RunBench(int argc, char** argv) {
   wl.min_token_id = read.Num<int>("min-token-id", 1000);
   wl.prefix_groups = read.Num<int>("prefix-groups", 0);
   wl.prefix_len = read.Num<int>("prefix-len", 0);
+  wl.conversations = read.Num<int>("conversations", 0);
   wl.sharegpt_path = read.Str("sharegpt", "");
   const std::string mix = read.Str("reasoning-mix", "");
   if (!mix.empty()) {

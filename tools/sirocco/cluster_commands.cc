@@ -203,6 +203,7 @@ absl::Status RunUp(int argc, char** argv) {
   const std::string weights = args->Take("weights", "");
   const std::string prefix_caching = args->Take("prefix-caching", "");
   const std::string prefix_routing = args->Take("prefix-routing", "");
+  const std::string local_prefill_max = args->Take("local-prefill-max-tokens", "");
   if (absl::Status s = args->CheckAllUsed(); !s.ok()) return s;
   if (!prefix_caching.empty() && prefix_caching != "on" && prefix_caching != "off") {
     return absl::InvalidArgumentError("--prefix-caching: must be on or off");
@@ -303,6 +304,7 @@ absl::Status RunUp(int argc, char** argv) {
   if (!prefill_addrs.empty()) rargs.insert(rargs.end(), {"--prefill", absl::StrJoin(prefill_addrs, ",")});
   if (!decode_addrs.empty()) rargs.insert(rargs.end(), {"--decode", absl::StrJoin(decode_addrs, ",")});
   if (!prefix_routing.empty()) rargs.insert(rargs.end(), {"--prefix-routing", prefix_routing});
+  if (!local_prefill_max.empty()) rargs.insert(rargs.end(), {"--local-prefill-max-tokens", local_prefill_max});
   auto rpid = Spawn(*router_bin, rargs);
   if (!rpid.ok()) return fail(rpid.status());
   router.pid = *rpid;

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -170,6 +171,41 @@ TEST(WorkloadTest, SharesOfImagesAndCancellations) {
   EXPECT_NEAR(cancels / 4000.0, 0.5, 0.03);
 }
 
+TEST(WorkloadTest, ConversationsRepeatEveryEarlierTurn) {
+  WorkloadOptions o = Base();
+  o.input_len = *LengthDist::Parse("uniform:3:9");
+  o.output_len = *LengthDist::Parse("uniform:2:5");
+  o.conversations = 4;
+  auto w = Workload::Create(o);
+  ASSERT_TRUE(w.ok());
+  for (std::int64_t c = 0; c < 4; ++c) {
+    std::vector<std::int32_t> before;  // the previous turn's prompt
+    int answer = 0;                    // and its max_tokens
+    for (std::int64_t t = 0; t < 5; ++t) {
+      const RequestSpec r = (*w)->Make(c + 4 * t);
+      ASSERT_EQ(r.api, Api::kGenerate);
+      EXPECT_EQ(r.input_len, static_cast<int>(r.prompt_ids.size()));
+      ASSERT_GE(r.prompt_ids.size(), before.size() + static_cast<std::size_t>(answer) + 3);
+      EXPECT_LE(r.prompt_ids.size(), before.size() + static_cast<std::size_t>(answer) + 9);
+      EXPECT_TRUE(std::equal(before.begin(), before.end(), r.prompt_ids.begin()))
+          << "turn " << t << " of conversation " << c << " starts with the previous turn's prompt";
+      EXPECT_GE(r.max_tokens, 2);
+      EXPECT_LE(r.max_tokens, 5);
+      for (std::int32_t id : r.prompt_ids) {
+        EXPECT_GE(id, 1000);
+        EXPECT_LT(id, 5000);
+      }
+      EXPECT_EQ(r.prompt_ids, (*w)->Make(c + 4 * t).prompt_ids) << "deterministic";
+      before = r.prompt_ids;
+      answer = r.max_tokens;
+    }
+  }
+  // Conversations differ from their first turn on.
+  EXPECT_NE((*w)->Make(0).prompt_ids, (*w)->Make(1).prompt_ids);
+  // Warm-up requests are conversations of their own.
+  EXPECT_FALSE((*w)->Make(-1).prompt_ids.empty());
+}
+
 TEST(WorkloadTest, RejectsInconsistentOptions) {
   WorkloadOptions o = Base();
   o.effort_mix = {{Effort::kHigh, 1}};
@@ -183,6 +219,10 @@ TEST(WorkloadTest, RejectsInconsistentOptions) {
   o = Base();
   o.cancel_share = 1.5;
   EXPECT_FALSE(Workload::Create(o).ok());
+  o = Base();
+  o.conversations = 2;
+  o.api = Api::kChat;
+  EXPECT_FALSE(Workload::Create(o).ok());  // conversations need token ids
   EXPECT_FALSE(ParseEffortMix("low:1").ok());
 }
 
