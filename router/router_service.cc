@@ -56,6 +56,7 @@ WorkerLoad FromProto(const wk::Load& load) {
   w.model_fingerprint = load.model_fingerprint();
   w.context_length = load.context_length();
   w.prefix_caching = load.prefix_caching();
+  w.cached_blocks = static_cast<std::int64_t>(load.cached_blocks());
   return w;
 }
 

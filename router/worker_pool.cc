@@ -118,7 +118,11 @@ std::int64_t WorkerPool::CachedOnDecode(const WorkerId& id, std::span<const std:
   if (!prefix_routing_ || it == workers_.end() || !it->second.load.prefix_caching || prompt.empty()) return 0;
   const std::int64_t bs = std::max<std::int64_t>(1, it->second.load.block_size);
   const auto n = static_cast<std::int64_t>(prompt.size());
-  return std::min(decode_prefixes_.Overlap(id.address, PrefixIndex::BlockHashes(prompt, bs)) * bs, (n - 1) / bs * bs);
+  // The worker's own count bounds the estimate (it has evicted at least the
+  // difference).
+  const std::int64_t blocks =
+      std::min(decode_prefixes_.Overlap(id.address, PrefixIndex::BlockHashes(prompt, bs)), it->second.load.cached_blocks);
+  return std::min(blocks * bs, (n - 1) / bs * bs);
 }
 
 void WorkerPool::RecordDecoded(const WorkerId& id, std::span<const std::int32_t> tokens) {

@@ -58,6 +58,7 @@ struct WorkerLoad {
   std::string model_fingerprint;  // as the worker reports it (empty: unknown)
   std::int64_t context_length = 0;  // the worker's largest prompt + output (0: unknown)
   bool prefix_caching = false;      // the worker keeps a prefix cache
+  std::int64_t cached_blocks = 0;   // blocks it holds published: no more of a prompt can be cached there
 };
 
 struct WorkerState {

@@ -22,6 +22,7 @@ WorkerLoad Load(std::int64_t free_blocks, std::int64_t running = 0, std::int64_t
   l.running = running;
   l.prefill_tokens_queued = queued;
   l.prefix_caching = true;
+  l.cached_blocks = 100;
   return l;
 }
 
@@ -163,6 +164,11 @@ TEST(WorkerPool, ADecodeWorkersCacheIsWhatFinishedThere) {
       << "the last token is always computed";
   EXPECT_EQ(pool.CachedOnDecode({"d2:1"}, next), 0) << "a worker without a prefix cache holds nothing";
   EXPECT_EQ(pool.CachedOnDecode({"d1:1"}, Tokens(100, 4)), 0);
+  WorkerLoad evicted = Load(100);
+  evicted.cached_blocks = 2;  // the worker has evicted most of it since
+  pool.ReportLoad({"d1:1"}, evicted, kNow);
+  EXPECT_EQ(pool.CachedOnDecode({"d1:1"}, next), 32);
+  pool.ReportLoad({"d1:1"}, Load(100), kNow);
   pool.set_prefix_routing(false);
   EXPECT_EQ(pool.CachedOnDecode({"d1:1"}, next), 0);
   pool.set_prefix_routing(true);
