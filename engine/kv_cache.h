@@ -13,7 +13,10 @@
 // Allocate only when no unpublished free block is left, least recently freed
 // first. Lookups compare tokens exactly and identify a prefix by the cache
 // entry of its last block (never reused), so a match is never a hash
-// collision and a stale entry is never found.
+// collision and a stale entry is never found. The content is token ids
+// alone: an input that changes KV beyond its ids (an image's embeddings at
+// its placeholder tokens, once the engine takes images) must enter the key
+// before such requests reach a caching pool.
 //
 // Thread-safety: none. A pool and its block tables belong to one engine
 // thread (see docs/architecture.md, "Inside a worker").
