@@ -445,10 +445,11 @@ absl::Status RunChat(int argc, char** argv) {
   grpc::Status status = reader->Finish();
   if (!status.ok()) return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
   std::printf("\n");
-  std::fprintf(stderr, "[%s; prompt %d tokens, completion %d tokens (reasoning %d); ttft %.1f ms, e2e %.1f ms]\n",
+  std::fprintf(stderr,
+               "[%s; prompt %d tokens (%d cached), completion %d tokens (reasoning %d); ttft %.1f ms, e2e %.1f ms]\n",
                sirocco::v1::FinishReason_Name(final.finish_reason()).c_str(), final.usage().prompt_tokens(),
-               final.usage().completion_tokens(), final.usage().reasoning_tokens(), final.timing().ttft_us() / 1e3,
-               final.timing().e2e_us() / 1e3);
+               final.usage().cached_tokens(), final.usage().completion_tokens(), final.usage().reasoning_tokens(),
+               final.timing().ttft_us() / 1e3, final.timing().e2e_us() / 1e3);
   if (final.finish_reason() == sirocco::v1::FINISH_REASON_ERROR) return absl::InternalError(final.error());
   return absl::OkStatus();
 }
