@@ -21,6 +21,9 @@ struct WorkerService::TransferJob {
   // margin, or the transfer timeout, whichever is first.
   std::chrono::steady_clock::time_point deadline;
   std::vector<std::int32_t> remote_blocks;
+  // Leading remote blocks the target holds already (KvTarget.cached_tokens):
+  // shared there, never written.
+  std::int64_t shared_blocks = 0;
   std::int64_t prompt_len = 0;
   std::mutex mu;
   std::vector<transfer::TransferId> posted;  // guarded by mu, as the rest
@@ -298,6 +301,11 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
         return services::InvalidFieldError(absl::StrCat("target.block_ids[", i, "]"), "out of the target's pool");
       }
     }
+    if (t.cached_tokens() % bs != 0 || t.cached_tokens() >= n) {
+      return services::InvalidFieldError(
+          "target.cached_tokens",
+          absl::StrCat(t.cached_tokens(), " is not whole blocks of ", bs, " fewer than the ", n, " prompt tokens"));
+    }
     return *std::move(d);
   }
 
@@ -318,6 +326,7 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
       job->deadline = std::min(job->deadline, now + std::chrono::microseconds(left_us));
     }
     job->remote_blocks.assign(t.block_ids().begin(), t.block_ids().end());
+    job->shared_blocks = static_cast<std::int64_t>(t.cached_tokens()) / o.layout.block_size;
     job->prompt_len = request_->token_ids_size();
     return job;
   }
@@ -755,7 +764,7 @@ void WorkerService::OnLayerKvWritten(const engine::LayerKvWritten& w) {
   }
   const std::int64_t bs = options_.layout.block_size;
   std::vector<std::int32_t> local, remote;
-  for (std::int64_t b = w.token_begin / bs; b <= (w.token_end - 1) / bs; ++b) {
+  for (std::int64_t b = std::max(w.token_begin / bs, job->shared_blocks); b <= (w.token_end - 1) / bs; ++b) {
     local.push_back(w.blocks->block(b).value);
     remote.push_back(job->remote_blocks[static_cast<std::size_t>(b)]);
   }
@@ -764,7 +773,9 @@ void WorkerService::OnLayerKvWritten(const engine::LayerKvWritten& w) {
   wo.tag = w.request.value;
   const auto left = job->deadline - std::chrono::steady_clock::now();
   absl::StatusOr<transfer::TransferId> id = absl::DeadlineExceededError("KV transfer deadline passed");
-  if (left > std::chrono::steady_clock::duration::zero()) {
+  if (local.empty()) {
+    id = absl::NotFoundError("");  // all of it held at the target already: nothing to post
+  } else if (left > std::chrono::steady_clock::duration::zero()) {
     wo.timeout = absl::FromChrono(left);
     id = options_.agent->PostWrite(job->peer, transfer::LayerRegions(layer, local),
                                    transfer::RemoteLayerRegions(layer, remote), wo);
@@ -779,6 +790,8 @@ void WorkerService::OnLayerKvWritten(const engine::LayerKvWritten& w) {
     if (id.ok()) {
       job->posted.push_back(*id);
       job->bytes += local.size() * options_.layout.block_bytes();
+    } else if (local.empty()) {
+      // nothing was due
     } else if (job->error.ok()) {
       job->error = id.status();
     }
@@ -975,6 +988,20 @@ grpc::ServerUnaryReactor* WorkerService::Reserve(grpc::CallbackServerContext* co
                                                            " asked, ", options_.model_fingerprint, " here")));
   }
   if (request->ttl_ms() > 600000) return fail(services::InvalidFieldError("ttl_ms", "must be in [0, 600000]"));
+  if (!request->prompt_token_ids().empty()) {
+    if (request->prompt_token_ids_size() != static_cast<int>(request->prompt_tokens())) {
+      return fail(services::InvalidFieldError(
+          "prompt_token_ids",
+          absl::StrCat("has ", request->prompt_token_ids_size(), " ids for prompt_tokens ", request->prompt_tokens())));
+    }
+    const std::int64_t vocab = model_->config().vocab_size;
+    for (int i = 0; i < request->prompt_token_ids_size(); ++i) {
+      if (request->prompt_token_ids(i) < 0 || request->prompt_token_ids(i) >= vocab) {
+        return fail(services::InvalidFieldError(absl::StrCat("prompt_token_ids[", i, "]"),
+                                                absl::StrCat("must be in [0, ", vocab, ")")));
+      }
+    }
+  }
   wv1::TransportKind transport = wv1::TRANSPORT_KIND_UNSPECIFIED;
   if (request->transports().empty()) transport = wv1::TRANSPORT_KIND_UCX_RMA;
   for (int t : request->transports()) {
@@ -994,9 +1021,13 @@ grpc::ServerUnaryReactor* WorkerService::Reserve(grpc::CallbackServerContext* co
 
   engine::ReserveSpec spec;
   spec.request = *id;
-  // The prompt's ids are not known here (only its length): the decode
-  // worker's repetition penalty sees no prompt tokens.
-  spec.prompt.assign(request->prompt_tokens(), 0);
+  if (request->prompt_token_ids().empty()) {
+    // A length alone: placeholders, nothing shared; the Decode names the ids.
+    spec.prompt.assign(request->prompt_tokens(), 0);
+  } else {
+    spec.prompt.assign(request->prompt_token_ids().begin(), request->prompt_token_ids().end());
+    spec.prompt_known = true;
+  }
   spec.expected_output = request->max_output_tokens();
   spec.ttl = request->ttl_ms() == 0 ? std::chrono::duration_cast<engine::SchedClock::duration>(
                                           options_.default_reservation_ttl)
@@ -1037,6 +1068,7 @@ grpc::ServerUnaryReactor* WorkerService::Reserve(grpc::CallbackServerContext* co
         response->set_expires_at_unix_micros(absl::ToUnixMicros(absl::Now()) +
                                              std::chrono::duration_cast<std::chrono::microseconds>(left).count());
         response->set_decode_worker_id(options_.worker_id);
+        response->set_cached_tokens(static_cast<std::uint32_t>(r->cached_tokens));
         AddReservation(reservation_id, PendingReservation{r->id, engine_id, request_id,
                                                           std::chrono::steady_clock::now() + left});
         reactor->Finish(grpc::Status::OK);

@@ -153,8 +153,27 @@ absl::StatusOr<Reservation> Scheduler::Reserve(const ReserveSpec& spec, SchedTim
     return absl::ResourceExhaustedError(
         absl::StrCat("reservation needs ", blocks, " KV blocks; the pool holds ", pool_->num_blocks()));
   }
-  PendingReservation r{{}, spec.prompt, BlockTable(pool_)};
-  SIROCCO_RETURN_IF_ERROR(r.blocks.Reserve(tokens));  // RESOURCE_EXHAUSTED, taking none
+  PendingReservation r{{}, spec.prompt, BlockTable(pool_), spec.prompt_known, PrefixKey::Root()};
+  PrefixMatch match;
+  if (spec.prompt_known) {
+    // Never the last token, as at admission: the writer always has a block.
+    match =
+        pool_->MatchPrefix(std::span<const std::int32_t>(spec.prompt).first(static_cast<std::size_t>(prompt_len - 1)));
+  }
+  const auto matched = static_cast<std::int64_t>(match.blocks.size());
+  if (blocks - matched > pool_->num_free() - match.evictable) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache full: ", blocks - matched, " blocks wanted, ",
+                                                     pool_->num_free() - match.evictable, " free of ",
+                                                     pool_->num_blocks()));
+  }
+  r.blocks.Share(match.blocks);
+  SIROCCO_CHECK(r.blocks.Reserve(tokens).ok(), "reservation miscounted");
+  r.prefix = match.key;
+  r.info.cached_tokens = matched * pool_->block_size();
+  if (pool_->prefix_caching() && spec.prompt_known) {
+    prefix_cache_queries_ += prompt_len;
+    prefix_cache_hits_ += r.info.cached_tokens;
+  }
   r.info.id = ReservationId{next_reservation_++};
   r.info.request = spec.request;
   r.info.expires = now + spec.ttl;
@@ -183,6 +202,9 @@ absl::Status Scheduler::MarkKvArrived(ReservationId rid, std::int32_t first_toke
       return absl::InvalidArgumentError(absl::StrCat("prompt: ", spec.prompt.size(), " ids for a reservation of ",
                                                      prompt_len, " tokens"));
     }
+    if (r.prompt_known && spec.prompt != r.prompt) {
+      return absl::InvalidArgumentError("prompt: not the ids the reservation was made for");
+    }
     for (std::size_t i = 0; i < spec.prompt.size(); ++i) {
       if (spec.prompt[i] < 0 || spec.prompt[i] >= options_.vocab_size) {
         return absl::InvalidArgumentError(absl::StrCat("prompt[", i, "]: ", spec.prompt[i],
@@ -200,9 +222,12 @@ absl::Status Scheduler::MarkKvArrived(ReservationId rid, std::int32_t first_toke
   s->tokens.push_back(first_token);
   s->num_computed = prompt_len;
   s->blocks = std::move(r.blocks);
-  // The arrived KV is for the prompt's ids only when the caller names them
-  // (a reservation may be made for a prompt length alone).
-  if (!spec.prompt.empty()) PublishComputed(s.get());
+  // Shared leading blocks are published already.
+  s->num_published = r.info.cached_tokens / pool_->block_size();
+  s->prefix = r.prefix;
+  // The arrived KV is for the prompt's ids only when they are known (a
+  // reservation may be made for a prompt length alone).
+  if (!spec.prompt.empty() || r.prompt_known) PublishComputed(s.get());
   s->sampling = spec.sampling;
   s->stop = spec.stop;
   s->deadline = spec.deadline;

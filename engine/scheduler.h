@@ -130,6 +130,10 @@ struct ReserveSpec {
   std::vector<std::int32_t> prompt;    // token ids the KV is for
   std::int64_t expected_output = 0;    // extra tokens of capacity to hold now
   SchedClock::duration ttl = std::chrono::seconds(30);
+  // `prompt` holds the real ids (not placeholders for a length): the leading
+  // blocks found in the prefix cache are shared instead of reserved, and
+  // the writer skips them (Reservation::cached_tokens).
+  bool prompt_known = false;
 };
 struct Reservation {
   ReservationId id;
@@ -138,6 +142,11 @@ struct Reservation {
   // KV; the rest is headroom for expected_output.
   std::vector<BlockId> blocks;
   SchedTime expires;
+  // Leading prompt tokens (whole blocks, never the last token) whose KV is
+  // in the prefix cache: those blocks are shared with other requests and
+  // must not be written; the writer fills blocks from
+  // cached_tokens / block_size on.
+  std::int64_t cached_tokens = 0;
 };
 // What MarkKvArrived needs beyond the reservation: how to continue.
 struct DecodeSpec {
@@ -303,6 +312,8 @@ class Scheduler {
     Reservation info;
     std::vector<std::int32_t> prompt;
     BlockTable blocks;
+    bool prompt_known = false;
+    PrefixKey prefix = PrefixKey::Root();  // of the shared leading blocks
   };
 
   Scheduler(const SchedulerOptions& options, KvPool* pool) : options_(options), pool_(pool) {}

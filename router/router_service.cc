@@ -600,6 +600,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     auto* context = NewContextLocked();
     reserve_.set_request_id(job_.internal_id);
     reserve_.set_prompt_tokens(static_cast<std::uint32_t>(prompt_tokens_));
+    reserve_.mutable_prompt_token_ids()->Add(job_.prompt.begin(), job_.prompt.end());
     reserve_.set_max_output_tokens(job_.stop.max_tokens());
     reserve_.set_layout_version(shared_->options.layout_version);
     // The configured fingerprint, else the decode worker's own: the prefill

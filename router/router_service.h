@@ -126,7 +126,7 @@ struct RouterOptions {
   // The longest prompt + output the router admits; workers that report a
   // smaller one (their model's) lower it (WorkerDirectory::WorkerContextLength).
   std::int32_t context_length = 32768;
-  std::uint32_t layout_version = 1;
+  std::uint32_t layout_version = 2;  // transfer::kKvLayoutVersion
   sirocco::v1::ReasoningEffort default_reasoning_effort = sirocco::v1::REASONING_EFFORT_NONE;
   sirocco::v1::Limits limits;  // zero fields take the defaults of DefaultLimits()
   // The router's serving metrics (requests, TTFT, e2e, tokens); null: none.

@@ -19,7 +19,8 @@
 namespace sirocco::transfer {
 
 // Bump when the meaning of any KvLayout field or of the pool layout changes.
-inline constexpr std::uint32_t kKvLayoutVersion = 1;
+// 2: KvTarget.cached_tokens (a sender must skip the target's shared blocks).
+inline constexpr std::uint32_t kKvLayoutVersion = 2;
 
 struct KvLayout {
   std::uint32_t version = kKvLayoutVersion;

@@ -157,6 +157,118 @@ TEST_F(DisaggTest, GreedyTokensEqualColocated) {
   EXPECT_GT(GetLoad(*prefill_).transfer().bytes_sent(), 0u);
 }
 
+// Reserve (with the prompt's ids) → Prefill into the target → Decode, as the
+// router does; every token, the first included.
+struct DisaggRun {
+  wv1::KvTarget target;
+  wv1::PrefillResponse prefill;
+  std::vector<std::int32_t> tokens;
+};
+DisaggRun RunWithIds(WorkerProcess& decode, WorkerProcess& prefill, const std::string& id,
+                     const std::vector<std::int32_t>& prompt, int max_tokens, wv1::ReserveRequest reserve) {
+  DisaggRun run;
+  for (auto t : prompt) reserve.add_prompt_token_ids(t);
+  {
+    auto ctx = WorkerContext();
+    grpc::Status s = decode.stub().Reserve(ctx.get(), reserve, &run.target);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    if (!s.ok()) return run;
+  }
+  {
+    wv1::PrefillRequest p;
+    p.set_request_id(id);
+    for (auto t : prompt) p.add_token_ids(t);
+    *p.mutable_sampling() = Greedy();
+    *p.mutable_target() = run.target;
+    auto ctx = WorkerContext();
+    grpc::Status s = prefill.stub().Prefill(ctx.get(), p, &run.prefill);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    if (!s.ok()) return run;
+  }
+  wv1::DecodeRequest d;
+  d.set_request_id(id);
+  d.set_reservation_id(run.target.reservation_id());
+  for (auto t : prompt) d.add_prompt_token_ids(t);
+  d.add_output_token_ids(run.prefill.first_token_id());
+  *d.mutable_sampling() = Greedy();
+  d.mutable_stop()->set_max_tokens(static_cast<std::uint32_t>(max_tokens));
+  d.mutable_stop()->set_ignore_eos(true);
+  auto ctx = WorkerContext();
+  auto reader = decode.stub().Decode(ctx.get(), d);
+  run.tokens = {run.prefill.first_token_id()};
+  wv1::DecodeResponse r;
+  while (reader->Read(&r)) run.tokens.insert(run.tokens.end(), r.token_ids().begin(), r.token_ids().end());
+  grpc::Status s = reader->Finish();
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  return run;
+}
+
+// The decode worker shares the blocks of a prompt prefix it holds (from an
+// earlier request) and the prefill worker does not send them again.
+TEST_F(DisaggTest, BlocksTheDecodeWorkerHoldsAreNotSentAgain) {
+  const std::vector<std::int32_t> first = TestPrompt(29, 7);  // 3 full blocks of 8, then 5 tokens
+  DisaggRun a = RunWithIds(*decode_, *prefill_, "dis-c1", first, 6, ReserveReq("dis-c1", 29, 6));
+  EXPECT_EQ(a.target.cached_tokens(), 0u);
+  EXPECT_EQ(a.tokens, Reference(first, 6));
+  ASSERT_TRUE(EventuallyWhole(*decode_));
+  // The same 29 tokens and 10 more: the decode worker holds blocks 0..2 (its
+  // block 3 holds first's answer, not these tokens).
+  std::vector<std::int32_t> second = first;
+  const std::vector<std::int32_t> more = TestPrompt(10, 8);
+  second.insert(second.end(), more.begin(), more.end());  // 39 tokens: 5 blocks
+  DisaggRun b = RunWithIds(*decode_, *prefill_, "dis-c2", second, 6, ReserveReq("dis-c2", 39, 6));
+  EXPECT_EQ(b.target.cached_tokens(), 24u);
+  EXPECT_EQ(b.tokens, Reference(second, 6));
+  // 4 blocks per layer sent the first time, 5 - 3 the second.
+  EXPECT_EQ(b.prefill.kv_transfer_bytes() * 2, a.prefill.kv_transfer_bytes());
+  EXPECT_TRUE(EventuallyWhole(*decode_));
+  EXPECT_TRUE(EventuallyWhole(*prefill_));
+}
+
+TEST_F(DisaggTest, BadPromptIdsAndCachedTokensAreInvalidArguments) {
+  wv1::ReserveRequest r = ReserveReq("dis-bad", 5, 2);
+  for (auto t : TestPrompt(4, 1)) r.add_prompt_token_ids(t);
+  wv1::KvTarget target;
+  {
+    auto ctx = WorkerContext();
+    grpc::Status s = decode_->stub().Reserve(ctx.get(), r, &target);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("prompt_token_ids"), std::string::npos) << s.error_message();
+  }
+  r.add_prompt_token_ids(1 << 30);
+  {
+    auto ctx = WorkerContext();
+    grpc::Status s = decode_->stub().Reserve(ctx.get(), r, &target);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("prompt_token_ids[4]"), std::string::npos) << s.error_message();
+  }
+  {
+    auto ctx = WorkerContext();
+    grpc::Status s = decode_->stub().Reserve(ctx.get(), ReserveReq("dis-bad", 20, 2), &target);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  for (std::uint32_t cached : {5u, 24u}) {  // not whole blocks; not fewer than the prompt
+    wv1::PrefillRequest p;
+    p.set_request_id("dis-bad-p");
+    for (auto t : TestPrompt(20, 2)) p.add_token_ids(t);
+    *p.mutable_sampling() = Greedy();
+    *p.mutable_target() = target;
+    p.mutable_target()->set_cached_tokens(cached);
+    wv1::PrefillResponse pr;
+    auto ctx = WorkerContext();
+    grpc::Status s = prefill_->stub().Prefill(ctx.get(), p, &pr);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << cached;
+    EXPECT_NE(s.error_message().find("target.cached_tokens"), std::string::npos) << s.error_message();
+  }
+  wv1::CancelRequest c;
+  c.set_request_id("dis-bad");
+  wv1::CancelResponse cr;
+  auto ctx = WorkerContext();
+  ASSERT_TRUE(decode_->stub().Cancel(ctx.get(), c, &cr).ok());
+  EXPECT_TRUE(EventuallyWhole(*decode_));
+  EXPECT_TRUE(EventuallyWhole(*prefill_));
+}
+
 TEST_F(DisaggTest, UnusedReservationExpires) {
   wv1::KvTarget target;
   auto ctx = WorkerContext();

@@ -676,7 +676,7 @@ TEST_F(SchedulerTest, CancelAllAndDestructionReturnEveryBlock) {
 // max_tokens outputs, and the pool is whole when all is done.
 void SchedulerTest::RunRandomOperations(bool prefix_caching) {
   std::map<ExitReason, int> reasons;  // over all seeds: the run must reach every exit path
-  std::int64_t preemptions = 0, hits = 0;
+  std::int64_t preemptions = 0, hits = 0, shared_reservations = 0;
   for (std::uint64_t seed = 1; seed <= 20; ++seed) {
     std::mt19937_64 rng(seed);
     auto uniform = [&](std::int64_t lo, std::int64_t hi) {
@@ -686,6 +686,7 @@ void SchedulerTest::RunRandomOperations(bool prefix_caching) {
          /*max_seqs=*/uniform(1, 5), prefix_caching);
     std::map<std::uint64_t, std::int32_t> max_tokens;     // submitted requests
     std::map<std::uint64_t, ReservationId> reservations;  // reserved, not yet arrived
+    std::vector<ReservationId> every_reservation;         // made, live or not
     std::set<std::uint64_t> exited;
     std::uint64_t next_id = 1;
     for (int op = 0; op < 400; ++op) {
@@ -698,10 +699,17 @@ void SchedulerTest::RunRandomOperations(bool prefix_caching) {
         if (Add(next_id, r).ok()) max_tokens[next_id] = r.stop.max_tokens;
         ++next_id;
       } else if (what == 2) {
-        auto res = sched_->Reserve(ReserveSpec{RequestId{next_id}, std::vector<std::int32_t>(uniform(1, 8), 3),
-                                               uniform(0, 4), milliseconds(uniform(1, 100))},
+        // Prompts like Spec's (they share prefixes with the requests'), ids
+        // known or a length alone.
+        RequestSpec shape = Spec(uniform(1, 12), 1);
+        auto res = sched_->Reserve(ReserveSpec{RequestId{next_id}, shape.prompt, uniform(0, 4),
+                                               milliseconds(uniform(1, 100)), uniform(0, 1) == 1},
                                    now_);
-        if (res.ok()) reservations[next_id] = res->id;
+        if (res.ok()) {
+          reservations[next_id] = res->id;
+          every_reservation.push_back(res->id);
+          if (res->cached_tokens > 0) ++shared_reservations;
+        }
         ++next_id;
       } else if (what == 3 && !reservations.empty()) {
         auto it = reservations.begin();
@@ -730,6 +738,20 @@ void SchedulerTest::RunRandomOperations(bool prefix_caching) {
         for (std::uint64_t id = 1; id < next_id; ++id) {
           if (const Scheduler::Sequence* s = sched_->Find(RequestId{id})) {
             for (std::int64_t b = 0; b < s->blocks.num_blocks(); ++b) ++holders[s->blocks.block(b).value];
+          }
+        }
+        for (ReservationId res : every_reservation) {
+          if (const Reservation* r = sched_->FindReservation(res)) {
+            for (BlockId b : r->blocks) ++holders[b.value];
+          }
+        }
+        // What a prefill worker writes into a reservation is its alone too.
+        for (ReservationId res : every_reservation) {
+          if (const Reservation* r = sched_->FindReservation(res)) {
+            const auto first = static_cast<std::size_t>(r->cached_tokens / pool_->block_size());
+            for (std::size_t b = first; b < r->blocks.size(); ++b) {
+              EXPECT_EQ(holders[r->blocks[b].value], 1) << "seed " << seed << ": a reservation shares a block it gets";
+            }
           }
         }
         auto expect_private = [&](RequestId id, std::int64_t begin, std::int64_t end) {
@@ -769,8 +791,8 @@ void SchedulerTest::RunRandomOperations(bool prefix_caching) {
           EXPECT_EQ(e.num_output_tokens, max_tokens[e.id.value]);
         }
       }
-      // Conservation: free + held (by requests, once however many share a
-      // block, and by reservations) = total.
+      // Conservation: free + held (by requests and reservations, once
+      // however many share a block) = total.
       std::set<std::int32_t> held_blocks;
       for (std::uint64_t id = 1; id < next_id; ++id) {
         if (const Scheduler::Sequence* s = sched_->Find(RequestId{id})) {
@@ -780,7 +802,15 @@ void SchedulerTest::RunRandomOperations(bool prefix_caching) {
           }
         }
       }
-      const std::int64_t held = static_cast<std::int64_t>(held_blocks.size()) + sched_->Stats().reserved_blocks;
+      std::int64_t reserved = 0;
+      for (ReservationId res : every_reservation) {
+        if (const Reservation* r = sched_->FindReservation(res)) {
+          for (BlockId b : r->blocks) held_blocks.insert(b.value);
+          reserved += static_cast<std::int64_t>(r->blocks.size());
+        }
+      }
+      EXPECT_EQ(reserved, sched_->Stats().reserved_blocks) << "seed " << seed << " op " << op;
+      const auto held = static_cast<std::int64_t>(held_blocks.size());
       ASSERT_EQ(held + pool_->num_free(), pool_->num_blocks()) << "seed " << seed << " op " << op;
     }
     // Drain: finish transfers, let everything run out, then expire the rest.
@@ -806,8 +836,10 @@ void SchedulerTest::RunRandomOperations(bool prefix_caching) {
   }
   if (prefix_caching) {
     EXPECT_GT(hits, 0) << "the prompts share prefixes: some admissions must hit";
+    EXPECT_GT(shared_reservations, 0) << "and some reservations";
   } else {
     EXPECT_EQ(hits, 0);
+    EXPECT_EQ(shared_reservations, 0);
   }
   for (ExitReason r : {ExitReason::kStop, ExitReason::kLength, ExitReason::kPrefillDone, ExitReason::kCancelled,
                        ExitReason::kDeadlineExceeded}) {
@@ -880,6 +912,38 @@ TEST_F(SchedulerTest, PreemptedRequestsResumeFromTheirOwnPublishedBlocks) {
   }
   EXPECT_GT(sched_->Stats().preemptions, 0);
   EXPECT_GT(resumed_from, 0) << "the recompute started after cached blocks";
+  ExitsById();
+  ExpectPoolWhole();
+}
+
+TEST_F(SchedulerTest, AReservationForKnownIdsSharesTheCachedBlocks) {
+  Make(64, 4, /*budget=*/16, /*max_seqs=*/8, /*prefix_caching=*/true);
+  ASSERT_TRUE(Add(1, Spec(10, 2)).ok());
+  RunToIdle();  // blocks 0 and 1 (tokens 0..7) published, then evictable
+  ExitsById();
+  const std::int64_t free_before = pool_->num_free();
+  RequestSpec same = Spec(10, 1);
+  auto known = sched_->Reserve(ReserveSpec{RequestId{2}, same.prompt, 4, seconds(5), true}, now_);
+  ASSERT_TRUE(known.ok()) << known.status();
+  EXPECT_EQ(known->cached_tokens, 8);
+  ASSERT_EQ(known->blocks.size(), 4u);  // 14 tokens: 2 shared + 2 fresh
+  EXPECT_EQ(pool_->num_free(), free_before - 4) << "the shared blocks left the evictable set";
+  // A length alone shares nothing.
+  auto blind = sched_->Reserve(ReserveSpec{RequestId{3}, same.prompt, 4, seconds(5), false}, now_);
+  ASSERT_TRUE(blind.ok());
+  EXPECT_EQ(blind->cached_tokens, 0);
+  // The decode must be for the ids reserved for.
+  DecodeSpec wrong;
+  wrong.stop.max_tokens = 2;
+  wrong.prompt = same.prompt;
+  wrong.prompt[9] += 1;
+  EXPECT_EQ(sched_->MarkKvArrived(known->id, kToken, wrong, now_).code(), absl::StatusCode::kInvalidArgument);
+  DecodeSpec right;
+  right.stop.max_tokens = 2;
+  ASSERT_TRUE(sched_->MarkKvArrived(known->id, kToken, right, now_).ok());
+  EXPECT_EQ(sched_->Find(RequestId{2})->num_published, 2) << "block 2 is not full before the first decode step";
+  ASSERT_TRUE(sched_->Cancel(RequestId{3}).ok());
+  RunToIdle();
   ExitsById();
   ExpectPoolWhole();
 }
