@@ -7,11 +7,12 @@
 #   tools/bench_experiment.sh [BUILD_DIR]        (default: build)
 #
 # EXPERIMENT=prefix-cache runs the prefix-cache experiment instead: one
-# disaggregated cluster (1 prefill + 1 decode) with the workers' prefix cache
-# off, then on, under requests that share one of 4 system prompts of 768
+# disaggregated cluster (1 prefill + 1 decode, every request disaggregated:
+# --local-prefill-max-tokens 0) with the workers' prefix cache off, then on, under requests that share one of 4 system prompts of 768
 # tokens (then 64 tokens of their own, 32 output tokens); A = off, B = on.
-# EXPERIMENT=prefix-routing: 2 prefill workers + 1 decode, the router's
-# prefix-aware choice of prefill worker off, then on, under 16 shared
+# EXPERIMENT=prefix-routing: 2 prefill workers + 1 decode (every request
+# disaggregated), the router's prefix-aware choice of prefill worker off,
+# then on, under 16 shared
 # prefixes of 1280 tokens: more than one prefill worker's pool (1024 blocks
 # of 16 tokens) holds, but half of them fit; A = off, B = on.
 # EXPERIMENT=multi-turn: 1 prefill + 1 decode worker under 8 synthetic
@@ -97,13 +98,13 @@ elif [[ "$EXPERIMENT" == multi-turn ]]; then
   echo "== compare (A = always disaggregated, B = follow-ups prefilled on decode)"
   "$SIROCCO" bench compare "$OUT_DIR/always_disaggregated.json" "$OUT_DIR/local_follow_ups.json" | tee "$OUT_DIR/compare.txt"
 elif [[ "$EXPERIMENT" == prefix-routing ]]; then
-  run prefix_routing_off --prefill 2 --decode 1 --prefix-routing off
-  run prefix_routing_on --prefill 2 --decode 1 --prefix-routing on
+  run prefix_routing_off --prefill 2 --decode 1 --local-prefill-max-tokens 0 --prefix-routing off
+  run prefix_routing_on --prefill 2 --decode 1 --local-prefill-max-tokens 0 --prefix-routing on
   echo "== compare (A = prefix routing off, B = on)"
   "$SIROCCO" bench compare "$OUT_DIR/prefix_routing_off.json" "$OUT_DIR/prefix_routing_on.json" | tee "$OUT_DIR/compare.txt"
 else
-  run prefix_cache_off --prefill 1 --decode 1 --prefix-caching off
-  run prefix_cache_on --prefill 1 --decode 1 --prefix-caching on
+  run prefix_cache_off --prefill 1 --decode 1 --local-prefill-max-tokens 0 --prefix-caching off
+  run prefix_cache_on --prefill 1 --decode 1 --local-prefill-max-tokens 0 --prefix-caching on
   echo "== compare (A = prefix cache off, B = on)"
   "$SIROCCO" bench compare "$OUT_DIR/prefix_cache_off.json" "$OUT_DIR/prefix_cache_on.json" | tee "$OUT_DIR/compare.txt"
 fi
