@@ -1,6 +1,7 @@
 // KvLayout geometry and compatibility, and TargetDescriptor bytes.
 #include "transfer/kv_layout.h"
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "transfer/descriptor.h"
@@ -41,8 +42,8 @@ TEST(KvLayoutTest, ValidateNamesTheBadField) {
   l.entry_bytes = 641;
   EXPECT_THAT(std::string(l.Validate().message()), HasSubstr("entry_bytes 641"));
   l = RealModel(4);
-  l.version = 2;
-  EXPECT_THAT(std::string(l.Validate().message()), HasSubstr("version 2"));
+  l.version = kKvLayoutVersion + 1;
+  EXPECT_THAT(std::string(l.Validate().message()), HasSubstr(absl::StrCat("version ", kKvLayoutVersion + 1)));
 }
 
 TEST(KvLayoutTest, CompatibilityIgnoresPoolSizeOnly) {
@@ -56,7 +57,7 @@ TEST(KvLayoutTest, CompatibilityIgnoresPoolSizeOnly) {
       {[](KvLayout& l) { l.num_layers = 35; }, "KV layout mismatch: num_layers 36 here, 35 at the peer"},
       {[](KvLayout& l) { l.dtype_bytes = 4; }, "KV layout mismatch: dtype_bytes 2 here, 4 at the peer"},
       {[](KvLayout& l) { l.entry_bytes = 1280; }, "KV layout mismatch: entry_bytes 640 here, 1280 at the peer"},
-      {[](KvLayout& l) { l.version = 9; }, "KV layout mismatch: layout version 1 here, 9 at the peer"},
+      {[](KvLayout& l) { l.version = 9; }, "KV layout mismatch: layout version 2 here, 9 at the peer"},
       {[](KvLayout& l) { l.model_fingerprint = 0x99; },
        "KV layout mismatch: model_fingerprint 0000000000001234 here, 0000000000000099 at the peer"},
   };
