@@ -3,6 +3,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 #include <utility>
@@ -772,13 +773,15 @@ void WorkerService::OnLayerKvWritten(const engine::LayerKvWritten& w) {
   transfer::WriteOptions wo;
   wo.tag = w.request.value;
   const auto left = job->deadline - std::chrono::steady_clock::now();
-  absl::StatusOr<transfer::TransferId> id = absl::DeadlineExceededError("KV transfer deadline passed");
-  if (local.empty()) {
-    id = absl::NotFoundError("");  // all of it held at the target already: nothing to post
-  } else if (left > std::chrono::steady_clock::duration::zero()) {
-    wo.timeout = absl::FromChrono(left);
-    id = options_.agent->PostWrite(job->peer, transfer::LayerRegions(layer, local),
-                                   transfer::RemoteLayerRegions(layer, remote), wo);
+  // None when nothing is due (the target holds all of this range).
+  std::optional<absl::StatusOr<transfer::TransferId>> id;
+  if (!local.empty()) {
+    id = absl::DeadlineExceededError("KV transfer deadline passed");
+    if (left > std::chrono::steady_clock::duration::zero()) {
+      wo.timeout = absl::FromChrono(left);
+      id = options_.agent->PostWrite(job->peer, transfer::LayerRegions(layer, local),
+                                     transfer::RemoteLayerRegions(layer, remote), wo);
+    }
   }
   bool last = false;
   {
@@ -787,13 +790,11 @@ void WorkerService::OnLayerKvWritten(const engine::LayerKvWritten& w) {
       job->has_post = true;
       job->first_post = std::chrono::steady_clock::now();
     }
-    if (id.ok()) {
-      job->posted.push_back(*id);
+    if (id.has_value() && id->ok()) {
+      job->posted.push_back(**id);
       job->bytes += local.size() * options_.layout.block_bytes();
-    } else if (local.empty()) {
-      // nothing was due
-    } else if (job->error.ok()) {
-      job->error = id.status();
+    } else if (id.has_value() && job->error.ok()) {
+      job->error = id->status();
     }
     last = w.layer + 1 == static_cast<std::int64_t>(options_.layout.num_layers) && w.token_end == job->prompt_len;
   }

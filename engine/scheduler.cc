@@ -154,26 +154,10 @@ absl::StatusOr<Reservation> Scheduler::Reserve(const ReserveSpec& spec, SchedTim
         absl::StrCat("reservation needs ", blocks, " KV blocks; the pool holds ", pool_->num_blocks()));
   }
   PendingReservation r{{}, spec.prompt, BlockTable(pool_), spec.prompt_known, PrefixKey::Root()};
-  PrefixMatch match;
-  if (spec.prompt_known) {
-    // Never the last token, as at admission: the writer always has a block.
-    match =
-        pool_->MatchPrefix(std::span<const std::int32_t>(spec.prompt).first(static_cast<std::size_t>(prompt_len - 1)));
-  }
-  const auto matched = static_cast<std::int64_t>(match.blocks.size());
-  if (blocks - matched > pool_->num_free() - match.evictable) {
-    return absl::ResourceExhaustedError(absl::StrCat("KV cache full: ", blocks - matched, " blocks wanted, ",
-                                                     pool_->num_free() - match.evictable, " free of ",
-                                                     pool_->num_blocks()));
-  }
-  r.blocks.Share(match.blocks);
-  SIROCCO_CHECK(r.blocks.Reserve(tokens).ok(), "reservation miscounted");
+  // Only known ids are matched; the writer then skips the shared blocks.
+  SIROCCO_ASSIGN_OR_RETURN(PrefixMatch match, TakeBlocks(r.blocks, spec.prompt, tokens, spec.prompt_known));
   r.prefix = match.key;
-  r.info.cached_tokens = matched * pool_->block_size();
-  if (pool_->prefix_caching() && spec.prompt_known) {
-    prefix_cache_queries_ += prompt_len;
-    prefix_cache_hits_ += r.info.cached_tokens;
-  }
+  r.info.cached_tokens = static_cast<std::int64_t>(match.blocks.size()) * pool_->block_size();
   r.info.id = ReservationId{next_reservation_++};
   r.info.request = spec.request;
   r.info.expires = now + spec.ttl;
@@ -371,22 +355,12 @@ StepPlan Scheduler::Schedule(SchedTime now) {
   if (plan.preempted.empty()) {
     while (!waiting_.empty() && budget > 0 && seqs > 0) {
       Sequence* s = waiting_.front();
-      const std::int64_t total = static_cast<std::int64_t>(s->tokens.size());
-      // The last token is always computed: its logits give the next one.
-      PrefixMatch match =
-          pool_->MatchPrefix(std::span<const std::int32_t>(s->tokens).first(static_cast<std::size_t>(total - 1)));
-      const auto matched = static_cast<std::int64_t>(match.blocks.size());
-      // Sharing takes the matched evictable blocks out of the free count.
-      if (BlocksFor(total) - matched > pool_->num_free() - match.evictable) break;
-      s->blocks.Share(match.blocks);
-      SIROCCO_CHECK(s->blocks.Reserve(total).ok(), "admission miscounted");
-      s->num_computed = s->num_cached = matched * pool_->block_size();
-      s->num_published = matched;
-      s->prefix = match.key;
-      if (pool_->prefix_caching()) {
-        prefix_cache_queries_ += total;
-        prefix_cache_hits_ += s->num_cached;
-      }
+      absl::StatusOr<PrefixMatch> match =
+          TakeBlocks(s->blocks, s->tokens, static_cast<std::int64_t>(s->tokens.size()), /*match=*/true);
+      if (!match.ok()) break;
+      s->num_published = static_cast<std::int64_t>(match->blocks.size());
+      s->num_computed = s->num_cached = s->num_published * pool_->block_size();
+      s->prefix = match->key;
       waiting_.erase(waiting_.begin());
       s->state = RequestState::kPrefilling;
       InsertOrdered(running_, s);
@@ -504,6 +478,31 @@ void Scheduler::Preempt(Sequence* s) {
   ++preemptions_;
   // Its arrival is older than most of the queue, so it is recomputed first.
   InsertOrdered(waiting_, s);
+}
+
+absl::StatusOr<PrefixMatch> Scheduler::TakeBlocks(BlockTable& table, std::span<const std::int32_t> prompt,
+                                                  std::int64_t capacity_tokens, bool match_prefix) {
+  PrefixMatch match;
+  if (match_prefix) {
+    // Never the last token: its logits give the next one (at admission),
+    // and a writer always has a block of its own (in a reservation).
+    match = pool_->MatchPrefix(prompt.first(prompt.size() - 1));
+  }
+  const auto matched = static_cast<std::int64_t>(match.blocks.size());
+  // Sharing takes the matched evictable blocks out of the free count.
+  const std::int64_t wanted = BlocksFor(capacity_tokens) - matched;
+  const std::int64_t available = pool_->num_free() - match.evictable;
+  if (wanted > available) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("KV cache full: ", wanted, " blocks wanted, ", available, " free of ", pool_->num_blocks()));
+  }
+  table.Share(match.blocks);
+  SIROCCO_CHECK(table.Reserve(capacity_tokens).ok(), "free blocks miscounted");
+  if (pool_->prefix_caching() && match_prefix) {
+    prefix_cache_queries_ += static_cast<std::int64_t>(prompt.size());
+    prefix_cache_hits_ += matched * pool_->block_size();
+  }
+  return match;
 }
 
 void Scheduler::PublishComputed(Sequence* s) {

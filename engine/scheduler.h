@@ -327,6 +327,12 @@ class Scheduler {
   static void InsertOrdered(std::vector<Sequence*>& queue, Sequence* s);
   static void Remove(std::vector<Sequence*>& queue, Sequence* s);
   void Preempt(Sequence* s);
+  // Gives empty `table` blocks for `capacity_tokens`, first sharing the
+  // published blocks that hold `prompt`'s leading full blocks (never its
+  // last token) when `match_prefix`, and counts the lookup. The match, or
+  // RESOURCE_EXHAUSTED taking nothing.
+  absl::StatusOr<PrefixMatch> TakeBlocks(BlockTable& table, std::span<const std::int32_t> prompt,
+                                         std::int64_t capacity_tokens, bool match_prefix);
   // Publishes every block of `s` that is full and computed.
   void PublishComputed(Sequence* s);
   void ExitRequest(Sequence* s, ExitReason reason, absl::Status status);

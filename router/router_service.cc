@@ -472,28 +472,22 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     decode_picked_ = true;
     decode_stub_ = shared_->directory->Stub(decode_id_);
     decode_fingerprint_ = decode->load.model_fingerprint;
-    if (decode->role == WorkerRole::kBoth) {
-      // Colocated: one Decode call computes the prompt and streams every
-      // token, the first included (a Prefill first would compute it twice).
-      prefill_id_ = decode_id_;
-      colocated_ = true;
-      local_prefill_ = true;
-      worker_started_ = true;
-      StartDecodeLocked();
-      return;
-    }
-    const std::int64_t cached = shared_->directory->CachedOnDecode(decode_id_, job_.prompt);
-    if (cached > 0 && prompt_tokens_ - cached <= shared_->options.local_prefill_max_tokens) {
-      // The decode worker likely holds all but a short tail of the prompt
-      // (an earlier turn it served): it prefills the tail itself, which
-      // costs less than a remote prefill of everything plus its transfer.
+    // Colocated, one Decode call computes the prompt and streams every
+    // token, the first included (a Prefill first would compute it twice).
+    // So does a decode worker that likely holds all but a short tail of the
+    // prompt (an earlier turn it served): prefilling the tail there costs
+    // less than a remote prefill plus its transfer.
+    colocated_ = decode->role == WorkerRole::kBoth;
+    std::int64_t cached = 0;
+    if (!colocated_) cached = shared_->directory->CachedOnDecode(decode_id_, job_.prompt);
+    if (colocated_ || (cached > 0 && prompt_tokens_ - cached <= shared_->options.local_prefill_max_tokens)) {
       prefill_id_ = decode_id_;
       local_prefill_ = true;
       worker_started_ = true;
       StartDecodeLocked();
-      return;
+    } else {
+      StartReserveLocked();
     }
-    StartReserveLocked();
   }
 
   void OnWriteDone(bool ok) override {
