@@ -1,5 +1,7 @@
 #include "decode/worker_service.h"
 
+#include "decode/worker_images.h"
+
 #include <chrono>
 #include <condition_variable>
 #include <fstream>
@@ -218,7 +220,13 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
         !s.ok()) {
       return s;
     }
-    if (!request_->images().empty()) return absl::UnimplementedError("images: the vision encoder is not supported yet");
+    absl::StatusOr<std::vector<engine::ImageInput>> images =
+        ToEngineImages(request_->images(),
+                       std::span<const std::int32_t>(request_->token_ids().data(),
+                                                     static_cast<std::size_t>(request_->token_ids_size())),
+                       service_->model().vision(), "images");
+    if (!images.ok()) return images.status();
+    images_ = *std::move(images);
     if (!request_->has_target() && role != WorkerRole::kBoth) {
       return absl::FailedPreconditionError("target: required on a worker of role prefill");
     }
@@ -260,6 +268,7 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
     spec.stop.ignore_eos = true;
     spec.deadline = deadline;
     spec.prefill_only = job != nullptr;
+    spec.images = std::move(images_);
     absl::StatusOr<engine::RequestId> id = service_->AcquireId(request_->request_id());
     if (!id.ok()) return id.status();
     id_ = *id;
@@ -339,6 +348,7 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   std::optional<engine::RequestId> id_;
   std::optional<engine::SampleResult> first_;
+  std::vector<engine::ImageInput> images_;  // from Start to Continue
   bool done_ = false;
   bool released_ = false;
 };
@@ -458,6 +468,13 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
       return services::InvalidFieldError("output_token_ids",
                                          absl::StrCat("prompt and output reach the context length ", max_len));
     }
+    absl::StatusOr<std::vector<engine::ImageInput>> images =
+        ToEngineImages(request_->images(),
+                       std::span<const std::int32_t>(request_->prompt_token_ids().data(),
+                                                     static_cast<std::size_t>(request_->prompt_token_ids_size())),
+                       service_->model().vision(), "images");
+    if (!images.ok()) return images.status();
+    images_ = *std::move(images);
     std::optional<engine::RequestId> reserved;  // the id Reserve acquired, if a reservation is dropped
     if (!request_->reservation_id().empty()) {
       if (!request_->local_prefill()) return StartFromReservation(context);
@@ -494,6 +511,7 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
     spec.stop.ignore_eos = request_->stop().ignore_eos();
     spec.deadline = EngineDeadline(*context);
     spec.replayed = request_->output_token_ids_size();
+    spec.images = std::move(images_);
     if (reserved.has_value()) {
       id_ = *reserved;  // acquired by Reserve; released when this call ends
     } else {
@@ -545,6 +563,7 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
     spec.stop.stop_token_ids.assign(request_->stop().stop_token_ids().begin(), request_->stop().stop_token_ids().end());
     spec.stop.ignore_eos = request_->stop().ignore_eos();
     spec.deadline = EngineDeadline(*context);
+    spec.images = std::move(images_);
     absl::StatusOr<std::shared_ptr<engine::RequestStream>> stream =
         service_->engine().Decode(r->id, *id_, request_->output_token_ids(0), std::move(spec), OnReady(link_));
     if (!stream.ok()) {
@@ -593,6 +612,7 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
   const wv1::DecodeRequest* const request_;
   const std::shared_ptr<Link> link_;
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::vector<engine::ImageInput> images_;  // from Start to the engine
   std::optional<engine::RequestId> id_;
   std::optional<StreamEvent> end_;
   wv1::DecodeResponse pending_;  // tokens not yet written

@@ -161,7 +161,10 @@ class Device {
   [[nodiscard]] virtual absl::Status RopeInterleaved(int rows, int rows_per_pos, int dim, float* x, int ldx,
                                                      const std::int32_t* pos, const float* inv_freq,
                                                      float attn_factor) = 0;
+  // SiluMul and GeluMul: up may be null, out = act(gate) (kernels.h).
   [[nodiscard]] virtual absl::Status SiluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu,
+                                             float* out, int ldo) = 0;
+  [[nodiscard]] virtual absl::Status GeluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu,
                                              float* out, int ldo) = 0;
   // x[r, :] *= scales[r].
   [[nodiscard]] virtual absl::Status ScaleRows(int rows, int n, float* x, int ldx, const float* scales) = 0;

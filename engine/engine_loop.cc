@@ -1,10 +1,12 @@
 #include "engine/engine_loop.h"
 
+#include <algorithm>
 #include <type_traits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "engine/check.h"
+#include "engine/pixtral.h"
 #include "engine/status_macros.h"
 
 namespace sirocco::engine {
@@ -96,6 +98,9 @@ absl::StatusOr<std::unique_ptr<EngineLoop>> EngineLoop::Create(const EngineOptio
                                                    ") exceeds the model's context length ", c.max_position_embeddings));
   }
   so.vocab_size = c.vocab_size;
+  if (const PixtralEncoder* vision = options.model->vision()) {
+    so.image_token_id = static_cast<std::int32_t>(vision->config().image_token_index);
+  }
   so.eos_token_ids = c.eos_token_ids;
   SIROCCO_ASSIGN_OR_RETURN(auto scheduler, Scheduler::Create(so, pool.get()));
   std::unique_ptr<EngineLoop> loop(new EngineLoop(options, std::move(pool), std::move(scheduler)));
@@ -244,12 +249,21 @@ void EngineLoop::Apply(Command& command) {
                                     absl::AlreadyExistsError(absl::StrCat("request ", c.id.value, " already exists"))));
             return;
           }
+          Live staged;
+          staged.images = std::move(c.spec.images);
+          // A prefilling request's images are encoded before it queues, so
+          // a bad one fails it here rather than in a step.
+          if (absl::Status st = EncodeImages(staged, c.spec.prompt); !st.ok()) {
+            c.stream->Push(EndEvent(ExitReason::kFailed, std::move(st)));
+            return;
+          }
           if (absl::Status st = scheduler_->AddRequest(c.id, std::move(c.spec), now); !st.ok()) {
             c.stream->Push(EndEvent(ExitReason::kFailed, std::move(st)));
             return;
           }
           const Scheduler::Sequence* s = scheduler_->Find(c.id);
           Live& live = live_[c.id];
+          live = std::move(staged);
           live.stream = std::move(c.stream);
           const std::span<const std::int32_t> prompt = s->prompt();
           const std::size_t fresh = prompt.size() - static_cast<std::size_t>(s->replayed);
@@ -274,6 +288,11 @@ void EngineLoop::Apply(Command& command) {
           } else if (live_.contains(c.id)) {
             st = absl::AlreadyExistsError(absl::StrCat("request ", c.id.value, " already exists"));
           }
+          std::vector<ImageInput> images = std::move(c.spec.images);
+          if (st.ok() && !images.empty() && c.spec.prompt.empty()) {
+            st = absl::InvalidArgumentError("images: a decode with images needs the prompt's ids");
+          }
+          if (st.ok()) st = CheckImages(images, c.spec.prompt);
           if (st.ok()) {
             live_[c.id].stream = c.stream;  // before MarkKvArrived: it may exit at once
             st = scheduler_->MarkKvArrived(c.reservation, c.first_token, c.spec, now);
@@ -285,6 +304,7 @@ void EngineLoop::Apply(Command& command) {
           }
           if (const Scheduler::Sequence* s = scheduler_->Find(c.id)) {
             Live& live = live_[c.id];
+            live.images = std::move(images);  // encoded only if a recompute needs them
             live.sampler.emplace(s->sampling, s->prompt());
             live.sampler->Replay(c.first_token);  // sampled by the prefill worker, same seed
           }
@@ -317,6 +337,57 @@ void EngineLoop::Reject(Command& command, const absl::Status& why) {
       command);
 }
 
+absl::Status EngineLoop::CheckImages(std::span<const ImageInput> images, std::span<const std::int32_t> prompt) const {
+  const PixtralEncoder* vision = model_.vision();
+  if (vision == nullptr) {
+    if (images.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError("images: this model has no vision encoder");
+  }
+  const auto img = static_cast<std::int32_t>(vision->config().image_token_index);
+  const auto placeholders = std::count(prompt.begin(), prompt.end(), img);
+  const std::int64_t cell = vision->config().token_pixels();
+  std::int64_t rows = 0;
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    const ImageInput& im = images[i];
+    if (im.height <= 0 || im.width <= 0 || im.height % cell != 0 || im.width % cell != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("images[", i, "]: ", im.width, "x", im.height,
+                                                     " pixels is not a whole number of ", cell, "-pixel cells"));
+    }
+    if (!im.pixels) return absl::InvalidArgumentError(absl::StrCat("images[", i, "]: no pixels"));
+    rows += vision->tokens_for(im.height, im.width);
+  }
+  if (rows != placeholders) {
+    return absl::InvalidArgumentError(absl::StrCat("the prompt has ", placeholders, " image tokens (id ", img,
+                                                   ") but its ", images.size(), " images give ", rows));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EngineLoop::EncodeImages(Live& live, std::span<const std::int32_t> prompt) {
+  SIROCCO_RETURN_IF_ERROR(CheckImages(live.images, prompt));
+  if (live.images.empty()) return absl::OkStatus();
+  PixtralEncoder* vision = model_.vision();
+  std::vector<float> rows;
+  for (std::size_t i = 0; i < live.images.size(); ++i) {
+    absl::StatusOr<std::vector<float>> pixels = live.images[i].pixels();
+    if (!pixels.ok()) {
+      return absl::Status(pixels.status().code(), absl::StrCat("images[", i, "]: ", pixels.status().message()));
+    }
+    absl::StatusOr<std::vector<float>> features = vision->Encode(*pixels, live.images[i].height, live.images[i].width);
+    if (!features.ok()) {
+      return absl::Status(features.status().code(), absl::StrCat("images[", i, "]: ", features.status().message()));
+    }
+    rows.insert(rows.end(), features->begin(), features->end());
+  }
+  const auto img = static_cast<std::int32_t>(vision->config().image_token_index);
+  live.image_at.clear();
+  for (std::size_t p = 0; p < prompt.size(); ++p) {
+    if (prompt[p] == img) live.image_at.push_back(static_cast<std::int64_t>(p));
+  }
+  live.image_rows = std::move(rows);
+  return absl::OkStatus();
+}
+
 void EngineLoop::RunStep(StepPlan& plan) {
   const std::size_t vocab = static_cast<std::size_t>(model_.config().vocab_size);
   const auto step_start = std::chrono::steady_clock::now();
@@ -328,19 +399,43 @@ void EngineLoop::RunStep(StepPlan& plan) {
       it->second.stream->MarkStarted(step_start, s->num_cached);
     }
   }
+  // A decode worker's request recomputed after preemption needs its images'
+  // features now; one that cannot have them fails alone.
+  std::erase_if(plan.prefill, [&](const PrefillChunk& c) {
+    auto it = live_.find(c.id);
+    if (it == live_.end() || it->second.images.empty() || !it->second.image_rows.empty()) return false;
+    absl::Status st = EncodeImages(it->second, scheduler_->Find(c.id)->prompt());
+    if (st.ok()) return false;
+    (void)scheduler_->Fail(c.id, std::move(st));
+    return true;
+  });
   std::vector<ForwardItem> items;
   items.reserve(plan.decode.size() + plan.prefill.size());
+  std::vector<std::vector<std::int32_t>> embed_at(plan.prefill.size());  // ForwardItem::embed_at of each chunk
   for (const DecodeItem& d : plan.decode) {
     const Scheduler::Sequence* s = scheduler_->Find(d.id);
     items.push_back(ForwardItem{std::span<const std::int32_t>(s->tokens).subspan(static_cast<std::size_t>(d.pos), 1),
                                 d.pos, &s->blocks, false});
   }
   std::vector<LayerKvWritten> kv_written;  // prefill role: what each layer's hook reports
-  for (const PrefillChunk& c : plan.prefill) {
+  for (std::size_t ci = 0; ci < plan.prefill.size(); ++ci) {
+    const PrefillChunk& c = plan.prefill[ci];
     const Scheduler::Sequence* s = scheduler_->Find(c.id);
     items.push_back(ForwardItem{std::span<const std::int32_t>(s->tokens).subspan(static_cast<std::size_t>(c.start),
                                                                                  static_cast<std::size_t>(c.len)),
                                 c.start, &s->blocks, false});
+    if (auto it = live_.find(c.id); it != live_.end() && !it->second.image_at.empty()) {
+      // The chunk's image tokens take their rows of the image features.
+      const Live& live = it->second;
+      const auto first = std::lower_bound(live.image_at.begin(), live.image_at.end(), c.start);
+      const auto last = std::lower_bound(first, live.image_at.end(), c.start + c.len);
+      for (auto p = first; p != last; ++p) embed_at[ci].push_back(static_cast<std::int32_t>(*p - c.start));
+      const std::size_t hidden = static_cast<std::size_t>(model_.config().hidden_size);
+      items.back().embed_at = embed_at[ci];
+      items.back().embed_rows =
+          std::span<const float>(live.image_rows)
+              .subspan(static_cast<std::size_t>(first - live.image_at.begin()) * hidden, embed_at[ci].size() * hidden);
+    }
     if (s->prefill_only && options_.on_layer_kv_written) {
       // A prefix found in the cache goes out with the first computed chunk.
       if (c.start == s->num_cached && c.start > 0) {

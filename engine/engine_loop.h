@@ -227,6 +227,11 @@ class EngineLoop {
     std::shared_ptr<RequestStream> stream;
     std::optional<SamplerState> sampler;
     std::optional<SampleResult> held;  // prefill role: first token, sent after the transfer
+    // The prompt's images and, once encoded, their features: one row of
+    // hidden_size floats per [IMG] token, whose prompt positions are image_at.
+    std::vector<ImageInput> images;
+    std::vector<std::int64_t> image_at;
+    std::vector<float> image_rows;
   };
 
   EngineLoop(const EngineOptions& options, std::unique_ptr<KvPool> pool, std::unique_ptr<Scheduler> scheduler);
@@ -237,6 +242,11 @@ class EngineLoop {
   void Apply(Command& cmd);
   void Reject(Command& cmd, const absl::Status& why);
   void RunStep(StepPlan& plan);
+  // INVALID_ARGUMENT unless `images` fit the model and the prompt's image
+  // tokens, one per feature row.
+  absl::Status CheckImages(std::span<const ImageInput> images, std::span<const std::int32_t> prompt) const;
+  // Runs the vision encoder on `live.images` (pixels asked for now).
+  absl::Status EncodeImages(Live& live, std::span<const std::int32_t> prompt);
   // The row to sample for request `id` (taking its RNG draw for this step).
   RowSample Draw(RequestId id, std::int64_t row);
   // Applies a sampled token: the request's history, the plan, its stream.

@@ -111,6 +111,11 @@ class HostDevice final : public Device {
     k_.silu_mul(rows, n, gate, ldg, up, ldu, out, ldo);
     return absl::OkStatus();
   }
+  absl::Status GeluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out,
+                       int ldo) override {
+    k_.gelu_mul(rows, n, gate, ldg, up, ldu, out, ldo);
+    return absl::OkStatus();
+  }
   absl::Status ScaleRows(int rows, int n, float* x, int ldx, const float* scales) override {
     for (int r = 0; r < rows; ++r) {
       float* row = x + static_cast<std::int64_t>(r) * ldx;

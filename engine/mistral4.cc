@@ -1,11 +1,15 @@
 #include "engine/mistral4.h"
 
+#include "engine/pixtral.h"
+
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/pixtral.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
 
@@ -59,7 +63,8 @@ enum Buf : int {
   kYs,  // MoE
   kInts,
   kPtrs,
-  kFloats,  // the call's token layout, uploaded once
+  kFloats,     // the call's token layout, uploaded once
+  kEmbedRows,  // rows replacing token embeddings
   kRows,
   kLogits,  // final norm and LM head
   kNumBufs
@@ -153,10 +158,19 @@ absl::StatusOr<std::unique_ptr<Mistral4Model>> Mistral4Model::Load(const std::st
   SIROCCO_RETURN_IF_ERROR(ValidateModelConfig(config));
   SIROCCO_ASSIGN_OR_RETURN(std::shared_ptr<Device> device, ResolveDevice(options));
   SIROCCO_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(dir));
+  SIROCCO_ASSIGN_OR_RETURN(std::optional<VisionConfig> vision, LoadVisionConfig(dir + "/config.json"));
+  auto with_vision = [&](std::unique_ptr<Mistral4Model> model) -> absl::StatusOr<std::unique_ptr<Mistral4Model>> {
+    if (vision.has_value() && options.load_vision) {
+      SIROCCO_ASSIGN_OR_RETURN(model->vision_,
+                               PixtralEncoder::Load(*checkpoint, config, *vision, model->device_.get()));
+    }
+    return model;
+  };
   if (device->host_accessible()) {
     // The CPU computes on the host weights in place: load them all.
     SIROCCO_ASSIGN_OR_RETURN(auto weights, LoadMistral4Weights(*checkpoint, config));
-    return FromWeights(config, std::move(weights), options);
+    SIROCCO_ASSIGN_OR_RETURN(auto model, FromWeights(config, std::move(weights), options));
+    return with_vision(std::move(model));
   }
   // A device with its own memory: each layer goes to the device as soon as it
   // is read, and its host float32 copy is dropped before the next layer is
@@ -176,7 +190,7 @@ absl::StatusOr<std::unique_ptr<Mistral4Model>> Mistral4Model::Load(const std::st
       }));
   SIROCCO_RETURN_IF_ERROR(model->UploadGlobals(*globals));
   SIROCCO_RETURN_IF_ERROR(model->device_->Synchronize());
-  return model;
+  return with_vision(std::move(model));
 }
 
 absl::StatusOr<std::unique_ptr<Mistral4Model>> Mistral4Model::FromWeights(const ModelConfig& config,
@@ -323,7 +337,8 @@ absl::Status Mistral4Model::Run(std::span<const ForwardItem> items, KvPool& pool
   b.item_begin.push_back(0);
   b.key_begin.push_back(0);
   const std::int64_t bs = pool.block_size();
-  std::vector<std::int32_t> tokens, slots, logit_rows, key_slots;
+  std::vector<std::int32_t> tokens, slots, logit_rows, key_slots, embed_at;
+  std::vector<float> embed_rows;
   std::int64_t max_blocks = 1;
   for (std::size_t i = 0; i < items.size(); ++i) {
     const ForwardItem& it = items[i];
@@ -352,6 +367,20 @@ absl::Status Mistral4Model::Run(std::span<const ForwardItem> items, KvPool& pool
       b.item_of.push_back(static_cast<std::int32_t>(i));
       slots.push_back(static_cast<std::int32_t>(it.blocks->block(p / bs).value * bs + p % bs));
     }
+    if (it.embed_rows.size() != it.embed_at.size() * Z(c.hidden_size)) {
+      return absl::InvalidArgumentError(absl::StrCat("item ", i, ": ", it.embed_at.size(), " embedding rows need ",
+                                                     it.embed_at.size() * Z(c.hidden_size), " floats, got ",
+                                                     it.embed_rows.size()));
+    }
+    for (std::size_t r = 0; r < it.embed_at.size(); ++r) {
+      const std::int32_t at = it.embed_at[r];
+      if (at < 0 || Z(at) >= it.tokens.size() || (r > 0 && at <= it.embed_at[r - 1])) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("item ", i, ": embedding row ", r, " replaces token ", at, ", not an ascending new token"));
+      }
+      embed_at.push_back(static_cast<std::int32_t>(b.item_begin[i]) + at);
+    }
+    embed_rows.insert(embed_rows.end(), it.embed_rows.begin(), it.embed_rows.end());
     b.item_begin.push_back(static_cast<std::int64_t>(b.pos.size()));
     for (std::int64_t t = it.all_logits ? b.item_begin[i] : b.item_begin[i + 1] - 1; t < b.item_begin[i + 1]; ++t) {
       logit_rows.push_back(static_cast<std::int32_t>(t));
@@ -387,6 +416,8 @@ absl::Status Mistral4Model::Run(std::span<const ForwardItem> items, KvPool& pool
     ints.resize(ints.size() + Z(max_blocks - it.blocks->num_blocks()), 0);
   }
   ints.insert(ints.end(), key_slots.begin(), key_slots.end());
+  const std::size_t o_embed_at = ints.size();
+  ints.insert(ints.end(), embed_at.begin(), embed_at.end());
   SIROCCO_ASSIGN_OR_RETURN(std::int32_t * d_ints, b.Get<std::int32_t>(kInts, static_cast<std::int64_t>(ints.size())));
   SIROCCO_RETURN_IF_ERROR(dev.CopyToDevice(d_ints, ints.data(), ints.size() * sizeof(std::int32_t)));
   b.d_tokens = d_ints + o_tokens;
@@ -417,6 +448,12 @@ absl::Status Mistral4Model::Run(std::span<const ForwardItem> items, KvPool& pool
   SIROCCO_ASSIGN_OR_RETURN(float* x, b.Get<float>(kX, T * H));
   SIROCCO_ASSIGN_OR_RETURN(float* h, b.Get<float>(kH, T * H));
   SIROCCO_RETURN_IF_ERROR(dev.GatherRows(I(T), I(H), dw_->embed, I(H), b.d_tokens, x, I(H)));
+  if (!embed_at.empty()) {
+    const auto n = static_cast<std::int64_t>(embed_at.size());
+    SIROCCO_ASSIGN_OR_RETURN(float* d_rows, b.Get<float>(kEmbedRows, n * H));
+    SIROCCO_RETURN_IF_ERROR(dev.CopyToDevice(d_rows, embed_rows.data(), embed_rows.size() * sizeof(float)));
+    SIROCCO_RETURN_IF_ERROR(dev.ScatterRows(I(n), I(H), d_rows, I(H), d_ints + o_embed_at, x, I(H)));
+  }
 
   const float eps = static_cast<float>(c.rms_norm_eps);
   const std::int64_t attn_width = c.num_attention_heads * c.v_head_dim;

@@ -54,7 +54,12 @@ struct ModelOptions {
   // 448 (how FP8 checkpoints are written) that gives back the same codes, with
   // scales equal to within one float32 ulp.
   WeightType weight_type = WeightType::kF32;
+  // Load a multimodal checkpoint's vision encoder (vision()); false: text
+  // only.
+  bool load_vision = true;
 };
+
+class PixtralEncoder;
 
 // One sequence's share of a forward step.
 struct ForwardItem {
@@ -62,6 +67,12 @@ struct ForwardItem {
   std::int64_t start_pos = 0;            // tokens already in the cache
   const BlockTable* blocks = nullptr;    // capacity >= start_pos + tokens.size()
   bool all_logits = false;               // logits for every token, else the last
+  // Input rows that replace the embedding of some of `tokens` (an image's
+  // features at its [IMG] tokens): row r, hidden_size floats of
+  // `embed_rows` in host memory, is the input of tokens[embed_at[r]].
+  // embed_at ascending, distinct, < tokens.size().
+  std::span<const std::int32_t> embed_at = {};
+  std::span<const float> embed_rows = {};
 };
 
 class Mistral4Model {
@@ -98,6 +109,10 @@ class Mistral4Model {
 
   const ModelConfig& config() const { return config_; }
   Device& device() const { return *device_; }
+  // The checkpoint's vision encoder and projector (a multimodal checkpoint),
+  // on the same device; null for a text-only one. Engine thread only, as
+  // Forward.
+  PixtralEncoder* vision() const { return vision_.get(); }
   WeightType weight_type() const { return weight_type_; }
   // Options for a pool that fits this model.
   KvPoolOptions PoolOptions(std::int64_t num_blocks, std::int64_t block_size) const;
@@ -137,6 +152,7 @@ class Mistral4Model {
   std::shared_ptr<Device> device_;
   WeightType weight_type_;
   std::unique_ptr<DeviceWeights> dw_;
+  std::unique_ptr<PixtralEncoder> vision_;
   RopeTables rope_;
   mutable absl::Mutex mu_;
   std::unique_ptr<Scratch> scratch_ ABSL_GUARDED_BY(mu_);

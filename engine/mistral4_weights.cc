@@ -220,6 +220,12 @@ absl::Status LoadLayer(Reader& r, const ModelConfig& c, std::int64_t l, LayerWei
 
 }  // namespace
 
+absl::Status LoadCheckpointTensor(const Checkpoint& checkpoint, const ModelConfig& config, const std::string& name,
+                                  const std::vector<std::int64_t>& shape, std::vector<float>* out) {
+  Reader r(checkpoint, config);
+  return r.Load(name, shape, out);
+}
+
 absl::StatusOr<std::unique_ptr<Mistral4Weights>> LoadMistral4Weights(const Checkpoint& checkpoint,
                                                                      const ModelConfig& c) {
   std::vector<LayerWeights> layers(static_cast<std::size_t>(c.num_hidden_layers));

@@ -85,6 +85,12 @@ absl::StatusOr<std::unique_ptr<Mistral4Weights>> LoadMistral4WeightsByLayer(cons
                                                                             const ModelConfig& config,
                                                                             const LayerSink& on_layer);
 
+// One tensor of exactly `shape` as float32 (F32, BF16, F16, or F8_E4M3 with
+// its scale tensor; `config` supplies the FP8 block size). Errors name the
+// tensor. For the checkpoint's other models (the vision encoder).
+absl::Status LoadCheckpointTensor(const Checkpoint& checkpoint, const ModelConfig& config, const std::string& name,
+                                  const std::vector<std::int64_t>& shape, std::vector<float>* out);
+
 // Every tensor name and shape a checkpoint of `config` holds, in the layout
 // save_pretrained writes (stacked experts, prefix `model.`). Used by the model
 // maker and for shape checks of the real config.

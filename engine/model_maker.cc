@@ -125,9 +125,63 @@ absl::Status WriteText(const std::string& path, const std::string& text) {
   return WriteFileAtomically(path, {text});
 }
 
+// Mistral Small 3.1's Pixtral encoder and projector (Mistral3Config's
+// defaults for it), which Mistral Small 4 is assumed to share.
+VisionConfig RealVisionConfig() {
+  VisionConfig v;
+  v.hidden_size = 1024;
+  v.intermediate_size = 4096;
+  v.num_hidden_layers = 24;
+  v.num_attention_heads = 16;
+  v.num_channels = 3;
+  v.patch_size = 14;
+  v.image_size = 1540;
+  v.hidden_act = VisionActivation::kSilu;
+  v.rope_theta = 10000.0;
+  v.image_token_index = 10;
+  v.spatial_merge_size = 2;
+  v.vision_feature_layer = -1;
+  v.projector_hidden_act = VisionActivation::kGelu;
+  return v;
+}
+
+// Every part of the real encoder at small width: 2 layers of 2 heads
+// (head_dim 16), the real patch size, merge size and image token.
+VisionConfig TinyVisionConfig() {
+  VisionConfig v = RealVisionConfig();
+  v.hidden_size = 32;
+  v.intermediate_size = 64;
+  v.num_hidden_layers = 2;
+  v.num_attention_heads = 2;
+  return v;
+}
+
+// A tensor's values: normal with a scale that keeps activations O(1) through
+// depth, so the random model's outputs are far from uniform and greedy choices
+// are well separated. `stream` depends on the seed and the tensor's name.
+void FillTensor(const TensorSpec& t, std::uint64_t stream, std::vector<float>* values) {
+  if (EndsWith(t.name, "norm.weight") || EndsWith(t.name, "ln_pre.weight")) {
+    FillNormal(stream, 1.0f, 0.1f, values);
+  } else if (EndsWith(t.name, "embed_tokens.weight")) {
+    FillNormal(stream, 0.0f, 1.0f, values);
+  } else {
+    // A conv kernel [out, channels, kh, kw] reads channels * kh * kw inputs.
+    std::int64_t fan_in = t.shape.back();
+    if (EndsWith(t.name, "patch_conv.weight")) fan_in = t.shape[1] * t.shape[2] * t.shape[3];
+    const float gain = EndsWith(t.name, "gate.weight") ? 4.0f : 1.0f;
+    FillNormal(stream, 0.0f, gain / std::sqrt(static_cast<float>(fan_in)), values);
+  }
+}
+
 }  // namespace
 
 std::vector<std::string> PresetNames() { return {"tiny", "tiny-noqlora", "small", "mistral-small-4"}; }
+
+std::optional<VisionConfig> PresetVisionConfig(const std::string& name) {
+  if (name == "tiny") return TinyVisionConfig();
+  if (name == "mistral-small-4") return RealVisionConfig();
+  return std::nullopt;
+}
 
 absl::StatusOr<ModelConfig> PresetConfig(const std::string& name) {
   if (name == "tiny") return TinyBase();
@@ -172,8 +226,19 @@ ParameterCount CountParameters(const ModelConfig& c) {
   return n;
 }
 
+std::int64_t CountVisionParameters(const VisionConfig& vision, const ModelConfig& text) {
+  std::int64_t n = 0;
+  for (const TensorSpec& t : PixtralTensorSpecs(vision, text)) {
+    std::int64_t numel = 1;
+    for (std::int64_t d : t.shape) numel *= d;
+    n += numel;
+  }
+  return n;
+}
+
 absl::Status MakeModel(const ModelConfig& c, const MakeModelOptions& o, const std::string& dir) {
   SIROCCO_RETURN_IF_ERROR(ValidateModelConfig(c));
+  if (o.vision) SIROCCO_RETURN_IF_ERROR(ValidateVisionConfig(*o.vision));
   if (o.dtype != DType::kF32 && o.dtype != DType::kBF16 && o.dtype != DType::kF16) {
     return absl::InvalidArgumentError(absl::StrCat("make-model: dtype ", DTypeName(o.dtype),
                                                    " is not supported (F32, BF16, F16)"));
@@ -184,26 +249,26 @@ absl::Status MakeModel(const ModelConfig& c, const MakeModelOptions& o, const st
 
   SafetensorsWriter writer;
   std::vector<float> values;
-  for (const TensorSpec& t : Mistral4TensorSpecs(c)) {
+  std::vector<TensorSpec> specs = Mistral4TensorSpecs(c);
+  const std::size_t num_text = specs.size();
+  if (o.vision) {
+    for (TensorSpec& t : PixtralTensorSpecs(*o.vision, c)) specs.push_back(std::move(t));
+  }
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    const TensorSpec& t = specs[i];
     std::int64_t numel = 1;
     for (std::int64_t d : t.shape) numel *= d;
     values.assign(static_cast<std::size_t>(numel), 0.0f);
-    const std::uint64_t stream = SplitMix(o.seed ^ HashName(t.name)) & ~0xFFFFFFFFFFull;
-    // Scales keep activations O(1) through depth, so the random model's
-    // outputs are far from uniform and greedy choices are well separated.
-    if (EndsWith(t.name, "norm.weight")) {
-      FillNormal(stream, 1.0f, 0.1f, &values);
-    } else if (EndsWith(t.name, "embed_tokens.weight")) {
-      FillNormal(stream, 0.0f, 1.0f, &values);
-    } else {
-      const std::int64_t fan_in = t.shape.back();
-      const float gain = EndsWith(t.name, "gate.weight") ? 4.0f : 1.0f;
-      FillNormal(stream, 0.0f, gain / std::sqrt(static_cast<float>(fan_in)), &values);
-    }
-    writer.Add(t.name, o.dtype, t.shape, Encode(values, o.dtype));
+    FillTensor(t, SplitMix(o.seed ^ HashName(t.name)) & ~0xFFFFFFFFFFull, &values);
+    // The multimodal layout keeps the decoder under model.language_model.
+    // (lm_head stays); its values come from the decoder-layout name above.
+    std::string name = t.name;
+    if (o.vision && i < num_text && name.rfind("model.", 0) == 0) name = "model.language_model." + name.substr(6);
+    writer.Add(name, o.dtype, t.shape, Encode(values, o.dtype));
   }
   SIROCCO_RETURN_IF_ERROR(writer.WriteSharded(dir, o.max_shard_bytes, {{"format", "pt"}}));
-  SIROCCO_RETURN_IF_ERROR(WriteText(dir + "/config.json", ModelConfigToJson(c)));
+  SIROCCO_RETURN_IF_ERROR(
+      WriteText(dir + "/config.json", o.vision ? MultimodalConfigToJson(c, *o.vision) : ModelConfigToJson(c)));
   std::string eos = c.eos_token_ids.size() == 1 ? absl::StrCat(c.eos_token_ids[0])
                                                 : absl::StrCat("[", absl::StrJoin(c.eos_token_ids, ", "), "]");
   return WriteText(dir + "/generation_config.json",

@@ -257,6 +257,13 @@ absl::Status Scheduler::Cancel(RequestId id, absl::Status why) {
   return absl::NotFoundError(absl::StrCat("request ", id.value, " is unknown or gone"));
 }
 
+absl::Status Scheduler::Fail(RequestId id, absl::Status why) {
+  Sequence* s = FindMutable(id);
+  if (s == nullptr) return absl::NotFoundError(absl::StrCat("request ", id.value, " is unknown or gone"));
+  ExitRequest(s, ExitReason::kFailed, std::move(why));
+  return absl::OkStatus();
+}
+
 void Scheduler::Quarantine(BlockTable blocks, SchedTime now) {
   if (options_.reservation_quarantine <= SchedClock::duration::zero()) return;  // `blocks` frees them
   quarantine_.push_back(Quarantined{now + options_.reservation_quarantine, std::move(blocks)});
@@ -486,7 +493,7 @@ absl::StatusOr<PrefixMatch> Scheduler::TakeBlocks(BlockTable& table, std::span<c
   if (match_prefix) {
     // Never the last token: its logits give the next one (at admission),
     // and a writer always has a block of its own (in a reservation).
-    match = pool_->MatchPrefix(prompt.first(prompt.size() - 1));
+    match = pool_->MatchPrefix(prompt.first(std::min(prompt.size() - 1, CacheableLength(prompt))));
   }
   const auto matched = static_cast<std::int64_t>(match.blocks.size());
   // Sharing takes the matched evictable blocks out of the free count.
@@ -505,12 +512,19 @@ absl::StatusOr<PrefixMatch> Scheduler::TakeBlocks(BlockTable& table, std::span<c
   return match;
 }
 
+std::size_t Scheduler::CacheableLength(std::span<const std::int32_t> tokens) const {
+  if (options_.image_token_id < 0) return tokens.size();
+  return static_cast<std::size_t>(std::find(tokens.begin(), tokens.end(), options_.image_token_id) - tokens.begin());
+}
+
 void Scheduler::PublishComputed(Sequence* s) {
   if (!pool_->prefix_caching()) return;
   const std::int64_t bs = pool_->block_size();
   while ((s->num_published + 1) * bs <= s->num_computed) {
     const std::span<const std::int32_t> tokens = std::span<const std::int32_t>(s->tokens).subspan(
         static_cast<std::size_t>(s->num_published * bs), static_cast<std::size_t>(bs));
+    // A block holding an image token ends the sequence's cacheable prefix.
+    if (CacheableLength(tokens) < tokens.size()) return;
     s->prefix = pool_->Publish(s->prefix, s->blocks.block(s->num_published), tokens);
     ++s->num_published;
   }

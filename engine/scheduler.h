@@ -54,6 +54,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/image_input.h"
 #include "engine/kv_cache.h"
 #include "engine/sampler.h"
 
@@ -105,6 +106,10 @@ struct SchedulerOptions {
   // this process), and must not land in another request's KV. 0: freed at
   // once.
   SchedClock::duration reservation_quarantine = SchedClock::duration::zero();
+  // The image placeholder ([IMG]): its KV depends on the image, not the id,
+  // so the prefix cache neither matches nor publishes a block at or after
+  // a sequence's first one. -1: the model takes no images.
+  std::int32_t image_token_id = -1;
 };
 
 struct RequestSpec {
@@ -122,6 +127,10 @@ struct RequestSpec {
   // replays their RNG draws, so sampling continues as if uninterrupted.
   // Stop params count only what is generated from here. In [0, prompt).
   std::int32_t replayed = 0;
+  // The prompt's images, one per run of [IMG] tokens, in prompt order
+  // (SchedulerOptions::image_token_id). The engine loop keeps them; the
+  // scheduler never reads them.
+  std::vector<ImageInput> images;
 };
 
 // Blocks held for a request whose prompt KV a prefill worker will write.
@@ -158,6 +167,9 @@ struct DecodeSpec {
   StopParams stop;  // max_tokens counts the first token
   SchedTime deadline = SchedTime::max();
   std::int32_t priority = 0;
+  // The prompt's images (RequestSpec::images), for a recompute after
+  // preemption: their pixels are asked for only then.
+  std::vector<ImageInput> images;
 };
 
 // One sequence's share of a step. The runner fills `token` with the token it
@@ -282,6 +294,9 @@ class Scheduler {
   // Ends a request in any state (exit kCancelled with `why`), or frees a
   // pending reservation made for it. NOT_FOUND when there is neither.
   absl::Status Cancel(RequestId id, absl::Status why = absl::CancelledError("request cancelled"));
+  // Ends a request in any state with exit kFailed and `why` (the runner
+  // could not prepare its inputs). NOT_FOUND when unknown.
+  absl::Status Fail(RequestId id, absl::Status why);
   // Cancels every request (exit kCancelled with `why`) and frees every
   // reservation: the pool is whole afterwards.
   void CancelAll(const absl::Status& why);
@@ -333,7 +348,11 @@ class Scheduler {
   // RESOURCE_EXHAUSTED taking nothing.
   absl::StatusOr<PrefixMatch> TakeBlocks(BlockTable& table, std::span<const std::int32_t> prompt,
                                          std::int64_t capacity_tokens, bool match_prefix);
-  // Publishes every block of `s` that is full and computed.
+  // The leading tokens the prefix cache may hold: those before the first
+  // image token.
+  std::size_t CacheableLength(std::span<const std::int32_t> tokens) const;
+  // Publishes every block of `s` that is full and computed (up to its first
+  // image token).
   void PublishComputed(Sequence* s);
   void ExitRequest(Sequence* s, ExitReason reason, absl::Status status);
 

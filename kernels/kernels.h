@@ -46,12 +46,15 @@ struct MlaAttentionParams {
   float* out = nullptr;                        // [num_queries, num_heads, kv_rank]
 };
 
-// Dense multi-head causal attention for one sequence (expanded-form prefill).
-// Query row i sits at key position q_offset + i and sees keys 0..q_offset+i.
+// Dense multi-head attention for one sequence: causal (expanded-form prefill)
+// or bidirectional (a vision encoder's patches of one image).
+// Causal: query row i sits at key position q_offset + i and sees keys
+// 0..q_offset+i. Not causal: every query sees all num_keys keys (q_offset is
+// ignored).
 //   out[i,h,:] = sum_j softmax_j(scale * q[i,h,:] . k[j,h,:]) * v[j,h,:]
 struct AttentionParams {
   int num_queries = 0;
-  int num_keys = 0;   // >= q_offset + num_queries
+  int num_keys = 0;  // causal: >= q_offset + num_queries; else >= 1
   int q_offset = 0;
   int num_heads = 0;
   int qk_dim = 0;
@@ -61,6 +64,7 @@ struct AttentionParams {
   const float* v = nullptr;  // [num_keys, num_heads, v_dim]
   float scale = 1.0f;
   float* out = nullptr;      // [num_queries, num_heads, v_dim]
+  bool causal = true;
 };
 
 // Softmax router with group-limited top-k (DeepSeek-V3 / Mistral 4 style).
@@ -110,10 +114,16 @@ struct KernelTable {
   void (*rope_interleaved)(int rows, int rows_per_pos, int dim, float* x, int ldx,
                            const std::int32_t* pos, const float* inv_freq,
                            float attn_factor);
-  // out[r,i] = silu(gate[r,i]) * up[r,i], silu(g) = g / (1 + exp(-g)).
+  // out[r,i] = silu(gate[r,i]) * up[r,i], silu(g) = g / (1 + exp(-g)), or
+  // silu(gate[r,i]) when up is null (ldu unused).
   // out may alias gate or up (same leading dimension).
   void (*silu_mul)(int rows, int n, const float* gate, int ldg, const float* up,
                    int ldu, float* out, int ldo);
+  // out[r,i] = gelu(gate[r,i]) * up[r,i], or gelu(gate[r,i]) when up is null
+  // (ldu unused), with torch's exact (erf) GELU in float32:
+  //   gelu(g) = g * 0.5 * (1 + erf(g * sqrt(1/2))).
+  // out may alias gate or up (same leading dimension).
+  void (*gelu_mul)(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out, int ldo);
   // y[i] += alpha * x[i].
   void (*axpy)(int n, float alpha, const float* x, float* y);
   // Row-wise numerically stable softmax, in place.

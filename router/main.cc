@@ -11,6 +11,8 @@
 //       [--prefix-routing on|off]   (prefill worker by queue + prefix-cache estimate; off: by queue alone)
 //       [--local-prefill-max-tokens 256]   (a decode worker that likely holds all of a prompt but this
 //                                           many tokens prefills it itself; 0: never)
+//       [--images on|off]   (accept image parts when the tokenizer renders images; the workers' model
+//                            needs a vision encoder)
 // Prints "sirocco-router: serving on HOST:PORT" once it serves; SIGINT/SIGTERM
 // drain and stop (a second signal exits at once). --context-length (default
 // 32768) caps prompt + output; the workers' own models lower it (the smallest
@@ -142,6 +144,9 @@ int main(int argc, char** argv) {
   router_options.model_fingerprint = take("model-fingerprint", "");
   router_options.context_length = static_cast<std::int32_t>(context_length);
   router_options.local_prefill_max_tokens = local_prefill_max;
+  const std::string images = take("images", "on");
+  if (images != "on" && images != "off") return Fail("--images: on or off");
+  router_options.images = images == "on";
   const std::string effort = take("reasoning-effort", "none");
   if (effort == "none") {
     router_options.default_reasoning_effort = sirocco::v1::REASONING_EFFORT_NONE;

@@ -13,6 +13,7 @@
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "engine/text/chat_request.h"
 #include "engine/text/detokenizer.h"
@@ -75,6 +76,11 @@ struct Job {
   std::string request_id;
   std::string internal_id;
   std::vector<std::int32_t> prompt;
+  // The prompt's images, in placeholder order, as the workers take them.
+  std::vector<wk::ImageInput> images;
+  // Leading prompt tokens a worker's prefix cache can hold: those before the
+  // first image placeholder (whose KV depends on the image).
+  std::size_t cacheable = 0;
   wk::SamplingParams sampling;
   wk::StopParams stop;
   std::vector<std::string> stop_strings;
@@ -171,6 +177,7 @@ absl::StatusOr<Job> ResolveJob(const v1::SamplingParams& sampling, const v1::Sto
     return InvalidFieldError("output.top_logprobs", "requires output.logprobs");
 
   job.prompt = std::move(prompt);
+  job.cacheable = job.prompt.size();
   job.stop.set_max_tokens(static_cast<std::uint32_t>(max_tokens));
   job.stop.set_ignore_eos(stop.ignore_eos());
   job.include_stop_string = stop.include_stop_string();
@@ -193,7 +200,31 @@ absl::StatusOr<Job> ResolveJob(const v1::SamplingParams& sampling, const v1::Sto
   return job;
 }
 
-absl::StatusOr<text::ChatRequest> ToTextRequest(const v1::ChatRequest& request, const v1::Limits& limits) {
+constexpr std::string_view kImageMimeTypes[] = {"image/png", "image/jpeg", "image/webp"};
+
+absl::Status ValidateImage(const v1::Image& image, const v1::Limits& limits, const std::string& path) {
+  if (image.data().empty()) return InvalidFieldError(path + ".data", "is empty");
+  if (static_cast<std::int64_t>(image.data().size()) > limits.max_image_bytes())
+    return InvalidFieldError(path + ".data", absl::StrCat(image.data().size(), " bytes exceed limits.max_image_bytes (",
+                                                          limits.max_image_bytes(), ")"));
+  if (std::find(std::begin(kImageMimeTypes), std::end(kImageMimeTypes), image.mime_type()) ==
+      std::end(kImageMimeTypes)) {
+    return InvalidFieldError(path + ".mime_type",
+                             absl::StrCat("\"", image.mime_type(), "\" is not one of ModelInfo.image_mime_types"));
+  }
+  // The file's signature must be its type's (the workers decode by content).
+  const std::string_view d = image.data();
+  const bool matches = image.mime_type() == "image/png" ? d.starts_with("\x89PNG\r\n\x1a\n")
+                       : image.mime_type() == "image/jpeg"
+                           ? d.starts_with("\xff\xd8\xff")
+                           : d.size() >= 12 && d.starts_with("RIFF") && d.substr(8, 4) == "WEBP";
+  if (!matches) return InvalidFieldError(path + ".data", absl::StrCat("is not a ", image.mime_type(), " file"));
+  return absl::OkStatus();
+}
+
+// `num_images` counts the image parts converted.
+absl::StatusOr<text::ChatRequest> ToTextRequest(const v1::ChatRequest& request, const v1::Limits& limits,
+                                                int* num_images) {
   text::ChatRequest out;
   if (request.messages_size() < 1 || request.messages_size() > limits.max_messages())
     return InvalidFieldError(
@@ -243,8 +274,18 @@ absl::StatusOr<text::ChatRequest> ToTextRequest(const v1::ChatRequest& request, 
           chunk.text = part.reasoning();
           chunk.closed = true;
           break;
-        case v1::ContentPart::kImage:
-          return InvalidFieldError(ppath + ".image", "images are not supported by this deployment");
+        case v1::ContentPart::kImage: {
+          if (limits.max_images() <= 0)
+            return InvalidFieldError(ppath + ".image", "images are not supported by this deployment");
+          if (m.role() != v1::ROLE_USER) return InvalidFieldError(ppath + ".image", "only user messages carry images");
+          if (absl::Status s = ValidateImage(part.image(), limits, ppath + ".image"); !s.ok()) return s;
+          if (++*num_images > limits.max_images())
+            return InvalidFieldError(ppath + ".image", absl::StrCat("more than limits.max_images (",
+                                                                    limits.max_images(), ") in the request"));
+          chunk.type = text::ChunkType::kImage;
+          chunk.data = absl::Base64Escape(part.image().data());
+          break;
+        }
         default:
           return InvalidFieldError(ppath, "exactly one of text, image, reasoning must be set");
       }
@@ -382,6 +423,9 @@ struct RouterService::Shared {
   text::OutputSyntax syntax;
   WorkerDirectory* directory = nullptr;
   std::shared_ptr<services::CallGate> gate;
+  // [IMG], when requests may carry images (RouterOptions::images and a
+  // tokenizer with an image section); else -1.
+  std::int32_t image_token_id = -1;
   std::atomic<std::uint64_t> next_id{0};
   // Requests whose reactor still exists (it may outlive its server stream
   // while worker calls wind down); ~RouterService waits for zero.
@@ -479,7 +523,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     // less than a remote prefill plus its transfer.
     colocated_ = decode->role == WorkerRole::kBoth;
     std::int64_t cached = 0;
-    if (!colocated_) cached = shared_->directory->CachedOnDecode(decode_id_, job_.prompt);
+    if (!colocated_) cached = shared_->directory->CachedOnDecode(decode_id_, CacheablePrompt());
     if (colocated_ || (cached > 0 && prompt_tokens_ - cached <= shared_->options.local_prefill_max_tokens)) {
       prefill_id_ = decode_id_;
       local_prefill_ = true;
@@ -618,9 +662,14 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     });
   }
 
+  // The prompt's leading tokens a worker's prefix cache can hold.
+  std::span<const std::int32_t> CacheablePrompt() const {
+    return std::span<const std::int32_t>(job_.prompt).first(std::min(job_.cacheable, job_.prompt.size()));
+  }
+
   // Disaggregated: Prefill on a prefill worker, its KV into the reservation.
   void StartPrefillLocked() {
-    auto prefill = shared_->directory->PickPrefill(job_.prompt, excluded_prefill_);
+    auto prefill = shared_->directory->PickPrefill(job_.prompt, excluded_prefill_, job_.cacheable);
     if (!prefill.ok()) {
       // No healthy prefill worker (all lost, or this one's retries spent):
       // the decode worker prefills itself rather than fail the request.
@@ -633,6 +682,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     prefill_request_.Clear();
     prefill_request_.set_request_id(job_.internal_id);
     prefill_request_.mutable_token_ids()->Add(job_.prompt.begin(), job_.prompt.end());
+    prefill_request_.mutable_images()->Add(job_.images.begin(), job_.images.end());
     *prefill_request_.mutable_sampling() = job_.sampling;
     *prefill_request_.mutable_target() = target_;
     prefill_response_.Clear();
@@ -706,6 +756,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     decode_request_.set_reservation_id(colocated_ || migrations_ > 0 ? "" : target_.reservation_id());
     decode_request_.mutable_prompt_token_ids()->Add(job_.prompt.begin(), job_.prompt.end());
     decode_request_.mutable_output_token_ids()->Add(all_ids_.begin(), all_ids_.end());
+    decode_request_.mutable_images()->Add(job_.images.begin(), job_.images.end());
     decode_request_.set_local_prefill(local_prefill_);
     *decode_request_.mutable_sampling() = job_.sampling;
     *decode_request_.mutable_stop() = job_.stop;
@@ -759,8 +810,8 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
       // What the decode worker's pool now holds: the prompt and every token
       // fed back (all but the last).
       if (!all_ids_.empty()) {
-        std::vector<std::int32_t> held = job_.prompt;
-        held.insert(held.end(), all_ids_.begin(), all_ids_.end() - 1);
+        std::vector<std::int32_t> held(CacheablePrompt().begin(), CacheablePrompt().end());
+        if (job_.images.empty()) held.insert(held.end(), all_ids_.begin(), all_ids_.end() - 1);
         shared_->directory->RecordDecoded(decode_id_, held);
       }
       finished_normally_ = true;
@@ -1131,7 +1182,7 @@ v1::Limits DefaultLimits(std::int32_t context_length) {
   l.set_max_messages(512);
   l.set_max_content_parts(64);
   l.set_max_total_content_parts(1024);
-  l.set_max_images(0);
+  l.set_max_images(0);  // RouterService::Create: 8 when the tokenizer renders images
   l.set_max_image_bytes(0);
   l.set_max_prompt_tokens(std::max(1, context_length - 1));
   l.set_max_output_tokens(std::max(1, context_length - 1));
@@ -1152,7 +1203,18 @@ absl::StatusOr<std::unique_ptr<RouterService>> RouterService::Create(RouterOptio
                                                                      std::shared_ptr<services::CallGate> gate) {
   auto shared = std::make_shared<Shared>();
   shared->limits = DefaultLimits(options.context_length);
+  if (options.images && tokenizer->image_config().has_value()) {
+    absl::StatusOr<std::int32_t> img = tokenizer->SpecialTokenId("[IMG]");
+    if (!img.ok()) return absl::FailedPreconditionError("the tokenizer has an image section but no [IMG] token");
+    shared->image_token_id = *img;
+    shared->limits.set_max_images(8);
+    shared->limits.set_max_image_bytes(10 << 20);
+  }
   shared->limits.MergeFrom(options.limits);  // non-zero fields override
+  if (shared->image_token_id < 0) {
+    shared->limits.set_max_images(0);
+    shared->limits.set_max_image_bytes(0);
+  }
   shared->options = std::move(options);
   shared->tokenizer = tokenizer;
   auto format = text::InstructFormat::Create(*tokenizer);
@@ -1167,8 +1229,16 @@ absl::StatusOr<std::unique_ptr<RouterService>> RouterService::Create(RouterOptio
 }
 
 absl::StatusOr<std::vector<std::int32_t>> RouterService::RenderChat(const v1::ChatRequest& request) const {
+  absl::StatusOr<RenderedPrompt> rendered = RenderChatWithImages(request);
+  if (!rendered.ok()) return rendered.status();
+  return std::move(rendered->ids);
+}
+
+absl::StatusOr<RouterService::RenderedPrompt> RouterService::RenderChatWithImages(
+    const v1::ChatRequest& request) const {
   const v1::Limits& limits = shared_->limits;
-  auto converted = ToTextRequest(request, limits);
+  int num_images = 0;
+  auto converted = ToTextRequest(request, limits, &num_images);
   if (!converted.ok()) return converted.status();
   switch (request.reasoning_effort()) {
     case v1::REASONING_EFFORT_UNSPECIFIED:
@@ -1187,7 +1257,40 @@ absl::StatusOr<std::vector<std::int32_t>> RouterService::RenderChat(const v1::Ch
   }
   auto rendered = shared_->format->Render(*converted);
   if (!rendered.ok()) return InvalidFieldError("messages", std::string(rendered.status().message()));
-  return std::move(rendered->ids);
+  RenderedPrompt out;
+  out.ids = std::move(rendered->ids);
+  if (rendered->images.empty()) return out;
+  // The images' bytes in request order, which is their placeholders' order.
+  std::vector<const v1::Image*> images;
+  for (const v1::Message& m : request.messages()) {
+    for (const v1::ContentPart& part : m.content()) {
+      if (part.part_case() == v1::ContentPart::kImage) images.push_back(&part.image());
+    }
+  }
+  if (images.size() != rendered->images.size()) {
+    return absl::InternalError(absl::StrCat("rendered ", rendered->images.size(), " images of ", images.size()));
+  }
+  // Each image's placeholders: grid rows of [IMG] tokens, each row closed by
+  // one [IMG_BREAK] (the last by [IMG_END]).
+  std::size_t cursor = 0;
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    const text::ImageGrid& grid = rendered->images[i].grid;
+    const auto first =
+        std::find(out.ids.begin() + static_cast<std::ptrdiff_t>(cursor), out.ids.end(), shared_->image_token_id);
+    const auto offset = static_cast<std::size_t>(first - out.ids.begin());
+    const auto span = static_cast<std::size_t>(grid.height_tokens * (grid.width_tokens + 1));
+    if (first == out.ids.end() || offset + span > out.ids.size()) {
+      return absl::InternalError(absl::StrCat("image ", i, ": its placeholders are not in the rendered prompt"));
+    }
+    wk::ImageInput& in = out.images.emplace_back();
+    in.set_data(images[i]->data());
+    in.set_mime_type(images[i]->mime_type());
+    in.set_token_offset(static_cast<std::uint32_t>(offset));
+    in.set_grid_width(static_cast<std::uint32_t>(grid.width_tokens));
+    in.set_grid_height(static_cast<std::uint32_t>(grid.height_tokens));
+    cursor = offset + span;
+  }
+  return out;
 }
 
 grpc::ServerWriteReactor<v1::ChatResponse>* RouterService::Chat(grpc::CallbackServerContext* context,
@@ -1198,14 +1301,16 @@ grpc::ServerWriteReactor<v1::ChatResponse>* RouterService::Chat(grpc::CallbackSe
     if (absl::Status s = ValidateRequestId(request->request_id(), shared_->limits); !s.ok()) return s;
     if (request->priority() < -100 || request->priority() > 100)
       return InvalidFieldError("priority", absl::StrCat(request->priority(), " is outside [-100, 100]"));
-    auto ids = RenderChat(*request);
-    if (!ids.ok()) return ids.status();
+    auto rendered = RenderChatWithImages(*request);
+    if (!rendered.ok()) return rendered.status();
     auto resolved =
-        ResolveJob(request->sampling(), request->stop(), request->output(), *std::move(ids), shared_->limits,
+        ResolveJob(request->sampling(), request->stop(), request->output(), std::move(rendered->ids), shared_->limits,
                    EffectiveContextLength(*shared_), shared_->tokenizer->vocab_size(), "messages");
     if (resolved.ok()) {
       resolved->request_id = request->request_id();
       resolved->chat = true;
+      resolved->images = std::move(rendered->images);
+      if (!resolved->images.empty()) resolved->cacheable = resolved->images.front().token_offset();
     }
     return resolved;
   }();
@@ -1298,7 +1403,10 @@ grpc::ServerUnaryReactor* RouterService::GetModelInfo(grpc::CallbackServerContex
   response->add_supported_reasoning_efforts(v1::REASONING_EFFORT_NONE);
   if (shared_->syntax.begin_think >= 0) response->add_supported_reasoning_efforts(v1::REASONING_EFFORT_HIGH);
   response->set_default_reasoning_effort(o.default_reasoning_effort);
-  response->set_supports_images(false);
+  response->set_supports_images(shared_->image_token_id >= 0);
+  if (shared_->image_token_id >= 0) {
+    for (std::string_view mime : kImageMimeTypes) response->add_image_mime_types(std::string(mime));
+  }
   *response->mutable_limits() = shared_->limits;
   // Prompt and output each leave room for at least one token of the other.
   auto* limits = response->mutable_limits();
@@ -1408,9 +1516,9 @@ absl::StatusOr<WorkerState> WorkerDirectory::PickDecode(std::int64_t blocks) {
 }
 
 absl::StatusOr<WorkerId> WorkerDirectory::PickPrefill(std::span<const std::int32_t> prompt,
-                                                      const std::set<WorkerId>& exclude) {
+                                                      const std::set<WorkerId>& exclude, std::size_t cacheable) {
   absl::MutexLock lock(&mu_);
-  return pool_.PickPrefill(prompt, exclude);
+  return pool_.PickPrefill(prompt, exclude, cacheable);
 }
 
 std::int64_t WorkerDirectory::CachedOnDecode(const WorkerId& id, std::span<const std::int32_t> prompt) {

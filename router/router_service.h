@@ -85,7 +85,8 @@ class WorkerDirectory {
   // Picks the decode worker (possibly role BOTH) for `blocks` KV blocks.
   absl::StatusOr<WorkerState> PickDecode(std::int64_t blocks);
   // Prefix-aware: see WorkerPool's policy.
-  absl::StatusOr<WorkerId> PickPrefill(std::span<const std::int32_t> prompt, const std::set<WorkerId>& exclude);
+  absl::StatusOr<WorkerId> PickPrefill(std::span<const std::int32_t> prompt, const std::set<WorkerId>& exclude,
+                                       std::size_t cacheable = SIZE_MAX);
   void DoneDecode(const WorkerId& id, std::int64_t blocks);
   std::int64_t CachedOnDecode(const WorkerId& id, std::span<const std::int32_t> prompt);
   void RecordDecoded(const WorkerId& id, std::span<const std::int32_t> tokens);
@@ -137,6 +138,10 @@ struct RouterOptions {
   // follow-up turn of a conversation it served), it prefills the rest itself
   // and no prefill worker or KV transfer is involved. 0: always disaggregate.
   std::int64_t local_prefill_max_tokens = 256;
+  // Accept image parts when the tokenizer renders images (its file has an
+  // image section); the workers' model must have a vision encoder. Limits
+  // then default to 8 images of up to 10 MiB each.
+  bool images = true;
 };
 
 sirocco::v1::Limits DefaultLimits(std::int32_t context_length);
@@ -167,6 +172,13 @@ class RouterService final : public sirocco::v1::Sirocco::CallbackService {
   // Validates and renders a chat request into prompt ids (INVALID_ARGUMENT
   // naming the field). Public for tests and Tokenize.
   absl::StatusOr<std::vector<std::int32_t>> RenderChat(const sirocco::v1::ChatRequest& request) const;
+  // As RenderChat, with the images the workers take (placeholder offsets and
+  // grids filled in).
+  struct RenderedPrompt {
+    std::vector<std::int32_t> ids;
+    std::vector<sirocco::worker::v1::ImageInput> images;
+  };
+  absl::StatusOr<RenderedPrompt> RenderChatWithImages(const sirocco::v1::ChatRequest& request) const;
 
   struct Shared;  // what every request reads: options, tokenizer, directory
 

@@ -5,7 +5,7 @@
 #   tools/setup.sh          Debian packages for the build and the tests
 #   tools/setup.sh --venv   also the Python environment (.venv) for the live
 #                           reference checks: torch, transformers, safetensors, numpy,
-#                           mistral-common, tiktoken
+#                           mistral-common, tiktoken, pillow, opencv-python-headless
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,7 @@ PACKAGES=(
   libopenblas-dev        # dense products on CPU (cblas_sgemm)
   libgtest-dev libgmock-dev libbenchmark-dev
   libpcre2-dev           # the tokenizer's Unicode pre-split regex (JIT)
+  libpng-dev libjpeg62-turbo-dev libwebp-dev  # image decoding (engine/image)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   grpc-proto             # grpc.health.v1 proto
   prometheus-cpp-dev     # metrics registry and exposition (+ civetweb HTTP)
@@ -71,6 +72,7 @@ if [[ "${1:-}" == "--venv" ]]; then
   # live by tests/reference/mistral4_reference.py check.
   .venv/bin/pip install -q --disable-pip-version-check \
     "torch>=2.6" "transformers==5.24.0" "safetensors>=0.4" "numpy>=1.26" \
-    "mistral-common==$MISTRAL_COMMON_VERSION" "tiktoken>=0.7" fastapi pydantic-settings
+    "mistral-common==$MISTRAL_COMMON_VERSION" "tiktoken>=0.7" fastapi pydantic-settings \
+    "pillow==13.0.0" "opencv-python-headless==5.0.0.93"  # tests/reference/image_reference.py
   .venv/bin/python -c "import torch, transformers; print('venv: torch', torch.__version__, 'transformers', transformers.__version__)"
 fi

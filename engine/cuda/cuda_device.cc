@@ -154,6 +154,10 @@ class CudaDevice final : public Device {
                        int ldo) override {
     return kc::SiluMul(rows, n, gate, ldg, up, ldu, out, ldo, s());
   }
+  absl::Status GeluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out,
+                       int ldo) override {
+    return kc::GeluMul(rows, n, gate, ldg, up, ldu, out, ldo, s());
+  }
   absl::Status ScaleRows(int rows, int n, float* x, int ldx, const float* scales) override {
     return kc::ScaleRows(rows, n, x, ldx, scales, s());
   }
@@ -212,6 +216,7 @@ class CudaDevice final : public Device {
     q.v = p.v;
     q.scale = p.scale;
     q.out = p.out;
+    q.causal = p.causal;
     return kc::Attention(q, s());
   }
 

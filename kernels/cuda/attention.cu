@@ -1,4 +1,5 @@
-// Expanded-form causal attention for one sequence (prefill), flash-style:
+// Expanded-form attention for one sequence (causal prefill, or a vision
+// encoder's bidirectional patches), flash-style:
 // one block per (32-query tile, head) streams the keys it may see in 32-key
 // tiles with an online softmax, so no [queries, keys] score matrix is ever
 // stored. The inner loop is attention_tile.cuh, with each warp owning 4
@@ -58,7 +59,8 @@ __global__ void __launch_bounds__(kAttnThreads, kDq + kDv <= 12 ? 2 : 1) Attenti
   const int warp_first = q_first + warp * kRowsPerWarp;
 
   // Row r is query warp_first + r at key position q_offset + query; it sees
-  // keys 0 .. limit[r]. Rows past the batch get limit -1 and see nothing.
+  // keys 0 .. limit[r] (every key when not causal). Rows past the batch get
+  // limit -1 and see nothing.
   int limit[kRowsPerWarp];
   int warp_limit = -1;
   WarpRows<kRowsPerWarp, kDq, kDv> rows;
@@ -66,7 +68,7 @@ __global__ void __launch_bounds__(kAttnThreads, kDq + kDv <= 12 ? 2 : 1) Attenti
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int query = warp_first + r;
-    limit[r] = query < p.num_queries ? p.q_offset + query : -1;
+    limit[r] = query >= p.num_queries ? -1 : p.causal ? p.q_offset + query : p.num_keys - 1;
     warp_limit = max(warp_limit, limit[r]);
     if (query >= p.num_queries) continue;
     const float* q = p.q + (static_cast<std::int64_t>(query) * p.num_heads + h) * p.qk_dim;
@@ -78,7 +80,7 @@ __global__ void __launch_bounds__(kAttnThreads, kDq + kDv <= 12 ? 2 : 1) Attenti
   }
 
   // Keys the block's last query can see; no block exists past num_queries.
-  const int key_end = p.q_offset + min(p.num_queries, q_first + kQueryTile);
+  const int key_end = p.causal ? p.q_offset + min(p.num_queries, q_first + kQueryTile) : p.num_keys;
   const int num_tiles = CeilDiv(key_end, kKeyTile);
   const std::int64_t key_stride_q = static_cast<std::int64_t>(p.num_heads) * p.qk_dim;
   const std::int64_t key_stride_v = static_cast<std::int64_t>(p.num_heads) * p.v_dim;
@@ -152,7 +154,8 @@ absl::Status Attention(const AttentionParams& p, Stream stream) {
     return absl::UnimplementedError(std::string(kOp) + ": head dims " + std::to_string(p.qk_dim) + "/" +
                                     std::to_string(p.v_dim) + " exceed " + std::to_string(kMaxHeadDim));
   }
-  if (static_cast<long long>(p.num_keys) < static_cast<long long>(p.q_offset) + p.num_queries) {
+  if (!p.causal && p.num_keys < 1) return Invalid(kOp, "num_keys must be >= 1 without causality");
+  if (p.causal && static_cast<long long>(p.num_keys) < static_cast<long long>(p.q_offset) + p.num_queries) {
     return Invalid(kOp, "num_keys (" + std::to_string(p.num_keys) + ") < q_offset + num_queries (" +
                             std::to_string(static_cast<long long>(p.q_offset) + p.num_queries) + ")");
   }

@@ -53,7 +53,10 @@ struct Bf16 {
 [[nodiscard]] absl::Status RopeInterleaved(int rows, int rows_per_pos, int dim, float* x, int ldx,
                                            const std::int32_t* pos, const float* inv_freq, float attn_factor,
                                            Stream stream);
+// SiluMul and GeluMul: up may be null (out = act(gate)).
 [[nodiscard]] absl::Status SiluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out,
+                                   int ldo, Stream stream);
+[[nodiscard]] absl::Status GeluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out,
                                    int ldo, Stream stream);
 [[nodiscard]] absl::Status Axpy(int n, float alpha, const float* x, float* y, Stream stream);
 [[nodiscard]] absl::Status Softmax(int rows, int n, float* x, int ldx, Stream stream);
@@ -220,11 +223,12 @@ std::size_t MlaAttentionWorkspaceBytes(const MlaAttentionParams& p);
 [[nodiscard]] absl::Status MlaAttention(const MlaAttentionParams& p, Stream stream);
 
 // ---------------------------------------------------------------------------
-// Expanded causal attention for one sequence (prefill): kernels::AttentionParams
-// with device pointers. Supported: qk_dim <= 320, v_dim <= 320.
+// Expanded attention for one sequence (causal prefill, or bidirectional when
+// !causal): kernels::AttentionParams with device pointers. Supported:
+// qk_dim <= 320, v_dim <= 320.
 struct AttentionParams {
   int num_queries = 0;
-  int num_keys = 0;  // >= q_offset + num_queries
+  int num_keys = 0;  // causal: >= q_offset + num_queries; else >= 1
   int q_offset = 0;
   int num_heads = 0;
   int qk_dim = 0;
@@ -234,6 +238,7 @@ struct AttentionParams {
   const float* v = nullptr;  // [num_keys, num_heads, v_dim]
   float scale = 1.0f;
   float* out = nullptr;  // [num_queries, num_heads, v_dim]
+  bool causal = true;
 };
 [[nodiscard]] absl::Status Attention(const AttentionParams& p, Stream stream);
 

@@ -1,4 +1,4 @@
-// Row-wise and elementwise ops: rms_norm, rope_interleaved, silu_mul, axpy,
+// Row-wise and elementwise ops: rms_norm, rope_interleaved, silu_mul, gelu_mul, axpy,
 // softmax. All are memory-bound; the aim is one read (rms_norm, softmax: a few
 // cached re-reads) and one write per element, and the reference's rounding
 // (same association, IEEE division and sqrt: no fast-math anywhere).
@@ -79,7 +79,7 @@ __global__ void RopeKernel(int rows, int rows_per_pos, int dim, float* x_base, i
 }
 
 // Flat over rows * n elements. out may alias gate or up: each element is read
-// and written by the same thread.
+// and written by the same thread. A null up: plain silu.
 __global__ void SiluMulKernel(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out,
                               int ldo) {
   const std::int64_t total = static_cast<std::int64_t>(rows) * n;
@@ -91,7 +91,23 @@ __global__ void SiluMulKernel(int rows, int n, const float* gate, int ldg, const
     const float g = RowPtr(gate, r, ldg)[i];
     // For g < -88.7 expf(-g) is +inf and g / inf is -0, as in the reference.
     const float silu = g / (1.0f + expf(-g));
-    RowPtr(out, r, ldo)[i] = silu * RowPtr(up, r, ldu)[i];
+    RowPtr(out, r, ldo)[i] = up == nullptr ? silu : silu * RowPtr(up, r, ldu)[i];
+  }
+}
+
+// As SiluMulKernel, with torch's exact GELU (erff is within 2 ulp, as the
+// CPU's erf); up may be null (plain gelu).
+__global__ void GeluMulKernel(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out,
+                              int ldo) {
+  const std::int64_t total = static_cast<std::int64_t>(rows) * n;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += stride) {
+    const std::int64_t r = idx / n;
+    const int i = static_cast<int>(idx - r * n);
+    const float g = RowPtr(gate, r, ldg)[i];
+    const float gelu = g * 0.5f * (1.0f + erff(g * 0.70710678118654752440f));
+    RowPtr(out, r, ldo)[i] = up == nullptr ? gelu : gelu * RowPtr(up, r, ldu)[i];
   }
 }
 
@@ -161,11 +177,23 @@ absl::Status SiluMul(int rows, int n, const float* gate, int ldg, const float* u
                      Stream stream) {
   constexpr const char* kOp = "cuda::SiluMul";
   SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "gate", rows, n, gate, ldg));
-  SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "up", rows, n, up, ldu));
+  if (up != nullptr) SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "up", rows, n, up, ldu));
   SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "out", rows, n, out, ldo));
   const std::int64_t total = static_cast<std::int64_t>(rows) * n;
   if (total == 0) return absl::OkStatus();
   SiluMulKernel<<<ElementwiseBlocks(total), kElementwiseThreads, 0, stream>>>(rows, n, gate, ldg, up, ldu, out, ldo);
+  return LaunchStatus(kOp);
+}
+
+absl::Status GeluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out, int ldo,
+                     Stream stream) {
+  constexpr const char* kOp = "cuda::GeluMul";
+  SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "gate", rows, n, gate, ldg));
+  if (up != nullptr) SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "up", rows, n, up, ldu));
+  SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "out", rows, n, out, ldo));
+  const std::int64_t total = static_cast<std::int64_t>(rows) * n;
+  if (total == 0) return absl::OkStatus();
+  GeluMulKernel<<<ElementwiseBlocks(total), kElementwiseThreads, 0, stream>>>(rows, n, gate, ldg, up, ldu, out, ldo);
   return LaunchStatus(kOp);
 }
 

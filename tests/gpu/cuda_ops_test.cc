@@ -339,6 +339,32 @@ TEST_F(CudaOpsTest, SiluMulMatchesReference) {
   }
 }
 
+TEST_F(CudaOpsTest, GeluMulMatchesReference) {
+  for (bool with_up : {true, false}) {
+    for (int rows : {1, 4, 33}) {
+      for (int n : {1, 7, 100, 4096}) {
+        Padded gate(rows, n, n + 3);
+        Padded up(rows, n, n + 1);
+        gate.Fill(rng_, -12.0f, 12.0f);
+        up.Fill(rng_, -2.0f, 2.0f);
+        Padded want(rows, n, n + 2);
+        ref().gelu_mul(rows, n, gate.data.data(), gate.ld, with_up ? up.data.data() : nullptr, up.ld, want.data.data(),
+                       want.ld);
+        const DeviceBuffer dg = ToDevice(gate.data);
+        const DeviceBuffer du = ToDevice(up.data);
+        Padded got(rows, n, n + 2);
+        const DeviceBuffer dout = ToDevice(got.data);
+        SIROCCO_ASSERT_OK(GeluMul(rows, n, dg.as<float>(), gate.ld, with_up ? du.as<float>() : nullptr, up.ld,
+                                  dout.as<float>(), got.ld, nullptr));
+        got.data = ToHost<float>(dout, got.data.size());
+        EXPECT_LE(NormalizedError(got.Logical(), want.Logical()), kTolerance)
+            << "up=" << with_up << " rows=" << rows << " n=" << n;
+        EXPECT_TRUE(got.PaddingIntact());
+      }
+    }
+  }
+}
+
 TEST_F(CudaOpsTest, SiluMulInPlaceOverFusedGateUp) {
   // The model writes over gate, with gate and up side by side in one row.
   const int rows = 3;
@@ -684,12 +710,12 @@ TEST_F(CudaOpsTest, MlaAttentionIsExactWhateverTheSplitHint) {
 }
 
 // ---------------------------------------------------------------------------
-// Expanded causal attention (prefill).
+// Expanded attention (causal prefill; bidirectional vision patches).
 
 struct AttentionCase {
   int num_queries;
   int q_offset;
-  int extra_keys;  // keys beyond the last query's position: never visible
+  int extra_keys;  // keys beyond the last query's position: visible only without causality
   int num_heads;
   int qk_dim;
   int v_dim;
@@ -702,49 +728,54 @@ TEST_F(CudaOpsTest, AttentionMatchesReference) {
       {300, 0, 0, 32, 128, 128},    // Mistral Small 4 prefill: qk 64 + 64, v 128
       {37, 1000, 3, 32, 128, 128},  // a chunk of a longer prompt
       {100, 20, 0, 8, 192, 128},    // DeepSeek-V3 head dims
+      {1100, 0, 0, 16, 64, 64},     // Pixtral patches of one image (bidirectional below)
   };
   for (const AttentionCase& c : cases) {
-    const int num_keys = c.q_offset + c.num_queries + c.extra_keys;
-    const std::vector<float> q = RandomVector(static_cast<std::size_t>(c.num_queries) * c.num_heads * c.qk_dim, rng_);
-    const std::vector<float> k = RandomVector(static_cast<std::size_t>(num_keys) * c.num_heads * c.qk_dim, rng_);
-    const std::vector<float> v = RandomVector(static_cast<std::size_t>(num_keys) * c.num_heads * c.v_dim, rng_);
-    const std::size_t out_size = static_cast<std::size_t>(c.num_queries) * c.num_heads * c.v_dim;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(c.qk_dim));
-    std::vector<float> want(out_size, kNaN);
-    kernels::AttentionParams rp;
-    rp.num_queries = c.num_queries;
-    rp.num_keys = num_keys;
-    rp.q_offset = c.q_offset;
-    rp.num_heads = c.num_heads;
-    rp.qk_dim = c.qk_dim;
-    rp.v_dim = c.v_dim;
-    rp.q = q.data();
-    rp.k = k.data();
-    rp.v = v.data();
-    rp.scale = scale;
-    rp.out = want.data();
-    ref().attention(rp);
+    for (bool causal : {true, false}) {
+      const int num_keys = c.q_offset + c.num_queries + c.extra_keys;
+      const std::vector<float> q = RandomVector(static_cast<std::size_t>(c.num_queries) * c.num_heads * c.qk_dim, rng_);
+      const std::vector<float> k = RandomVector(static_cast<std::size_t>(num_keys) * c.num_heads * c.qk_dim, rng_);
+      const std::vector<float> v = RandomVector(static_cast<std::size_t>(num_keys) * c.num_heads * c.v_dim, rng_);
+      const std::size_t out_size = static_cast<std::size_t>(c.num_queries) * c.num_heads * c.v_dim;
+      const float scale = 1.0f / std::sqrt(static_cast<float>(c.qk_dim));
+      std::vector<float> want(out_size, kNaN);
+      kernels::AttentionParams rp;
+      rp.num_queries = c.num_queries;
+      rp.num_keys = num_keys;
+      rp.q_offset = c.q_offset;
+      rp.num_heads = c.num_heads;
+      rp.qk_dim = c.qk_dim;
+      rp.v_dim = c.v_dim;
+      rp.q = q.data();
+      rp.k = k.data();
+      rp.v = v.data();
+      rp.scale = scale;
+      rp.out = want.data();
+      rp.causal = causal;
+      ref().attention(rp);
 
-    const DeviceBuffer dq = ToDevice(q);
-    const DeviceBuffer dk = ToDevice(k);
-    const DeviceBuffer dv = ToDevice(v);
-    const DeviceBuffer dout = PoisonedDevice<float>(out_size);
-    AttentionParams p;
-    p.num_queries = c.num_queries;
-    p.num_keys = num_keys;
-    p.q_offset = c.q_offset;
-    p.num_heads = c.num_heads;
-    p.qk_dim = c.qk_dim;
-    p.v_dim = c.v_dim;
-    p.q = dq.as<float>();
-    p.k = dk.as<float>();
-    p.v = dv.as<float>();
-    p.scale = scale;
-    p.out = dout.as<float>();
-    SIROCCO_ASSERT_OK(Attention(p, nullptr));
-    EXPECT_LE(NormalizedError(ToHost<float>(dout, out_size), want), kTolerance)
-        << "queries=" << c.num_queries << " q_offset=" << c.q_offset << " heads=" << c.num_heads << " qk=" << c.qk_dim
-        << " v=" << c.v_dim;
+      const DeviceBuffer dq = ToDevice(q);
+      const DeviceBuffer dk = ToDevice(k);
+      const DeviceBuffer dv = ToDevice(v);
+      const DeviceBuffer dout = PoisonedDevice<float>(out_size);
+      AttentionParams p;
+      p.num_queries = c.num_queries;
+      p.num_keys = num_keys;
+      p.q_offset = c.q_offset;
+      p.num_heads = c.num_heads;
+      p.qk_dim = c.qk_dim;
+      p.v_dim = c.v_dim;
+      p.q = dq.as<float>();
+      p.k = dk.as<float>();
+      p.v = dv.as<float>();
+      p.scale = scale;
+      p.out = dout.as<float>();
+      p.causal = causal;
+      SIROCCO_ASSERT_OK(Attention(p, nullptr));
+      EXPECT_LE(NormalizedError(ToHost<float>(dout, out_size), want), kTolerance)
+          << "queries=" << c.num_queries << " q_offset=" << c.q_offset << " heads=" << c.num_heads << " qk=" << c.qk_dim
+          << " v=" << c.v_dim << " causal=" << causal;
+    }
   }
 }
 

@@ -145,7 +145,9 @@ def main():
                                        response_deserializer=pb.ModelInfo.FromString)(pb.GetModelInfoRequest(),
                                                                                       timeout=10)
             with open(os.path.join(work, "model", "config.json")) as f:
-                model_context = json.load(f)["max_position_embeddings"]
+                model_config = json.load(f)
+            # The default model is multimodal: the decoder's config is text_config.
+            model_context = model_config.get("text_config", model_config)["max_position_embeddings"]
             assert info.context_length == model_context, (info.context_length, model_context)
             open_ended = pb.ChatRequest()
             open_ended.CopyFrom(req)

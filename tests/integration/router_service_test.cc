@@ -5,6 +5,7 @@
 // ABORTED-transfer fallback to local_prefill and the UNAVAILABLE retry on
 // another prefill worker), stop strings, validation, 16 concurrent streams
 // and cancellation freeing every worker block.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -62,6 +63,7 @@ class FakeWorker final : public wk::Worker::Service {
       ++prefills;
       if (request->has_target()) ++prefills_with_target;
       last_prompt_.assign(request->token_ids().begin(), request->token_ids().end());
+      last_prefill_images_.assign(request->images().begin(), request->images().end());
       if (unavailable_prefill) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "draining");
       if (abort_transfer && request->has_target()) return grpc::Status(grpc::StatusCode::ABORTED, "transfer failed");
       if (!request->has_target()) held_[request->request_id()] = 1;
@@ -81,6 +83,7 @@ class FakeWorker final : public wk::Worker::Service {
       if (request->local_prefill()) ++local_prefills;
       held_[request->request_id()] = 1;
       if (request->local_prefill()) last_prompt_.assign(request->prompt_token_ids().begin(), request->prompt_token_ids().end());
+      last_decode_images_.assign(request->images().begin(), request->images().end());
     }
     auto release = [&] {
       absl::MutexLock lock(&mu_);
@@ -144,6 +147,14 @@ class FakeWorker final : public wk::Worker::Service {
     absl::MutexLock lock(&mu_);
     return last_prompt_;
   }
+  std::vector<wk::ImageInput> last_prefill_images() {
+    absl::MutexLock lock(&mu_);
+    return last_prefill_images_;
+  }
+  std::vector<wk::ImageInput> last_decode_images() {
+    absl::MutexLock lock(&mu_);
+    return last_decode_images_;
+  }
 
   std::atomic<int> reserves{0}, prefills{0}, prefills_with_target{0}, decodes{0}, local_prefills{0}, cancels{0};
   std::atomic<bool> abort_transfer{false}, unavailable_prefill{false}, full{false};
@@ -166,6 +177,7 @@ class FakeWorker final : public wk::Worker::Service {
   absl::Mutex mu_;
   std::map<std::string, int> held_;
   std::vector<std::int32_t> last_prompt_;
+  std::vector<wk::ImageInput> last_prefill_images_, last_decode_images_;
 };
 
 struct RunningWorker {
@@ -558,6 +570,119 @@ TEST_F(RouterServiceTest, GenerateAndModelInfo) {
   EXPECT_EQ(info.vocab_size(), tokenizer_->vocab_size());
   EXPECT_EQ(info.context_length(), 4096);
   EXPECT_GT(info.limits().max_prompt_tokens(), 0);
+}
+
+// The header of a PNG file of the given size (all the router reads of it).
+std::string PngHeader(std::uint32_t width, std::uint32_t height) {
+  std::string png = "\x89PNG\r\n\x1a\n";
+  auto be32 = [&](std::uint32_t v) {
+    for (int shift = 24; shift >= 0; shift -= 8) png += static_cast<char>((v >> shift) & 0xff);
+  };
+  be32(13);
+  png += "IHDR";
+  be32(width);
+  be32(height);
+  png += std::string("\x08\x02\x00\x00\x00", 5);
+  be32(0);  // CRC (not checked by the router)
+  return png;
+}
+
+TEST_F(RouterServiceTest, ImagesReachTheWorkersWithTheirPlaceholders) {
+  const std::string answer = "A picture.";
+  workers_.push_back(StartWorker(wk::WORKER_ROLE_PREFILL, Script(answer), "p0"));
+  workers_.push_back(StartWorker(wk::WORKER_ROLE_DECODE, Script(answer), "d0"));
+  for (auto& w : workers_) w.service->eos_id = tokenizer_->eos_id();
+  StartRouter({{workers_[0].address, WorkerRole::kPrefill, false}, {workers_[1].address, WorkerRole::kDecode, false}});
+  grpc::ClientContext ictx;
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(&ictx, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_TRUE(info.supports_images());
+  EXPECT_GT(info.limits().max_images(), 0);
+  EXPECT_GT(info.limits().max_image_bytes(), 0);
+  EXPECT_EQ(std::vector<std::string>(info.image_mime_types().begin(), info.image_mime_types().end()),
+            (std::vector<std::string>{"image/png", "image/jpeg", "image/webp"}));
+
+  // Two images: 60x30 pixels is a 3x2 grid of 28-pixel cells (patch 14,
+  // merge 2), 20x90 a 1x4 grid.
+  v1::ChatRequest req = UserChat("Compare these.");
+  auto* content = req.mutable_messages(0)->mutable_content();
+  for (auto [w, h] : {std::pair<std::uint32_t, std::uint32_t>{60, 30}, {20, 90}}) {
+    auto* image = content->Add()->mutable_image();
+    image->set_data(PngHeader(w, h));
+    image->set_mime_type("image/png");
+  }
+  ChatResult r = RunChat(req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.text, answer);
+  const std::vector<std::int32_t> prompt = workers_[0].service->last_prompt();
+  const std::vector<wk::ImageInput> sent = workers_[0].service->last_prefill_images();
+  ASSERT_EQ(sent.size(), 2u);
+  const std::int32_t img = *tokenizer_->SpecialTokenId("[IMG]");
+  const std::int32_t brk = *tokenizer_->SpecialTokenId("[IMG_BREAK]");
+  const std::int32_t end = *tokenizer_->SpecialTokenId("[IMG_END]");
+  const std::pair<std::uint32_t, std::uint32_t> grids[] = {{3, 2}, {1, 4}};
+  std::size_t placeholders = 0;
+  for (std::size_t i = 0; i < sent.size(); ++i) {
+    EXPECT_EQ(sent[i].mime_type(), "image/png");
+    EXPECT_EQ(sent[i].data(), PngHeader(i == 0 ? 60 : 20, i == 0 ? 30 : 90));
+    EXPECT_EQ(sent[i].grid_width(), grids[i].first);
+    EXPECT_EQ(sent[i].grid_height(), grids[i].second);
+    // The grid's rows of [IMG], each closed by [IMG_BREAK], the last by [IMG_END].
+    std::size_t at = sent[i].token_offset();
+    for (std::uint32_t row = 0; row < sent[i].grid_height(); ++row) {
+      for (std::uint32_t col = 0; col < sent[i].grid_width(); ++col) {
+        ASSERT_LT(at, prompt.size());
+        EXPECT_EQ(prompt[at++], img);
+      }
+      ASSERT_LT(at, prompt.size());
+      EXPECT_EQ(prompt[at++], row + 1 == sent[i].grid_height() ? end : brk);
+    }
+    placeholders += sent[i].grid_width() * sent[i].grid_height();
+  }
+  EXPECT_EQ(static_cast<std::size_t>(std::count(prompt.begin(), prompt.end(), img)), placeholders);
+  // The decode worker gets them too, for a recompute after preemption.
+  EXPECT_EQ(workers_[1].service->last_decode_images().size(), 2u);
+}
+
+TEST_F(RouterServiceTest, BadImagesAreInvalidArgumentNamingTheField) {
+  workers_.push_back(StartWorker(wk::WORKER_ROLE_BOTH, Script("x"), "w0"));
+  StartRouter({{workers_[0].address, WorkerRole::kBoth, false}});
+  auto with_image = [](const std::string& data, const std::string& mime, v1::Role role = v1::ROLE_USER) {
+    v1::ChatRequest req = UserChat("Look.");
+    req.mutable_messages(0)->set_role(role);
+    auto* image = req.mutable_messages(0)->add_content()->mutable_image();
+    image->set_data(data);
+    image->set_mime_type(mime);
+    return req;
+  };
+  const struct {
+    v1::ChatRequest req;
+    std::string field;
+  } cases[] = {
+      {with_image("", "image/png"), "messages[0].content[1].image.data"},
+      {with_image(PngHeader(8, 8), "image/gif"), "messages[0].content[1].image.mime_type"},
+      {with_image(std::string(11 << 20, 'x'), "image/png"), "messages[0].content[1].image.data"},
+      {with_image(PngHeader(8, 8), "image/png", v1::ROLE_SYSTEM), "messages[0].content[1].image"},
+      {with_image("not an image at all", "image/png"), "messages[0].content[1].image.data"},
+      {with_image(PngHeader(8, 8), "image/jpeg"), "messages[0].content[1].image.data"},
+      // A PNG signature with a broken header: the renderer cannot size it.
+      {with_image(PngHeader(8, 8).substr(0, 12), "image/png"), "messages"},
+  };
+  for (const auto& c : cases) {
+    ChatResult r = RunChat(c.req);
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.field;
+    EXPECT_EQ(r.status.error_message().rfind(c.field, 0), 0u) << r.status.error_message();
+  }
+  v1::ChatRequest many = UserChat("Many.");
+  for (int i = 0; i < 9; ++i) {
+    auto* image = many.mutable_messages(0)->add_content()->mutable_image();
+    image->set_data(PngHeader(8, 8));
+    image->set_mime_type("image/png");
+  }
+  ChatResult r = RunChat(many);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(r.status.error_message().find("limits.max_images"), std::string::npos) << r.status.error_message();
+  EXPECT_EQ(workers_[0].service->prefills, 0);
 }
 
 }  // namespace

@@ -14,10 +14,12 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,9 +28,12 @@
 
 #include "decode/worker_service.h"
 #include "engine/generator.h"
+#include "engine/image/image.h"
 #include "engine/kv_cache.h"
 #include "engine/mistral4.h"
 #include "engine/model_maker.h"
+#include "engine/pixtral.h"
+#include "engine/text/instruct_image.h"
 #include "engine/text/tekken_file.h"
 #include "sirocco/v1/sirocco.grpc.pb.h"
 #include "tests/integration/worker_process.h"
@@ -48,6 +53,7 @@ std::string MakeRouterModelDir() {
   engine::MakeModelOptions o;
   o.seed = 7;
   o.dtype = engine::DType::kF32;
+  o.vision = engine::PresetVisionConfig("tiny");  // the default model's multimodal layout
   auto config = engine::PresetConfig("tiny");
   if (!config.ok() || !engine::MakeModel(*config, o, dir.string()).ok()) return "";
   if (!text::WriteDerivedTekken(std::string(SIROCCO_TEKKEN_DIR) + "/tekken_240911.json", text::TokenizerVersion::kV15,
@@ -274,6 +280,88 @@ class RouterClusterTest : public ::testing::Test {
     }
   }
 
+  static std::string ReadFile(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream out;
+    out << in.rdbuf();
+    return out.str();
+  }
+
+  // The model run directly on `prompt` with `image_file`'s rows in place of
+  // its [IMG] tokens: decoded and resized as the workers do, encoded, one
+  // prefill, then greedy decode steps.
+  static std::vector<std::int32_t> ReferenceWithImage(const std::vector<std::int32_t>& prompt,
+                                                      const std::string& image_file, int max_tokens) {
+    auto model = engine::Mistral4Model::Load(
+        *model_dir_, engine::ModelOptions{.backend = kernels::Backend::kRef, .device = nullptr});
+    EXPECT_TRUE(model.ok()) << model.status();
+    if (!model.ok() || (*model)->vision() == nullptr) return {};
+    engine::PixtralEncoder& vision = *(*model)->vision();
+    const std::string bytes = ReadFile(image_file);
+    auto rgb = image::DecodeImage(bytes, image::DecodeLimits{});
+    EXPECT_TRUE(rgb.ok()) << rgb.status();
+    if (!rgb.ok()) return {};
+    const text::ImageGrid grid =
+        text::ImageTokenGrid(text::ImageSize{.width = rgb->width, .height = rgb->height}, 14, 1540, 2);
+    const int cell = static_cast<int>(vision.config().token_pixels());
+    const int width = static_cast<int>(grid.width_tokens) * cell, height = static_cast<int>(grid.height_tokens) * cell;
+    auto rows = vision.Encode(image::PreprocessImage(*rgb, width, height), height, width);
+    EXPECT_TRUE(rows.ok()) << rows.status();
+    if (!rows.ok()) return {};
+    std::vector<std::int32_t> at;
+    for (std::size_t p = 0; p < prompt.size(); ++p) {
+      if (prompt[p] == vision.config().image_token_index) at.push_back(static_cast<std::int32_t>(p));
+    }
+    EXPECT_EQ(static_cast<std::int64_t>(at.size()), grid.width_tokens * grid.height_tokens);
+    auto pool = *engine::KvPool::Create((*model)->PoolOptions(static_cast<std::int64_t>(prompt.size()) / 8 + 4, 8));
+    engine::BlockTable bt(pool.get());
+    EXPECT_TRUE(bt.Reserve(static_cast<std::int64_t>(prompt.size()) + max_tokens).ok());
+    const auto vocab = static_cast<std::ptrdiff_t>((*model)->config().vocab_size);
+    std::vector<float> logits;
+    auto argmax = [&] {
+      return static_cast<std::int32_t>(std::max_element(logits.begin(), logits.begin() + vocab) - logits.begin());
+    };
+    engine::ForwardItem first{prompt, 0, &bt, false};
+    first.embed_at = at;
+    first.embed_rows = *rows;
+    EXPECT_TRUE((*model)->Forward({&first, 1}, *pool, engine::AttentionForm::kAbsorbed, &logits).ok());
+    std::vector<std::int32_t> out = {argmax()};
+    while (static_cast<int>(out.size()) < max_tokens) {
+      engine::ForwardItem step{std::span<const std::int32_t>(&out.back(), 1),
+                               static_cast<std::int64_t>(prompt.size() + out.size()) - 1, &bt, false};
+      EXPECT_TRUE((*model)->Forward({&step, 1}, *pool, engine::AttentionForm::kAbsorbed, &logits).ok());
+      out.push_back(argmax());
+    }
+    return out;
+  }
+
+  // A chat with an image (two, in turn), and a corrupt one: the first gives
+  // the reference tokens, the second fails INVALID_ARGUMENT, no worker keeps
+  // a block.
+  void ImagesMatchReference() {
+    for (const char* name : {"png_rgba.png", "jpeg_baseline.jpg"}) {
+      const std::string file = std::string(SIROCCO_GOLDEN_IMAGES_DIR) + "/" + name;
+      const std::string bytes = ReadFile(file);
+      ASSERT_FALSE(bytes.empty()) << file;
+      v1::ChatRequest req = GreedyChat("What is in this picture?", 6);
+      auto* image = req.mutable_messages(0)->add_content()->mutable_image();
+      image->set_data(bytes);
+      image->set_mime_type(bytes[0] == '\x89' ? "image/png" : "image/jpeg");
+      const std::vector<std::int32_t> ids = Tokenize(req);
+      ASSERT_FALSE(ids.empty());
+      Result r = RunChat(req);
+      ASSERT_TRUE(r.status.ok()) << name << ": " << r.status.error_message();
+      EXPECT_EQ(r.final.usage().prompt_tokens(), static_cast<int>(ids.size()));
+      EXPECT_EQ(r.ids, ReferenceWithImage(ids, file, 6)) << name;
+
+      // The same header with its pixel data cut off: sized, but undecodable.
+      image->set_data(bytes.substr(0, bytes.size() / 2));
+      r = RunChat(req);
+      EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << name << ": " << r.status.error_message();
+    }
+    ExpectWorkersIdle();
+  }
+
   void GreedyMatchesReference() {
     for (const char* prompt : {"Hello", "What is the capital of France?", "Write a haiku about wind."}) {
       v1::ChatRequest req = GreedyChat(prompt, 8);
@@ -356,6 +444,16 @@ TEST_F(RouterClusterTest, ColocatedSixteenConcurrentStreams) {
 TEST_F(RouterClusterTest, ColocatedCancelMidStreamFreesEveryBlock) {
   StartCluster({"both"});
   CancelMidStream();
+}
+
+TEST_F(RouterClusterTest, ColocatedChatWithAnImageMatchesTheModelRunDirectly) {
+  StartCluster({"both"});
+  ImagesMatchReference();
+}
+
+TEST_F(RouterClusterTest, DisaggregatedChatWithAnImageMatchesTheModelRunDirectly) {
+  StartCluster({"prefill", "decode"});
+  ImagesMatchReference();
 }
 
 TEST_F(RouterClusterTest, BadRequestIsInvalidArgumentNamingTheField) {

@@ -172,6 +172,7 @@ absl::Status EnsureModel(const std::string& dir, const std::string& tekken_base)
     if (!config.ok()) return config.status();
     engine::MakeModelOptions options;
     options.seed = 0;
+    options.vision = engine::PresetVisionConfig("tiny");  // the multimodal layout, with a small vision encoder
     if (absl::Status s = engine::MakeModel(*config, options, dir); !s.ok()) return s;
   }
   const std::string tekken = (fs::path(dir) / "tekken.json").string();

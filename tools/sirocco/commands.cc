@@ -116,10 +116,13 @@ absl::Status RunMakeModel(int argc, char** argv) {
   engine::ModelConfig config;
   if (preset) {
     SIROCCO_ASSIGN_OR_RETURN(config, engine::PresetConfig(*preset));
+    options.vision = engine::PresetVisionConfig(*preset);
   } else {
     SIROCCO_ASSIGN_OR_RETURN(config, engine::LoadModelConfig(*config_file));
+    SIROCCO_ASSIGN_OR_RETURN(options.vision, engine::LoadVisionConfig(*config_file));
   }
   const engine::ParameterCount count = engine::CountParameters(config);
+  const std::int64_t vision_count = options.vision ? engine::CountVisionParameters(*options.vision, config) : 0;
   // Writing more than this many parameters is a mistake, not a test model.
   constexpr std::int64_t kMaxParameters = 8'000'000'000;
   if (config_only) {
@@ -127,16 +130,22 @@ absl::Status RunMakeModel(int argc, char** argv) {
     std::filesystem::create_directories(out, ec);
     FILE* file = std::fopen((out + "/config.json").c_str(), "wb");
     if (file == nullptr) return absl::InternalError(absl::StrCat("cannot write ", out, "/config.json"));
-    const std::string text = engine::ModelConfigToJson(config);
+    const std::string text =
+        options.vision ? engine::MultimodalConfigToJson(config, *options.vision) : engine::ModelConfigToJson(config);
     std::fwrite(text.data(), 1, text.size(), file);
     std::fclose(file);
-  } else if (count.total > kMaxParameters) {
-    return absl::InvalidArgumentError(absl::StrCat("this configuration has ", count.total,
+  } else if (count.total + vision_count > kMaxParameters) {
+    return absl::InvalidArgumentError(absl::StrCat("this configuration has ", count.total + vision_count,
                                                    " parameters; write it with --config-only"));
   } else {
     SIROCCO_RETURN_IF_ERROR(engine::MakeModel(config, options, out));
   }
-  nlohmann::json j = {{"out", out}, {"parameters", count.total}, {"active_parameters", count.active},
+  // parameters / active_parameters: the text decoder; vision_parameters: the
+  // vision encoder and projector (0 for a text-only model).
+  nlohmann::json j = {{"out", out},
+                      {"parameters", count.total},
+                      {"active_parameters", count.active},
+                      {"vision_parameters", vision_count},
                       {"config_only", config_only}};
   std::cout << j.dump() << std::endl;
   return absl::OkStatus();

@@ -286,9 +286,14 @@ void SiluMul(int rows, int n, const float* gate, int ldg, const float* up, int l
   const __m256i tail = TailMask(n % 8);
   for (int r = 0; r < rows; ++r) {
     const float* gr = RowPtr(gate, r, ldg);
-    const float* ur = RowPtr(up, r, ldu);
     float* outr = RowPtr(out, r, ldo);
     int i = 0;
+    if (up == nullptr) {  // plain silu
+      for (; i + 8 <= n; i += 8) _mm256_storeu_ps(outr + i, Silu8(_mm256_loadu_ps(gr + i)));
+      if (i < n) _mm256_maskstore_ps(outr + i, tail, Silu8(_mm256_maskload_ps(gr + i, tail)));
+      continue;
+    }
+    const float* ur = RowPtr(up, r, ldu);
     for (; i + 8 <= n; i += 8) {
       const __m256 silu = Silu8(_mm256_loadu_ps(gr + i));
       _mm256_storeu_ps(outr + i, _mm256_mul_ps(silu, _mm256_loadu_ps(ur + i)));
@@ -633,8 +638,8 @@ void MlaAttention(const MlaAttentionParams& p) {
 }
 
 // ---------------------------------------------------------------------------
-// Dense causal attention (expanded-form prefill): per (query, head), all
-// visible scores, a softmax, then the probability-weighted sum of the values.
+// Dense attention (expanded-form prefill, causal; vision patches, not): per
+// (query, head), all visible scores, a softmax, then the probability-weighted sum of the values.
 
 void Attention(const AttentionParams& p) {
   const std::ptrdiff_t k_stride = static_cast<std::ptrdiff_t>(p.num_heads) * p.qk_dim;
@@ -645,7 +650,8 @@ void Attention(const AttentionParams& p) {
   const float kOne = 1.0f;
 
   for (int i = 0; i < p.num_queries; ++i) {
-    const int visible = p.q_offset + i + 1;  // causal: keys 0 .. q_offset + i
+    // Causal: keys 0 .. q_offset + i; otherwise every key.
+    const int visible = p.causal ? p.q_offset + i + 1 : p.num_keys;
     for (int h = 0; h < p.num_heads; ++h) {
       const std::ptrdiff_t qh = static_cast<std::ptrdiff_t>(i) * p.num_heads + h;
       const float* q = p.q + qh * p.qk_dim;
@@ -688,6 +694,10 @@ constexpr KernelTable kAvx2Table = {
     .rms_norm = RmsNorm,
     .rope_interleaved = RopeInterleaved,
     .silu_mul = SiluMul,
+    // GELU runs where products dominate (a projector's activation): the
+    // reference's scalar erf is used as is rather than a vectorised
+    // approximation.
+    .gelu_mul = ref::GeluMul,
     .axpy = Axpy,
     .softmax = Softmax,
     .mla_attention = MlaAttention,

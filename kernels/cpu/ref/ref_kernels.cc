@@ -98,7 +98,7 @@ void SiluMul(int rows, int n, const float* gate, int ldg, const float* up, int l
     for (int i = 0; i < n; ++i) {
       const float g = Row(gate, r, ldg)[i];
       const float silu = g / (1.0f + std::exp(-g));
-      Row(out, r, ldo)[i] = silu * Row(up, r, ldu)[i];
+      Row(out, r, ldo)[i] = up == nullptr ? silu : silu * Row(up, r, ldu)[i];
     }
   }
 }
@@ -152,7 +152,8 @@ void MlaAttention(const MlaAttentionParams& p) {
 void Attention(const AttentionParams& p) {
   std::vector<float> probs(static_cast<std::size_t>(p.num_keys));
   for (int i = 0; i < p.num_queries; ++i) {
-    const int visible = p.q_offset + i + 1;  // causal: keys 0 .. q_offset + i
+    // Causal: keys 0 .. q_offset + i; otherwise every key.
+    const int visible = p.causal ? p.q_offset + i + 1 : p.num_keys;
     for (int h = 0; h < p.num_heads; ++h) {
       const std::ptrdiff_t qh = static_cast<std::ptrdiff_t>(i) * p.num_heads + h;
       const float* q = p.q + qh * p.qk_dim;
@@ -183,6 +184,7 @@ constexpr KernelTable kRefTable = {
     .rms_norm = RmsNorm,
     .rope_interleaved = RopeInterleaved,
     .silu_mul = SiluMul,
+    .gelu_mul = ref::GeluMul,
     .axpy = Axpy,
     .softmax = Softmax,
     .mla_attention = MlaAttention,
@@ -193,6 +195,18 @@ constexpr KernelTable kRefTable = {
 }  // namespace
 
 namespace ref {
+
+void GeluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out, int ldo) {
+  // torch's float32 gelu (ATen/native/cpu/Gelu.h), same association.
+  constexpr float kSqrtHalf = 0.70710678118654752440f;
+  for (int r = 0; r < rows; ++r) {
+    for (int i = 0; i < n; ++i) {
+      const float g = Row(gate, r, ldg)[i];
+      const float gelu = g * 0.5f * (1.0f + std::erf(g * kSqrtHalf));
+      Row(out, r, ldo)[i] = up == nullptr ? gelu : gelu * Row(up, r, ldu)[i];
+    }
+  }
+}
 
 // Precondition: num_groups divides num_experts and
 // top_k <= topk_group * (num_experts / num_groups). If the kept groups hold

@@ -350,6 +350,10 @@ class SeparateMemoryDevice final : public Device {
                        int ldo) override {
     return d_->SiluMul(rows, n, gate, ldg, up, ldu, out, ldo);
   }
+  absl::Status GeluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out,
+                       int ldo) override {
+    return d_->GeluMul(rows, n, gate, ldg, up, ldu, out, ldo);
+  }
   absl::Status ScaleRows(int rows, int n, float* x, int ldx, const float* scales) override {
     return d_->ScaleRows(rows, n, x, ldx, scales);
   }

@@ -4,8 +4,11 @@
 // attention form and on every kernel backend.
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <random>
 
+#include "engine/mistral4_weights.h"
+#include "engine/safetensors.h"
 #include "gtest/gtest.h"
 #include "tests/unit/engine/test_models.h"
 
@@ -245,6 +248,77 @@ TEST_P(ModelInvariants, BadInputIsAnErrorNotACrash) {
             absl::StatusCode::kInvalidArgument);
   ForwardItem empty{{}, 0, &bt, false};
   EXPECT_EQ(f.model->Forward({&empty, 1}, *f.pool, AttentionForm::kExpanded, &logits).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_P(ModelInvariants, EmbeddingRowsReplaceThoseOfTheirTokens) {
+  // Rows given for some tokens (an image's features at its placeholders)
+  // act exactly as if those positions held tokens with those embeddings.
+  const ModelConfig config = SmallVocabTiny(GetParam());
+  const std::string dir = testing::TempDir("inv_embed");
+  MakeModelOptions mo;
+  mo.seed = 7;
+  mo.dtype = DType::kF32;
+  ASSERT_TRUE(MakeModel(config, mo, dir).ok());
+  auto ckpt = Checkpoint::Open(dir);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  auto weights = LoadMistral4Weights(**ckpt, config);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  const std::vector<float> embed = (*weights)->embed.data;
+  auto model = Mistral4Model::FromWeights(config, *std::move(weights),
+                                          ModelOptions{.backend = kernels::Backend::kRef, .device = nullptr});
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto pool = *KvPool::Create((*model)->PoolOptions(64, 4));
+  const auto H = static_cast<std::size_t>(config.hidden_size);
+
+  const std::vector<std::int32_t> a = Tokens(30, 4, 512);
+  std::vector<std::int32_t> b = a;
+  const std::vector<std::int32_t> at = {5, 6, 7, 20};
+  std::vector<float> rows;
+  for (std::int32_t p : at) {
+    b[static_cast<std::size_t>(p)] = (a[static_cast<std::size_t>(p)] + 17) % 512;
+    const auto* row = embed.data() + static_cast<std::size_t>(b[static_cast<std::size_t>(p)]) * H;
+    rows.insert(rows.end(), row, row + H);
+  }
+  auto run = [&](std::span<const ForwardItem> items) {
+    std::vector<float> logits;
+    absl::Status st = (*model)->Forward(items, *pool, AttentionForm::kAbsorbed, &logits);
+    EXPECT_TRUE(st.ok()) << st;
+    return logits;
+  };
+  BlockTable tb(pool.get()), ta(pool.get()), tc(pool.get());
+  ASSERT_TRUE(tb.Reserve(30).ok() && ta.Reserve(30).ok() && tc.Reserve(30).ok());
+  ForwardItem plain{b, 0, &tb, true};
+  const std::vector<float> want = run({&plain, 1});
+  ForwardItem with_rows{a, 0, &ta, true};
+  with_rows.embed_at = at;
+  with_rows.embed_rows = rows;
+  EXPECT_EQ(RelErr(run({&with_rows, 1}), want), 0.0);
+
+  // In chunks, each taking the rows of its own tokens.
+  const std::vector<std::int32_t> at0 = {5}, at1 = {0, 1, 14};
+  ForwardItem c0{std::span<const std::int32_t>(a).first(6), 0, &tc, true};
+  c0.embed_at = at0;
+  c0.embed_rows = std::span<const float>(rows).first(H);
+  std::vector<float> got = run({&c0, 1});
+  ForwardItem c1{std::span<const std::int32_t>(a).subspan(6), 6, &tc, true};
+  c1.embed_at = at1;
+  c1.embed_rows = std::span<const float>(rows).subspan(H);
+  const std::vector<float> rest = run({&c1, 1});
+  got.insert(got.end(), rest.begin(), rest.end());
+  EXPECT_LT(RelErr(got, want), 1e-5);
+
+  // Rows that do not fit their tokens are an error.
+  std::vector<float> logits;
+  ForwardItem bad = with_rows;
+  bad.embed_rows = std::span<const float>(rows).first(3 * H);
+  EXPECT_EQ((*model)->Forward({&bad, 1}, *pool, AttentionForm::kAbsorbed, &logits).code(),
+            absl::StatusCode::kInvalidArgument);
+  const std::vector<std::int32_t> out_of_range = {5, 6, 7, 30};
+  bad = with_rows;
+  bad.embed_at = out_of_range;
+  EXPECT_EQ((*model)->Forward({&bad, 1}, *pool, AttentionForm::kAbsorbed, &logits).code(),
             absl::StatusCode::kInvalidArgument);
 }
 

@@ -948,5 +948,47 @@ TEST_F(SchedulerTest, AReservationForKnownIdsSharesTheCachedBlocks) {
   ExpectPoolWhole();
 }
 
+TEST_F(SchedulerTest, ThePrefixCacheStopsAtTheFirstImageToken) {
+  constexpr std::int32_t kImg = 99;
+  opts_.image_token_id = kImg;
+  Make(64, 4, /*budget=*/32, /*max_seqs=*/8, /*prefix_caching=*/true);
+  // Tokens 0..5 are text, 6.. an image's placeholders: only block 0 (tokens
+  // 0..3) may be published; block 1 holds token 6.
+  RequestSpec a = Spec(14, 2);
+  for (std::size_t i = 6; i < 10; ++i) a.prompt[i] = kImg;
+  ASSERT_TRUE(Add(1, a).ok());
+  Step();
+  EXPECT_EQ(sched_->Find(RequestId{1})->num_published, 1);
+  EXPECT_EQ(sched_->Stats().cached_blocks, 1);
+
+  // The same ids (another image, same placeholders) reuse block 0 only.
+  ASSERT_TRUE(Add(2, a).ok());
+  StepPlan p = Step();
+  ASSERT_EQ(p.prefill.size(), 1u);
+  EXPECT_EQ(p.prefill[0].start, 4);
+  RunToIdle();
+  ExitsById();
+  EXPECT_EQ(sched_->Stats().cached_blocks, 1) << "nothing after an image token is published, output included";
+
+  // A reservation for known ids shares block 0 only, too.
+  auto r = sched_->Reserve(ReserveSpec{RequestId{3}, a.prompt, 2, seconds(5), true}, now_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->cached_tokens, 4);
+  ASSERT_TRUE(sched_->Cancel(RequestId{3}).ok());
+  ExpectPoolWhole();
+}
+
+TEST_F(SchedulerTest, FailEndsARequestWithItsStatus) {
+  ASSERT_TRUE(Add(1, Spec(6, 4)).ok());
+  Step();
+  ASSERT_TRUE(sched_->Fail(RequestId{1}, absl::InvalidArgumentError("images[0]: corrupt")).ok());
+  auto exits = ExitsById();
+  ASSERT_TRUE(exits.contains(1));
+  EXPECT_EQ(exits[1].reason, ExitReason::kFailed);
+  EXPECT_EQ(exits[1].status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(sched_->Fail(RequestId{1}, absl::InternalError("again")).code(), absl::StatusCode::kNotFound);
+  ExpectPoolWhole();
+}
+
 }  // namespace
 }  // namespace sirocco::engine

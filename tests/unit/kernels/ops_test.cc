@@ -148,6 +148,10 @@ TEST(RefKernelsTest, SiluMulAndAxpy) {
   EXPECT_EQ(out[0], 0.0f);
   EXPECT_NEAR(out[1], 2.0 / (1.0 + std::exp(-1.0)), 1e-6);
   EXPECT_NEAR(out[2], -2.0 / (1.0 + std::exp(1.0)), 1e-6);
+  // No up: plain silu.
+  Ref().silu_mul(1, 3, gate.data(), 3, nullptr, 0, out.data(), 3);
+  EXPECT_EQ(out[0], 0.0f);
+  EXPECT_NEAR(out[1], 1.0 / (1.0 + std::exp(-1.0)), 1e-6);
 
   const std::vector<float> x = {3.0f, 4.0f};
   std::vector<float> y = {1.0f, 2.0f};
@@ -200,6 +204,48 @@ TEST(RefKernelsTest, MlaAttentionHandWorked) {
   Ref().mla_attention(p);
   EXPECT_FLOAT_EQ(out[0], 1.0f);
   EXPECT_FLOAT_EQ(out[1], 0.0f);
+}
+
+TEST(RefKernelsTest, GeluMulIsExactErfGelu) {
+  // gelu(g) = g * Phi(g): Phi(1) = 0.841344746..., Phi(-1) = 0.158655253...
+  const std::vector<float> gate = {0.0f, 1.0f, -1.0f, 10.0f, -10.0f};
+  const std::vector<float> up = {5.0f, 2.0f, 2.0f, 0.5f, 3.0f};
+  const std::vector<double> plain = {0.0, 0.8413447460685429, -0.15865525393145707, 10.0, -7.6198530241604696e-23};
+  std::vector<float> out(5, kNaN);
+  Ref().gelu_mul(1, 5, gate.data(), 5, up.data(), 5, out.data(), 5);
+  for (int i = 0; i < 5; ++i)
+    EXPECT_NEAR(out[i], plain[i] * up[i], 1e-6 * std::max(1.0, std::abs(plain[i] * up[i]))) << i;
+  // No up: plain gelu (ldu unused).
+  out.assign(5, kNaN);
+  Ref().gelu_mul(1, 5, gate.data(), 5, nullptr, 0, out.data(), 5);
+  for (int i = 0; i < 5; ++i) EXPECT_NEAR(out[i], plain[i], 1e-6 * std::max(1.0, std::abs(plain[i]))) << i;
+}
+
+TEST(RefKernelsTest, AttentionWithoutCausalitySeesEveryKey) {
+  // As AttentionIsCausal below, but both queries average both values, and
+  // q_offset does not matter.
+  const std::vector<float> q = {1, 1};
+  const std::vector<float> k = {0, 0};
+  const std::vector<float> v = {2, 0, /* key 1 */ 0, 4};
+  std::vector<float> out(4, kNaN);
+  AttentionParams p;
+  p.num_queries = 2;
+  p.num_keys = 2;
+  p.q_offset = 0;
+  p.num_heads = 1;
+  p.qk_dim = 1;
+  p.v_dim = 2;
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v.data();
+  p.out = out.data();
+  p.causal = false;
+  Ref().attention(p);
+  EXPECT_EQ(out, (std::vector<float>{1, 2, 1, 2}));
+  p.q_offset = 7;
+  out.assign(4, kNaN);
+  Ref().attention(p);
+  EXPECT_EQ(out, (std::vector<float>{1, 2, 1, 2}));
 }
 
 TEST(RefKernelsTest, AttentionIsCausal) {
@@ -371,6 +417,7 @@ TEST_P(KernelsTest, TableIsComplete) {
   EXPECT_NE(t.rms_norm, nullptr);
   EXPECT_NE(t.rope_interleaved, nullptr);
   EXPECT_NE(t.silu_mul, nullptr);
+  EXPECT_NE(t.gelu_mul, nullptr);
   EXPECT_NE(t.axpy, nullptr);
   EXPECT_NE(t.softmax, nullptr);
   EXPECT_NE(t.mla_attention, nullptr);
@@ -501,20 +548,23 @@ TEST_P(KernelsTest, RopeMatchesReference) {
 }
 
 TEST_P(KernelsTest, SiluMulMatchesReference) {
-  for (int rows : {1, 4}) {
-    for (int n : {1, 7, 8, 9, 100, 1024}) {
-      for (int pad : {0, 3}) {
-        Padded gate(rows, n, n + pad);
-        Padded up(rows, n, n + 2 * pad);
-        gate.Fill(rng_, -20.0f, 20.0f);
-        up.Fill(rng_, -2.0f, 2.0f);
-        Padded want(rows, n, n + pad);
-        Padded got = want;
-        ref().silu_mul(rows, n, gate.data.data(), gate.ld, up.data.data(), up.ld, want.data.data(), want.ld);
-        impl().silu_mul(rows, n, gate.data.data(), gate.ld, up.data.data(), up.ld, got.data.data(), got.ld);
-        EXPECT_LE(NormalizedError(got.Logical(), want.Logical()), kTolerance)
-            << "rows=" << rows << " n=" << n << " pad=" << pad;
-        EXPECT_TRUE(got.PaddingIntact());
+  for (bool with_up : {true, false}) {
+    for (int rows : {1, 4}) {
+      for (int n : {1, 7, 8, 9, 100, 1024}) {
+        for (int pad : {0, 3}) {
+          Padded gate(rows, n, n + pad);
+          Padded up(rows, n, n + 2 * pad);
+          gate.Fill(rng_, -20.0f, 20.0f);
+          up.Fill(rng_, -2.0f, 2.0f);
+          const float* up_ptr = with_up ? up.data.data() : nullptr;  // null: plain silu
+          Padded want(rows, n, n + pad);
+          Padded got = want;
+          ref().silu_mul(rows, n, gate.data.data(), gate.ld, up_ptr, up.ld, want.data.data(), want.ld);
+          impl().silu_mul(rows, n, gate.data.data(), gate.ld, up_ptr, up.ld, got.data.data(), got.ld);
+          EXPECT_LE(NormalizedError(got.Logical(), want.Logical()), kTolerance)
+              << "up=" << with_up << " rows=" << rows << " n=" << n << " pad=" << pad;
+          EXPECT_TRUE(got.PaddingIntact());
+        }
       }
     }
   }
@@ -552,6 +602,35 @@ TEST_P(KernelsTest, SiluMulAtExtremes) {
       EXPECT_EQ(got[i], want[i]) << "gate=" << gate[i];
     } else {
       EXPECT_NEAR(got[i], want[i], 1e-6 * std::max(1.0f, std::abs(want[i]))) << "gate=" << gate[i];
+    }
+  }
+}
+
+TEST_P(KernelsTest, GeluMulMatchesReference) {
+  for (bool with_up : {true, false}) {
+    for (int rows : {1, 4}) {
+      for (int n : {1, 7, 8, 9, 100, 1024}) {
+        for (int pad : {0, 3}) {
+          Padded gate(rows, n, n + pad);
+          Padded up(rows, n, n + 2 * pad);
+          gate.Fill(rng_, -12.0f, 12.0f);
+          up.Fill(rng_, -2.0f, 2.0f);
+          const float* up_ptr = with_up ? up.data.data() : nullptr;
+          Padded want(rows, n, n + pad);
+          Padded got = want;
+          ref().gelu_mul(rows, n, gate.data.data(), gate.ld, up_ptr, up.ld, want.data.data(), want.ld);
+          impl().gelu_mul(rows, n, gate.data.data(), gate.ld, up_ptr, up.ld, got.data.data(), got.ld);
+          EXPECT_LE(NormalizedError(got.Logical(), want.Logical()), kTolerance)
+              << "up=" << with_up << " rows=" << rows << " n=" << n << " pad=" << pad;
+          EXPECT_TRUE(got.PaddingIntact());
+
+          // out may alias gate.
+          impl().gelu_mul(rows, n, gate.data.data(), gate.ld, up_ptr, up.ld, gate.data.data(), gate.ld);
+          EXPECT_LE(NormalizedError(gate.Logical(), want.Logical()), kTolerance)
+              << "in place, up=" << with_up << " rows=" << rows << " n=" << n;
+          EXPECT_TRUE(gate.PaddingIntact());
+        }
+      }
     }
   }
 }
@@ -697,42 +776,47 @@ TEST_P(KernelsTest, MlaAttentionMatchesReference) {
 struct AttentionCase {
   int num_queries;
   int q_offset;
-  int extra_keys;  // keys beyond the last query's position: never visible
+  int extra_keys;  // keys beyond the last query's position: visible only without causality
   int num_heads;
   int qk_dim;
   int v_dim;
 };
 
 TEST_P(KernelsTest, AttentionMatchesReference) {
+  // Each case runs causal and bidirectional (a vision encoder's patches:
+  // {70, 0, 0, 2, 16, 16}).
   const std::vector<AttentionCase> cases = {
-      {1, 0, 0, 1, 1, 1},   {5, 0, 0, 2, 16, 16},  {4, 3, 2, 3, 24, 20},
-      {7, 40, 0, 2, 13, 9}, {33, 1, 0, 4, 64, 64}, {3, 100, 5, 1, 192, 128},
+      {1, 0, 0, 1, 1, 1},    {5, 0, 0, 2, 16, 16},     {4, 3, 2, 3, 24, 20},  {7, 40, 0, 2, 13, 9},
+      {33, 1, 0, 4, 64, 64}, {3, 100, 5, 1, 192, 128}, {70, 0, 0, 2, 16, 16},
   };
   for (const AttentionCase& c : cases) {
-    const int num_keys = c.q_offset + c.num_queries + c.extra_keys;
-    const std::vector<float> q = RandomVector(static_cast<std::size_t>(c.num_queries) * c.num_heads * c.qk_dim, rng_);
-    const std::vector<float> k = RandomVector(static_cast<std::size_t>(num_keys) * c.num_heads * c.qk_dim, rng_);
-    const std::vector<float> v = RandomVector(static_cast<std::size_t>(num_keys) * c.num_heads * c.v_dim, rng_);
-    std::vector<float> want(static_cast<std::size_t>(c.num_queries) * c.num_heads * c.v_dim, kNaN);
-    std::vector<float> got = want;
-    AttentionParams p;
-    p.num_queries = c.num_queries;
-    p.num_keys = num_keys;
-    p.q_offset = c.q_offset;
-    p.num_heads = c.num_heads;
-    p.qk_dim = c.qk_dim;
-    p.v_dim = c.v_dim;
-    p.q = q.data();
-    p.k = k.data();
-    p.v = v.data();
-    p.scale = 1.0f / std::sqrt(static_cast<float>(c.qk_dim));
-    p.out = want.data();
-    ref().attention(p);
-    p.out = got.data();
-    impl().attention(p);
-    EXPECT_LE(NormalizedError(got, want), kTolerance)
-        << "queries=" << c.num_queries << " q_offset=" << c.q_offset << " heads=" << c.num_heads << " qk=" << c.qk_dim
-        << " v=" << c.v_dim;
+    for (bool causal : {true, false}) {
+      const int num_keys = c.q_offset + c.num_queries + c.extra_keys;
+      const std::vector<float> q = RandomVector(static_cast<std::size_t>(c.num_queries) * c.num_heads * c.qk_dim, rng_);
+      const std::vector<float> k = RandomVector(static_cast<std::size_t>(num_keys) * c.num_heads * c.qk_dim, rng_);
+      const std::vector<float> v = RandomVector(static_cast<std::size_t>(num_keys) * c.num_heads * c.v_dim, rng_);
+      std::vector<float> want(static_cast<std::size_t>(c.num_queries) * c.num_heads * c.v_dim, kNaN);
+      std::vector<float> got = want;
+      AttentionParams p;
+      p.num_queries = c.num_queries;
+      p.num_keys = num_keys;
+      p.q_offset = c.q_offset;
+      p.num_heads = c.num_heads;
+      p.qk_dim = c.qk_dim;
+      p.v_dim = c.v_dim;
+      p.q = q.data();
+      p.k = k.data();
+      p.v = v.data();
+      p.scale = 1.0f / std::sqrt(static_cast<float>(c.qk_dim));
+      p.out = want.data();
+      p.causal = causal;
+      ref().attention(p);
+      p.out = got.data();
+      impl().attention(p);
+      EXPECT_LE(NormalizedError(got, want), kTolerance)
+          << "queries=" << c.num_queries << " q_offset=" << c.q_offset << " heads=" << c.num_heads << " qk=" << c.qk_dim
+          << " v=" << c.v_dim << " causal=" << causal;
+    }
   }
 }
 

@@ -1,0 +1,29 @@
+// An image a request carries to the model: the pixels its vision encoder
+// takes, produced on demand. The prompt holds one [IMG] token per row of the
+// encoder's output (an image's grid, row by row, between its [IMG_BREAK]s);
+// the encoder's rows replace those tokens' embeddings, image after image in
+// prompt order.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace sirocco::engine {
+
+struct ImageInput {
+  // Pixels as the encoder takes them: multiples of its patch size times its
+  // spatial merge size. The image's [IMG] tokens number
+  // (height / (patch * merge)) * (width / (patch * merge)).
+  int height = 0;
+  int width = 0;
+  // Returns CHW float32 pixels [3, height, width], normalised for the
+  // encoder. Called at most once, on the engine thread, when the image's
+  // features are first needed (a decode worker needs them only to recompute
+  // a preempted request), so a caller may defer decoding the file to it.
+  std::function<absl::StatusOr<std::vector<float>>()> pixels;
+};
+
+}  // namespace sirocco::engine

@@ -1,0 +1,271 @@
+// Requests with images through the engine thread, on the tiny preset's
+// multimodal checkpoint. The reference for every token is the model run
+// directly: the vision encoder's rows put in place of the [IMG] tokens of a
+// one-shot prefill, then greedy decode steps. The loop chunks the prompt
+// (through the image), batches requests together, and with the prefix cache
+// must not reuse KV computed for another image; bad images fail their
+// request alone and leave the pool whole.
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "engine/engine_loop.h"
+#include "engine/pixtral.h"
+#include "gtest/gtest.h"
+#include "tests/unit/engine/test_models.h"
+
+namespace sirocco::engine {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+constexpr std::int32_t kImg = 10, kBreak = 12, kEnd = 13;
+
+struct Result {
+  std::vector<std::int32_t> tokens;
+  bool ended = false;
+  ExitReason reason = ExitReason::kFailed;
+  absl::Status status;
+};
+
+Result Collect(RequestStream& stream) {
+  Result r;
+  const auto give_up = std::chrono::steady_clock::now() + seconds(120);
+  while (!r.ended && std::chrono::steady_clock::now() < give_up) {
+    if (!stream.Wait(milliseconds(100))) continue;
+    for (StreamEvent& e : stream.Drain()) {
+      if (e.type == StreamEvent::Type::kToken) {
+        r.tokens.push_back(e.sample.token);
+      } else {
+        r.ended = true;
+        r.reason = e.reason;
+        r.status = e.status;
+      }
+    }
+  }
+  return r;
+}
+
+// Normalised-looking pixels, [3, height, width].
+std::vector<float> Pixels(int height, int width, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::vector<float> p(static_cast<std::size_t>(3 * height * width));
+  for (float& v : p) v = n(rng);
+  return p;
+}
+
+// `before` text tokens, an image's placeholder grid (cols x rows), `after`
+// text tokens.
+std::vector<std::int32_t> Prompt(int before, int cols, int rows, int after, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  auto text = [&] { return static_cast<std::int32_t>(20 + rng() % 480); };
+  std::vector<std::int32_t> p;
+  for (int i = 0; i < before; ++i) p.push_back(text());
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < cols; ++c) p.push_back(kImg);
+    p.push_back(r + 1 == rows ? kEnd : kBreak);
+  }
+  for (int i = 0; i < after; ++i) p.push_back(text());
+  return p;
+}
+
+class EngineLoopImagesTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string dir = testing::TempDir("engine_loop_images");
+    MakeModelOptions o;
+    o.seed = 7;
+    o.dtype = DType::kF32;
+    o.vision = PresetVisionConfig("tiny");
+    ASSERT_TRUE(o.vision.has_value());
+    ASSERT_TRUE(MakeModel(testing::SmallVocabTiny(), o, dir).ok());
+    auto model = Mistral4Model::Load(dir, ModelOptions{.backend = kernels::Backend::kRef, .device = nullptr});
+    std::filesystem::remove_all(dir);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = model->release();
+    ASSERT_NE(model_->vision(), nullptr);
+    ASSERT_EQ(model_->vision()->config().image_token_index, kImg);
+    ASSERT_EQ(model_->vision()->config().token_pixels(), 28);
+  }
+  static void TearDownTestSuite() { delete model_; }
+
+  static EngineOptions Options(bool prefix_caching = false) {
+    EngineOptions o;
+    o.model = model_;
+    o.num_blocks = 64;
+    o.block_size = 4;
+    o.max_tokens_per_step = 8;  // prompts are chunked, through the image
+    o.max_seqs_per_step = 4;
+    o.prefix_caching = prefix_caching;
+    return o;
+  }
+  static ImageInput Image(int height, int width, std::uint64_t seed, std::atomic<int>* calls = nullptr) {
+    return ImageInput{.height = height,
+                      .width = width,
+                      .pixels = [height, width, seed, calls]() -> absl::StatusOr<std::vector<float>> {
+                        if (calls != nullptr) ++*calls;
+                        return Pixels(height, width, seed);
+                      }};
+  }
+  static RequestSpec Spec(std::vector<std::int32_t> prompt, std::vector<ImageInput> images, int max_tokens) {
+    RequestSpec r;
+    r.prompt = std::move(prompt);
+    r.images = std::move(images);
+    r.stop.max_tokens = max_tokens;
+    r.stop.ignore_eos = true;
+    r.sampling.temperature = 0.0f;
+    return r;
+  }
+
+  // The model run directly: one prefill with the image rows, then greedy
+  // decode steps.
+  static std::vector<std::int32_t> Reference(const std::vector<std::int32_t>& prompt,
+                                             const std::vector<std::pair<int, int>>& sizes,
+                                             const std::vector<std::uint64_t>& seeds, int max_tokens) {
+    std::vector<float> rows;
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      auto f =
+          model_->vision()->Encode(Pixels(sizes[i].first, sizes[i].second, seeds[i]), sizes[i].first, sizes[i].second);
+      EXPECT_TRUE(f.ok()) << f.status();
+      if (!f.ok()) return {};
+      rows.insert(rows.end(), f->begin(), f->end());
+    }
+    std::vector<std::int32_t> at;
+    for (std::size_t p = 0; p < prompt.size(); ++p) {
+      if (prompt[p] == kImg) at.push_back(static_cast<std::int32_t>(p));
+    }
+    auto pool = *KvPool::Create(model_->PoolOptions(64, 4));
+    BlockTable bt(pool.get());
+    EXPECT_TRUE(bt.Reserve(static_cast<std::int64_t>(prompt.size()) + max_tokens).ok());
+    const auto vocab = static_cast<std::size_t>(model_->config().vocab_size);
+    auto argmax = [&](const std::vector<float>& l) {
+      return static_cast<std::int32_t>(std::max_element(l.begin(), l.begin() + static_cast<std::ptrdiff_t>(vocab)) -
+                                       l.begin());
+    };
+    ForwardItem first{prompt, 0, &bt, false};
+    first.embed_at = at;
+    first.embed_rows = rows;
+    std::vector<float> logits;
+    EXPECT_TRUE(model_->Forward({&first, 1}, *pool, AttentionForm::kAbsorbed, &logits).ok());
+    std::vector<std::int32_t> out = {argmax(logits)};
+    while (static_cast<int>(out.size()) < max_tokens) {
+      const std::int64_t pos = static_cast<std::int64_t>(prompt.size() + out.size()) - 1;
+      ForwardItem step{std::span<const std::int32_t>(&out.back(), 1), pos, &bt, false};
+      EXPECT_TRUE(model_->Forward({&step, 1}, *pool, AttentionForm::kAbsorbed, &logits).ok());
+      out.push_back(argmax(logits));
+    }
+    return out;
+  }
+
+  static bool PoolWhole(EngineLoop& loop) {
+    for (int i = 0; i < 2000; ++i) {
+      const SchedulerStats s = loop.Stats().scheduler;
+      if (s.free_blocks == s.total_blocks && s.running() == 0 && s.waiting == 0) return true;
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+    return false;
+  }
+
+  static Mistral4Model* model_;
+};
+Mistral4Model* EngineLoopImagesTest::model_ = nullptr;
+
+TEST_F(EngineLoopImagesTest, ImagesGiveTheTokensOfTheModelRunDirectly) {
+  // 56x84 pixels: 2 x 3 cells; 84x28: 3 x 1.
+  const auto a = Prompt(5, 2, 3, 4, 1);
+  auto b = Prompt(3, 3, 1, 2, 2);
+  const auto b2 = Prompt(2, 2, 3, 3, 3);
+  b.insert(b.end(), b2.begin(), b2.end());  // two images in one prompt
+  const auto ref_a = Reference(a, {{84, 56}}, {11}, 6);
+  const auto ref_b = Reference(b, {{28, 84}, {84, 56}}, {12, 13}, 6);
+  ASSERT_EQ(ref_a.size(), 6u);
+
+  auto loop = EngineLoop::Create(Options());
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  auto sa = (*loop)->Submit(RequestId{1}, Spec(a, {Image(84, 56, 11)}, 6));
+  auto sb = (*loop)->Submit(RequestId{2}, Spec(b, {Image(28, 84, 12), Image(84, 56, 13)}, 6));
+  ASSERT_TRUE(sa.ok() && sb.ok());
+  const Result ra = Collect(**sa), rb = Collect(**sb);
+  EXPECT_TRUE(ra.status.ok()) << ra.status;
+  EXPECT_TRUE(rb.status.ok()) << rb.status;
+  EXPECT_EQ(ra.tokens, ref_a);
+  EXPECT_EQ(rb.tokens, ref_b);
+  EXPECT_TRUE(PoolWhole(**loop));
+}
+
+TEST_F(EngineLoopImagesTest, ThePrefixCacheDoesNotReuseAnotherImagesKv) {
+  // Same ids, different pixels: only the text before the image may come
+  // from the cache.
+  const auto prompt = Prompt(9, 2, 3, 4, 4);
+  const auto ref1 = Reference(prompt, {{84, 56}}, {21}, 5);
+  const auto ref2 = Reference(prompt, {{84, 56}}, {22}, 5);
+  ASSERT_NE(ref1, ref2) << "the images should change the answer for this test to mean anything";
+  auto loop = EngineLoop::Create(Options(/*prefix_caching=*/true));
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  auto s1 = (*loop)->Submit(RequestId{1}, Spec(prompt, {Image(84, 56, 21)}, 5));
+  ASSERT_TRUE(s1.ok());
+  const Result r1 = Collect(**s1);
+  auto s2 = (*loop)->Submit(RequestId{2}, Spec(prompt, {Image(84, 56, 22)}, 5));
+  ASSERT_TRUE(s2.ok());
+  const Result r2 = Collect(**s2);
+  EXPECT_EQ(r1.tokens, ref1);
+  EXPECT_EQ(r2.tokens, ref2);
+  EXPECT_EQ((*s2)->cached_tokens(), 8) << "two full blocks of text before the image";
+  EXPECT_TRUE(PoolWhole(**loop));
+}
+
+TEST_F(EngineLoopImagesTest, BadImagesFailTheirRequestOnly) {
+  auto loop = EngineLoop::Create(Options());
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  const auto prompt = Prompt(3, 2, 3, 2, 5);
+  auto expect_invalid = [&](std::uint64_t id, RequestSpec spec, const std::string& says) {
+    auto s = (*loop)->Submit(RequestId{id}, std::move(spec));
+    ASSERT_TRUE(s.ok()) << s.status();
+    const Result r = Collect(**s);
+    EXPECT_EQ(r.reason, ExitReason::kFailed);
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;
+    EXPECT_NE(r.status.message().find(says), std::string::npos) << r.status;
+  };
+  ImageInput corrupt{.height = 84, .width = 56, .pixels = []() -> absl::StatusOr<std::vector<float>> {
+                       return absl::InvalidArgumentError("PNG data is corrupt");
+                     }};
+  expect_invalid(1, Spec(prompt, {corrupt}, 3), "images[0]: PNG data is corrupt");
+  expect_invalid(2, Spec(prompt, {Image(56, 56, 1)}, 3), "image tokens");    // 4 rows for 6 placeholders
+  expect_invalid(3, Spec(prompt, {}, 3), "image tokens");                    // placeholders, no image
+  expect_invalid(4, Spec(prompt, {Image(84, 50, 1)}, 3), "28-pixel cells");  // not whole cells
+  // Wrongly sized pixels are the encoder's error.
+  ImageInput short_pixels{.height = 84, .width = 56, .pixels = []() -> absl::StatusOr<std::vector<float>> {
+                            return std::vector<float>(10, 0.0f);
+                          }};
+  auto s = (*loop)->Submit(RequestId{5}, Spec(prompt, {short_pixels}, 3));
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(Collect(**s).reason, ExitReason::kFailed);
+  // A good request still runs.
+  auto good = (*loop)->Submit(RequestId{6}, Spec(prompt, {Image(84, 56, 3)}, 3));
+  ASSERT_TRUE(good.ok());
+  EXPECT_EQ(Collect(**good).tokens, Reference(prompt, {{84, 56}}, {3}, 3));
+  EXPECT_TRUE(PoolWhole(**loop));
+}
+
+TEST_F(EngineLoopImagesTest, AModelWithoutAVisionEncoderRefusesImages) {
+  auto text_only = testing::MakeTestModel(testing::SmallVocabTiny(), "engine_loop_text_only");
+  ASSERT_NE(text_only, nullptr);
+  ASSERT_EQ(text_only->vision(), nullptr);
+  EngineOptions o = Options();
+  o.model = text_only.get();
+  auto loop = EngineLoop::Create(o);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  auto s = (*loop)->Submit(RequestId{1}, Spec(Prompt(3, 2, 3, 2, 6), {Image(84, 56, 1)}, 3));
+  ASSERT_TRUE(s.ok());
+  const Result r = Collect(**s);
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;
+  EXPECT_NE(r.status.message().find("no vision encoder"), std::string::npos) << r.status;
+  (*loop)->Stop();
+}
+
+}  // namespace
+}  // namespace sirocco::engine
