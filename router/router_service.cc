@@ -14,6 +14,8 @@
 #include <grpcpp/support/channel_arguments.h>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/text/chat_request.h"
 #include "engine/text/detokenizer.h"
@@ -76,8 +78,10 @@ struct Job {
   std::string request_id;
   std::string internal_id;
   std::vector<std::int32_t> prompt;
-  // The prompt's images, in placeholder order, as the workers take them.
+  // The prompt's images, in placeholder order, as the workers take them, and
+  // each one's field in the request (a worker's "images[i]" error names it).
   std::vector<wk::ImageInput> images;
+  std::vector<std::string> image_fields;
   // Leading prompt tokens a worker's prefix cache can hold: those before the
   // first image placeholder (whose KV depends on the image).
   std::size_t cacheable = 0;
@@ -1081,8 +1085,20 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
   }
 
   // Before any delta: end the RPC with `status`. After: a Final with ERROR.
-  void FailLocked(const absl::Status& status) {
+  void FailLocked(absl::Status status) {
     if (done_) return;
+    // A worker names an image by its index in the worker request; the client
+    // knows it by its place in the messages.
+    if (status.code() == absl::StatusCode::kInvalidArgument && absl::StartsWith(status.message(), "images[")) {
+      const absl::string_view msg = status.message();
+      int index = -1;
+      const std::size_t close = msg.find(']');
+      if (close != absl::string_view::npos && absl::SimpleAtoi(msg.substr(7, close - 7), &index) && index >= 0 &&
+          static_cast<std::size_t>(index) < job_.image_fields.size()) {
+        status = absl::InvalidArgumentError(
+            absl::StrCat(job_.image_fields[static_cast<std::size_t>(index)], msg.substr(close + 1)));
+      }
+    }
     done_ = true;
     CancelWorkersLocked();
     if (finish_started_) return;
@@ -1262,9 +1278,12 @@ absl::StatusOr<RouterService::RenderedPrompt> RouterService::RenderChatWithImage
   if (rendered->images.empty()) return out;
   // The images' bytes in request order, which is their placeholders' order.
   std::vector<const v1::Image*> images;
-  for (const v1::Message& m : request.messages()) {
-    for (const v1::ContentPart& part : m.content()) {
-      if (part.part_case() == v1::ContentPart::kImage) images.push_back(&part.image());
+  for (int i = 0; i < request.messages_size(); ++i) {
+    for (int j = 0; j < request.messages(i).content_size(); ++j) {
+      const v1::ContentPart& part = request.messages(i).content(j);
+      if (part.part_case() != v1::ContentPart::kImage) continue;
+      images.push_back(&part.image());
+      out.image_fields.push_back(absl::StrCat("messages[", i, "].content[", j, "].image"));
     }
   }
   if (images.size() != rendered->images.size()) {
@@ -1310,6 +1329,7 @@ grpc::ServerWriteReactor<v1::ChatResponse>* RouterService::Chat(grpc::CallbackSe
       resolved->request_id = request->request_id();
       resolved->chat = true;
       resolved->images = std::move(rendered->images);
+      resolved->image_fields = std::move(rendered->image_fields);
       if (!resolved->images.empty()) resolved->cacheable = resolved->images.front().token_offset();
     }
     return resolved;

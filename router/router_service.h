@@ -177,6 +177,7 @@ class RouterService final : public sirocco::v1::Sirocco::CallbackService {
   struct RenderedPrompt {
     std::vector<std::int32_t> ids;
     std::vector<sirocco::worker::v1::ImageInput> images;
+    std::vector<std::string> image_fields;  // each image's field in the request
   };
   absl::StatusOr<RenderedPrompt> RenderChatWithImages(const sirocco::v1::ChatRequest& request) const;
 

@@ -23,11 +23,13 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import zlib
 
 SKIP = 77
 GRPC_PROTO_DIR = "/usr/share/grpc-proto"
@@ -159,6 +161,39 @@ def main():
             assert finals[0].finish_reason == pb.FINISH_REASON_LENGTH, pb.FinishReason.Name(finals[0].finish_reason)
             assert usage.prompt_tokens + usage.completion_tokens == model_context, usage
             print(f"open-ended chat: {usage.completion_tokens} tokens, context {model_context}")
+
+            # An image: a PNG written here with the standard library (zlib,
+            # struct), a 70 x 40 gradient. The model advertises images; the
+            # prompt grows by the image's placeholder grid (3 x 2 cells of 28
+            # pixels: 6 [IMG] + 2 row ends) and the answer streams as before.
+            assert info.supports_images and "image/png" in info.image_mime_types, info
+            width, height = 70, 40
+            raw = b"".join(b"\x00" + bytes(v for x in range(width) for v in (x * 3, y * 6, 128))
+                           for y in range(height))
+            def chunk(kind, data):
+                return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+            png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                   + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+            with_image = pb.ChatRequest()
+            with_image.CopyFrom(req)
+            part = with_image.messages[0].content.add()
+            part.image.data = png
+            part.image.mime_type = "image/png"
+            finals = [r.final for r in chat(with_image, timeout=120) if r.WhichOneof("kind") == "final"]
+            assert len(finals) == 1, f"{len(finals)} Final messages"
+            assert finals[0].usage.completion_tokens == 6, finals[0].usage
+            assert finals[0].usage.prompt_tokens == final.usage.prompt_tokens + 8, (finals[0].usage, final.usage)
+            print(f"chat with an image: prompt {finals[0].usage.prompt_tokens} tokens")
+            broken = pb.ChatRequest()
+            broken.CopyFrom(with_image)
+            broken.messages[0].content[1].image.data = png[:60]  # header kept, pixels cut off
+            try:
+                list(chat(broken, timeout=60))
+                raise AssertionError("a truncated PNG was accepted")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (e.code(), e.details())
+                assert e.details().startswith("messages[0].content[1].image"), e.details()
+                print("broken image:", e.details())
 
             # A malformed field: INVALID_ARGUMENT naming it.
             bad = pb.ChatRequest()

@@ -358,6 +358,8 @@ class RouterClusterTest : public ::testing::Test {
       image->set_data(bytes.substr(0, bytes.size() / 2));
       r = RunChat(req);
       EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << name << ": " << r.status.error_message();
+      // The worker's "images[0]" is the request's field.
+      EXPECT_EQ(r.status.error_message().rfind("messages[0].content[1].image", 0), 0u) << r.status.error_message();
     }
     ExpectWorkersIdle();
   }
