@@ -7,7 +7,9 @@
 // request alone and leave the pool whole.
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <filesystem>
+#include <future>
 #include <random>
 #include <thread>
 
@@ -265,6 +267,99 @@ TEST_F(EngineLoopImagesTest, AModelWithoutAVisionEncoderRefusesImages) {
   EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;
   EXPECT_NE(r.status.message().find("no vision encoder"), std::string::npos) << r.status;
   (*loop)->Stop();
+}
+
+TEST_F(EngineLoopImagesTest, ADecodeWorkerDecodesImagesOnlyToRecomputeAPreemptedRequest) {
+  // Decode role: each prompt's KV arrives in a reservation (copied here from
+  // a direct prefill), the first token with it. The two reservations fill
+  // the pool, so whichever request first needs another block preempts one
+  // of them (which, depends on timing), and that one is recomputed: only then
+  // are its image's pixels asked for, once however often it is preempted.
+  EngineOptions o = Options();
+  o.num_blocks = 10;
+  o.max_tokens_per_step = 64;
+  auto loop = EngineLoop::Create(o);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  constexpr int kMaxTokens = 14;
+  const auto H = static_cast<std::size_t>(model_->config().hidden_size);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  std::vector<std::vector<std::int32_t>> refs;
+  std::vector<std::pair<ReservationId, DecodeSpec>> decodes;  // started together once both KVs are in
+  std::atomic<int> calls[2] = {0, 0};
+  for (std::uint64_t k = 0; k < 2; ++k) {
+    const auto prompt = Prompt(6, 2, 3, 4, 40 + k);  // 19 tokens: 5 blocks of 4
+    const std::uint64_t seed = 50 + k;
+    refs.push_back(Reference(prompt, {{84, 56}}, {seed}, kMaxTokens));
+    ASSERT_EQ(refs.back().size(), static_cast<std::size_t>(kMaxTokens));
+
+    // The prompt's KV, computed directly on a pool of the same block size.
+    auto src_pool = *KvPool::Create(model_->PoolOptions(16, 4));
+    BlockTable src(src_pool.get());
+    ASSERT_TRUE(src.Reserve(static_cast<std::int64_t>(prompt.size())).ok());
+    auto rows = model_->vision()->Encode(Pixels(84, 56, seed), 84, 56);
+    ASSERT_TRUE(rows.ok());
+    std::vector<std::int32_t> at;
+    for (std::size_t p = 0; p < prompt.size(); ++p) {
+      if (prompt[p] == kImg) at.push_back(static_cast<std::int32_t>(p));
+    }
+    ForwardItem item{prompt, 0, &src, false};
+    item.embed_at = at;
+    item.embed_rows = *rows;
+    std::vector<float> logits;
+    ASSERT_TRUE(model_->Forward({&item, 1}, *src_pool, AttentionForm::kAbsorbed, &logits).ok());
+    ASSERT_EQ(rows->size(), at.size() * H);
+
+    std::promise<absl::StatusOr<Reservation>> reserved;
+    ASSERT_TRUE((*loop)
+                    ->Reserve(ReserveSpec{RequestId{k + 1}, prompt, 0, seconds(60), false},
+                              [&](absl::StatusOr<Reservation> r) { reserved.set_value(std::move(r)); })
+                    .ok());
+    absl::StatusOr<Reservation> target = reserved.get_future().get();
+    ASSERT_TRUE(target.ok()) << target.status();
+    std::promise<absl::Status> written;
+    const KvPool* from = src_pool.get();
+    const std::int64_t n = static_cast<std::int64_t>(prompt.size());
+    ASSERT_TRUE((*loop)
+                    ->WriteKv(
+                        target->id,
+                        [&](KvPool& pool, std::span<const BlockId> blocks) {
+                          const std::int64_t bs = pool.block_size(), dim = pool.entry_dim();
+                          for (std::int64_t l = 0; l < pool.num_layers(); ++l) {
+                            for (std::int64_t t = 0; t < n; ++t) {
+                              const float* e = from->layer(l) + (src.block(t / bs).value * bs + t % bs) * dim;
+                              std::memcpy(pool.entry(l, blocks[static_cast<std::size_t>(t / bs)], t % bs), e,
+                                          sizeof(float) * static_cast<std::size_t>(dim));
+                            }
+                          }
+                          return absl::OkStatus();
+                        },
+                        [&](absl::Status st) { written.set_value(st); })
+                    .ok());
+    ASSERT_TRUE(written.get_future().get().ok());
+
+    DecodeSpec ds;
+    ds.prompt = prompt;
+    ds.sampling.temperature = 0.0f;
+    ds.stop.max_tokens = kMaxTokens;
+    ds.stop.ignore_eos = true;
+    ds.images.push_back(Image(84, 56, seed, &calls[k]));
+    decodes.emplace_back(target->id, std::move(ds));
+  }
+  for (std::uint64_t k = 0; k < 2; ++k) {
+    auto stream = (*loop)->Decode(decodes[k].first, RequestId{k + 1}, refs[k][0], std::move(decodes[k].second));
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    streams.push_back(*stream);
+  }
+  for (std::size_t k = 0; k < 2; ++k) {
+    const Result r = Collect(*streams[k]);
+    EXPECT_TRUE(r.status.ok()) << k << ": " << r.status;
+    EXPECT_EQ(r.tokens, std::vector<std::int32_t>(refs[k].begin() + 1, refs[k].end())) << "request " << k + 1;
+  }
+  EXPECT_GT((*loop)->Stats().scheduler.preemptions, 0);
+  EXPECT_GE(calls[0].load() + calls[1].load(), 1) << "a preempted request decodes its image to recompute";
+  EXPECT_LE(calls[0].load(), 1);
+  EXPECT_LE(calls[1].load(), 1);
+  EXPECT_TRUE(PoolWhole(**loop));
 }
 
 }  // namespace
