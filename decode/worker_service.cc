@@ -965,6 +965,7 @@ wv1::Load WorkerService::CurrentLoad() {
   load.set_quarantined_blocks(static_cast<std::uint64_t>(stats.scheduler.quarantined_blocks));
   load.set_prefix_caching(engine_->pool().prefix_caching());  // an immutable option of the pool
   load.set_cached_blocks(static_cast<std::uint64_t>(stats.scheduler.cached_blocks));
+  load.set_supports_images(model().vision() != nullptr);
   load.set_model_fingerprint(options_.model_fingerprint);
   load.set_vocab_size(static_cast<std::int32_t>(model_->config().vocab_size));
   load.set_context_length(static_cast<std::int32_t>(model_->config().max_position_embeddings));

@@ -59,6 +59,7 @@ WorkerLoad FromProto(const wk::Load& load) {
   w.model_fingerprint = load.model_fingerprint();
   w.context_length = load.context_length();
   w.prefix_caching = load.prefix_caching();
+  w.supports_images = load.supports_images();
   w.cached_blocks = static_cast<std::int64_t>(load.cached_blocks());
   return w;
 }
@@ -1255,6 +1256,11 @@ absl::StatusOr<RouterService::RenderedPrompt> RouterService::RenderChatWithImage
   const v1::Limits& limits = shared_->limits;
   int num_images = 0;
   auto converted = ToTextRequest(request, limits, &num_images);
+  if (converted.ok() && num_images > 0 && !shared_->directory->ImagesSupported()) {
+    return InvalidFieldError("messages",
+                             "images are not supported by this deployment: its workers' model has no "
+                             "vision encoder");
+  }
   if (!converted.ok()) return converted.status();
   switch (request.reasoning_effort()) {
     case v1::REASONING_EFFORT_UNSPECIFIED:
@@ -1423,11 +1429,16 @@ grpc::ServerUnaryReactor* RouterService::GetModelInfo(grpc::CallbackServerContex
   response->add_supported_reasoning_efforts(v1::REASONING_EFFORT_NONE);
   if (shared_->syntax.begin_think >= 0) response->add_supported_reasoning_efforts(v1::REASONING_EFFORT_HIGH);
   response->set_default_reasoning_effort(o.default_reasoning_effort);
-  response->set_supports_images(shared_->image_token_id >= 0);
-  if (shared_->image_token_id >= 0) {
+  const bool images = shared_->image_token_id >= 0 && shared_->directory->ImagesSupported();
+  response->set_supports_images(images);
+  if (images) {
     for (std::string_view mime : kImageMimeTypes) response->add_image_mime_types(std::string(mime));
   }
   *response->mutable_limits() = shared_->limits;
+  if (!images) {
+    response->mutable_limits()->set_max_images(0);
+    response->mutable_limits()->set_max_image_bytes(0);
+  }
   // Prompt and output each leave room for at least one token of the other.
   auto* limits = response->mutable_limits();
   limits->set_max_prompt_tokens(std::min(limits->max_prompt_tokens(), context_length - 1));
@@ -1579,6 +1590,11 @@ void WorkerDirectory::Release(std::int64_t prompt_tokens) {
 std::vector<WorkerState> WorkerDirectory::Snapshot() {
   absl::MutexLock lock(&mu_);
   return pool_.Snapshot();
+}
+
+bool WorkerDirectory::ImagesSupported() {
+  absl::MutexLock lock(&mu_);
+  return pool_.ImagesSupported();
 }
 
 std::int64_t WorkerDirectory::WorkerContextLength() {

@@ -102,6 +102,8 @@ class WorkerDirectory {
   // The smallest context length a healthy worker reports (0 when none does):
   // a request the router admits must fit every worker it may go to.
   std::int64_t WorkerContextLength();
+  // WorkerPool::ImagesSupported.
+  bool ImagesSupported();
 
   // Polls GetLoad on every worker now (the loop's body).
   void PollOnce();

@@ -153,6 +153,16 @@ std::vector<WorkerState> WorkerPool::Snapshot() const {
   return out;
 }
 
+bool WorkerPool::ImagesSupported() const {
+  bool any = false;
+  for (const auto& [id, w] : workers_) {
+    if (!w.healthy) continue;
+    if (!w.load.supports_images) return false;
+    any = true;
+  }
+  return any;
+}
+
 std::int64_t WorkerPool::MinContextLength() const {
   std::int64_t least = 0;
   for (const auto& [id, w] : workers_) {

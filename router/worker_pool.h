@@ -59,6 +59,7 @@ struct WorkerLoad {
   std::int64_t context_length = 0;  // the worker's largest prompt + output (0: unknown)
   bool prefix_caching = false;      // the worker keeps a prefix cache
   std::int64_t cached_blocks = 0;   // blocks it holds published: no more of a prompt can be cached there
+  bool supports_images = false;     // its model has a vision encoder
 };
 
 struct WorkerState {
@@ -108,6 +109,8 @@ class WorkerPool {
   std::vector<WorkerState> Snapshot() const;
   // The smallest context length a healthy worker reports; 0 when none does.
   std::int64_t MinContextLength() const;
+  // Some worker is healthy and every healthy one takes images.
+  bool ImagesSupported() const;
   std::optional<WorkerState> Find(const WorkerId& id) const;
 
  private:

@@ -136,6 +136,7 @@ class FakeWorker final : public wk::Worker::Service {
     load->set_free_blocks(1000 - held_.size());
     load->set_block_size_tokens(16);
     load->set_context_length(context_length);
+    load->set_supports_images(supports_images);
     return grpc::Status::OK;
   }
 
@@ -158,6 +159,7 @@ class FakeWorker final : public wk::Worker::Service {
 
   std::atomic<int> reserves{0}, prefills{0}, prefills_with_target{0}, decodes{0}, local_prefills{0}, cancels{0};
   std::atomic<bool> abort_transfer{false}, unavailable_prefill{false}, full{false};
+  std::atomic<bool> supports_images{true};  // reported in Load
   std::atomic<int> token_delay_ms{0};
   std::atomic<std::int32_t> context_length{0};   // reported in Load (0: not reported)
   std::atomic<std::int64_t> last_max_tokens{0};  // of the last Decode
@@ -682,6 +684,32 @@ TEST_F(RouterServiceTest, BadImagesAreInvalidArgumentNamingTheField) {
   ChatResult r = RunChat(many);
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(r.status.error_message().find("limits.max_images"), std::string::npos) << r.status.error_message();
+  EXPECT_EQ(workers_[0].service->prefills, 0);
+}
+
+TEST_F(RouterServiceTest, ImagesNeedEveryWorkerToTakeThem) {
+  workers_.push_back(StartWorker(wk::WORKER_ROLE_PREFILL, Script("x"), "p0"));
+  workers_.push_back(StartWorker(wk::WORKER_ROLE_DECODE, Script("x"), "d0"));
+  workers_[1].service->supports_images = false;  // a text-only model
+  StartRouter({{workers_[0].address, WorkerRole::kPrefill, false}, {workers_[1].address, WorkerRole::kDecode, false}});
+  for (int i = 0; i < 250; ++i) {
+    const auto snapshot = directory_->Snapshot();
+    if (std::count_if(snapshot.begin(), snapshot.end(), [](const auto& w) { return w.healthy; }) == 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  grpc::ClientContext ictx;
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(&ictx, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_FALSE(info.supports_images());
+  EXPECT_EQ(info.limits().max_images(), 0);
+  EXPECT_EQ(info.image_mime_types_size(), 0);
+  v1::ChatRequest req = UserChat("Look.");
+  auto* image = req.mutable_messages(0)->add_content()->mutable_image();
+  image->set_data(PngHeader(8, 8));
+  image->set_mime_type("image/png");
+  ChatResult r = RunChat(req);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(r.status.error_message().find("no vision encoder"), std::string::npos) << r.status.error_message();
   EXPECT_EQ(workers_[0].service->prefills, 0);
 }
 
