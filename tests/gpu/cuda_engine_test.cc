@@ -14,6 +14,9 @@
 // continuations of 24 tokens must be identical. With bf16 weights the GPU's
 // logits must match the CPU engine's bf16 numerics.
 //
+// Vision: the `tiny` preset's Pixtral encoder on the GPU against the CPU's,
+// and the logits of a prompt with two images.
+//
 // Without a CUDA device every test reports SKIPPED.
 #include <gtest/gtest.h>
 
@@ -35,6 +38,7 @@
 #include "engine/kv_cache.h"
 #include "engine/mistral4.h"
 #include "engine/model_maker.h"
+#include "engine/pixtral.h"
 #include "engine/sampler.h"
 #include "tests/unit/kernels/kernel_test_util.h"
 
@@ -642,6 +646,76 @@ INSTANTIATE_TEST_SUITE_P(Presets, CudaModelTest, testing::Values("tiny", "tiny-n
                            std::replace(name.begin(), name.end(), '-', '_');
                            return name;
                          });
+
+// ---------------------------------------------------------------------------
+// Images: the `tiny` preset's vision encoder on the GPU against the CPU's, and
+// whole-model logits of a prompt whose [IMG] tokens take its rows.
+
+TEST(CudaVisionTest, EncoderAndImageLogitsMatchTheCpuEngine) {
+  if (!GpuAvailable()) GTEST_SKIP() << "no CUDA device";
+  const std::string dir = (std::filesystem::temp_directory_path() / "sirocco_cuda_engine_tiny_vision").string();
+  if (!std::filesystem::exists(dir + "/config.json")) {
+    auto config = PresetConfig("tiny");
+    ASSERT_TRUE(config.ok()) << config.status();
+    MakeModelOptions mo;
+    mo.seed = 11;
+    mo.dtype = DType::kBF16;
+    mo.vision = PresetVisionConfig("tiny");
+    SIROCCO_ASSERT_OK(MakeModel(*config, mo, dir));
+  }
+  const kernels::Backend cpu_backend =
+      kernels::Available(kernels::Backend::kAvx2) ? kernels::Backend::kAvx2 : kernels::Backend::kRef;
+  auto cpu = Mistral4Model::Load(dir, ModelOptions{.backend = cpu_backend, .device = nullptr});
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  auto device = MakeGpu();
+  ASSERT_TRUE(device.ok()) << device.status();
+  auto gpu = Mistral4Model::Load(dir, ModelOptions{.backend = cpu_backend, .device = *std::move(device)});
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  ASSERT_NE((*cpu)->vision(), nullptr);
+  ASSERT_NE((*gpu)->vision(), nullptr);
+
+  // Two images (84x56 and 308x140 pixels: 3x2 and 11x5 cells of 28), their
+  // placeholder grids between text tokens.
+  std::mt19937 rng(5u);
+  const std::int32_t img = static_cast<std::int32_t>((*cpu)->vision()->config().image_token_index);
+  std::vector<std::int32_t> prompt = {1, 1200, 1300};
+  std::vector<float> cpu_rows, gpu_rows;
+  for (auto [height, width] : {std::pair<int, int>{56, 84}, {140, 308}}) {
+    const std::vector<float> pixels = RandomVector(static_cast<std::size_t>(3 * height * width), rng, -2.0f, 2.0f);
+    auto want = (*cpu)->vision()->Encode(pixels, height, width);
+    auto got = (*gpu)->vision()->Encode(pixels, height, width);
+    ASSERT_TRUE(want.ok()) << want.status();
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_LE(NormalizedError(*got, *want), 2e-5) << height << "x" << width << " features";
+    cpu_rows.insert(cpu_rows.end(), want->begin(), want->end());
+    gpu_rows.insert(gpu_rows.end(), got->begin(), got->end());
+    for (int r = 0; r < height / 28; ++r) {
+      prompt.insert(prompt.end(), static_cast<std::size_t>(width / 28), img);
+      prompt.push_back(r + 1 == height / 28 ? 13 : 12);
+    }
+    prompt.insert(prompt.end(), {1400, 1500});
+  }
+  std::vector<std::int32_t> at;
+  for (std::size_t p = 0; p < prompt.size(); ++p) {
+    if (prompt[p] == img) at.push_back(static_cast<std::int32_t>(p));
+  }
+  for (AttentionForm form : {AttentionForm::kExpanded, AttentionForm::kAbsorbed}) {
+    auto cp = KvPool::Create((*cpu)->PoolOptions(16, 16));
+    auto gp = KvPool::Create((*gpu)->PoolOptions(16, 16), (*gpu)->device());
+    ASSERT_TRUE(cp.ok() && gp.ok());
+    BlockTable ct(cp->get()), gt(gp->get());
+    SIROCCO_ASSERT_OK(ct.Reserve(static_cast<std::int64_t>(prompt.size())));
+    SIROCCO_ASSERT_OK(gt.Reserve(static_cast<std::int64_t>(prompt.size())));
+    ForwardItem ci{prompt, 0, &ct, true}, gi{prompt, 0, &gt, true};
+    ci.embed_at = gi.embed_at = at;
+    ci.embed_rows = cpu_rows;
+    gi.embed_rows = gpu_rows;
+    std::vector<float> want, got;
+    SIROCCO_ASSERT_OK((*cpu)->Forward({&ci, 1}, **cp, form, &want));
+    SIROCCO_ASSERT_OK((*gpu)->Forward({&gi, 1}, **gp, form, &got));
+    EXPECT_LE(NormalizedError(got, want), 2e-4) << (form == AttentionForm::kExpanded ? "expanded" : "absorbed");
+  }
+}
 
 }  // namespace
 }  // namespace sirocco::engine
