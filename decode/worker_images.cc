@@ -2,6 +2,7 @@
 
 #include <memory>
 
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "engine/image/image.h"
 #include "services/status_mapping.h"
@@ -59,6 +60,9 @@ absl::StatusOr<std::vector<engine::ImageInput>> ToEngineImages(
           if (!rgb.ok()) return rgb.status();
           return image::PreprocessImage(*rgb, width, height);
         },
+        // The file's bytes identify the image (within this process: the key
+        // never leaves it). Never 0, which means unknown.
+        .content_hash = absl::HashOf(absl::string_view(*data)) | 1,
     });
   }
   return out;

@@ -250,10 +250,12 @@ void EngineLoop::Apply(Command& command) {
             return;
           }
           Live staged;
+          if (c.spec.cache_key_prompt.empty()) c.spec.cache_key_prompt = CacheKeyPrompt(c.spec.images, c.spec.prompt);
           staged.images = std::move(c.spec.images);
-          // A prefilling request's images are encoded before it queues, so
-          // a bad one fails it here rather than in a step.
-          if (absl::Status st = EncodeImages(staged, c.spec.prompt); !st.ok()) {
+          // Images that cannot fit the prompt fail it here; the pixels are
+          // asked for when a step first computes one of their tokens (never,
+          // when the prefix cache holds them all).
+          if (absl::Status st = PrepareImages(staged, c.spec.prompt); !st.ok()) {
             c.stream->Push(EndEvent(ExitReason::kFailed, std::move(st)));
             return;
           }
@@ -288,11 +290,15 @@ void EngineLoop::Apply(Command& command) {
           } else if (live_.contains(c.id)) {
             st = absl::AlreadyExistsError(absl::StrCat("request ", c.id.value, " already exists"));
           }
-          std::vector<ImageInput> images = std::move(c.spec.images);
-          if (st.ok() && !images.empty() && c.spec.prompt.empty()) {
+          Live staged;
+          staged.images = std::move(c.spec.images);
+          if (st.ok() && !staged.images.empty() && c.spec.prompt.empty()) {
             st = absl::InvalidArgumentError("images: a decode with images needs the prompt's ids");
           }
-          if (st.ok()) st = CheckImages(images, c.spec.prompt);
+          if (st.ok()) st = PrepareImages(staged, c.spec.prompt);
+          if (st.ok() && c.spec.cache_key_prompt.empty()) {
+            c.spec.cache_key_prompt = CacheKeyPrompt(staged.images, c.spec.prompt);
+          }
           if (st.ok()) {
             live_[c.id].stream = c.stream;  // before MarkKvArrived: it may exit at once
             st = scheduler_->MarkKvArrived(c.reservation, c.first_token, c.spec, now);
@@ -304,7 +310,8 @@ void EngineLoop::Apply(Command& command) {
           }
           if (const Scheduler::Sequence* s = scheduler_->Find(c.id)) {
             Live& live = live_[c.id];
-            live.images = std::move(images);  // encoded only if a recompute needs them
+            live.images = std::move(staged.images);  // encoded only if a recompute needs them
+            live.image_at = std::move(staged.image_at);
             live.sampler.emplace(s->sampling, s->prompt());
             live.sampler->Replay(c.first_token);  // sampled by the prefill worker, same seed
           }
@@ -363,9 +370,48 @@ absl::Status EngineLoop::CheckImages(std::span<const ImageInput> images, std::sp
   return absl::OkStatus();
 }
 
-absl::Status EngineLoop::EncodeImages(Live& live, std::span<const std::int32_t> prompt) {
+std::vector<std::int32_t> EngineLoop::CacheKeyPrompt(std::span<const ImageInput> images,
+                                                     std::span<const std::int32_t> prompt) const {
+  const PixtralEncoder* vision = model_.vision();
+  if (images.empty() || vision == nullptr || !CheckImages(images, prompt).ok()) return {};
+  for (const ImageInput& im : images) {
+    if (im.content_hash == 0) return {};
+  }
+  auto mix = [](std::uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+  };
+  const auto img = static_cast<std::int32_t>(vision->config().image_token_index);
+  std::vector<std::int32_t> key(prompt.begin(), prompt.end());
+  std::size_t image = 0;
+  std::int64_t index = 0;  // of the token within its image
+  for (std::int32_t& t : key) {
+    if (t != img) continue;
+    const ImageInput& im = images[image];
+    // An id < 0 from the image and the token's place in it.
+    t = -1 - static_cast<std::int32_t>(mix(im.content_hash ^ mix(static_cast<std::uint64_t>(index))) & 0x7fffffff);
+    if (++index == vision->tokens_for(im.height, im.width)) {
+      ++image;
+      index = 0;
+    }
+  }
+  return key;
+}
+
+absl::Status EngineLoop::PrepareImages(Live& live, std::span<const std::int32_t> prompt) const {
   SIROCCO_RETURN_IF_ERROR(CheckImages(live.images, prompt));
+  live.image_at.clear();
   if (live.images.empty()) return absl::OkStatus();
+  const auto img = static_cast<std::int32_t>(model_.vision()->config().image_token_index);
+  for (std::size_t p = 0; p < prompt.size(); ++p) {
+    if (prompt[p] == img) live.image_at.push_back(static_cast<std::int64_t>(p));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EngineLoop::EncodeImages(Live& live) {
   PixtralEncoder* vision = model_.vision();
   std::vector<float> rows;
   for (std::size_t i = 0; i < live.images.size(); ++i) {
@@ -378,11 +424,6 @@ absl::Status EngineLoop::EncodeImages(Live& live, std::span<const std::int32_t> 
       return absl::Status(features.status().code(), absl::StrCat("images[", i, "]: ", features.status().message()));
     }
     rows.insert(rows.end(), features->begin(), features->end());
-  }
-  const auto img = static_cast<std::int32_t>(vision->config().image_token_index);
-  live.image_at.clear();
-  for (std::size_t p = 0; p < prompt.size(); ++p) {
-    if (prompt[p] == img) live.image_at.push_back(static_cast<std::int64_t>(p));
   }
   live.image_rows = std::move(rows);
   return absl::OkStatus();
@@ -399,12 +440,17 @@ void EngineLoop::RunStep(StepPlan& plan) {
       it->second.stream->MarkStarted(step_start, s->num_cached);
     }
   }
-  // A decode worker's request recomputed after preemption needs its images'
-  // features now; one that cannot have them fails alone.
+  // A chunk that computes image tokens needs its request's image features:
+  // encoded now, the first time (for a decode worker, only to recompute a
+  // preempted request). A request whose images cannot be had fails alone.
   std::erase_if(plan.prefill, [&](const PrefillChunk& c) {
     auto it = live_.find(c.id);
-    if (it == live_.end() || it->second.images.empty() || !it->second.image_rows.empty()) return false;
-    absl::Status st = EncodeImages(it->second, scheduler_->Find(c.id)->prompt());
+    if (it == live_.end() || it->second.image_at.empty() || !it->second.image_rows.empty()) return false;
+    const std::vector<std::int64_t>& at = it->second.image_at;
+    if (std::lower_bound(at.begin(), at.end(), c.start) == std::lower_bound(at.begin(), at.end(), c.start + c.len)) {
+      return false;  // no image token in this chunk
+    }
+    absl::Status st = EncodeImages(it->second);
     if (st.ok()) return false;
     (void)scheduler_->Fail(c.id, std::move(st));
     return true;
@@ -429,12 +475,14 @@ void EngineLoop::RunStep(StepPlan& plan) {
       const Live& live = it->second;
       const auto first = std::lower_bound(live.image_at.begin(), live.image_at.end(), c.start);
       const auto last = std::lower_bound(first, live.image_at.end(), c.start + c.len);
-      for (auto p = first; p != last; ++p) embed_at[ci].push_back(static_cast<std::int32_t>(*p - c.start));
-      const std::size_t hidden = static_cast<std::size_t>(model_.config().hidden_size);
-      items.back().embed_at = embed_at[ci];
-      items.back().embed_rows =
-          std::span<const float>(live.image_rows)
-              .subspan(static_cast<std::size_t>(first - live.image_at.begin()) * hidden, embed_at[ci].size() * hidden);
+      if (first != last) {
+        for (auto p = first; p != last; ++p) embed_at[ci].push_back(static_cast<std::int32_t>(*p - c.start));
+        const std::size_t hidden = static_cast<std::size_t>(model_.config().hidden_size);
+        items.back().embed_at = embed_at[ci];
+        items.back().embed_rows = std::span<const float>(live.image_rows)
+                                      .subspan(static_cast<std::size_t>(first - live.image_at.begin()) * hidden,
+                                               embed_at[ci].size() * hidden);
+      }
     }
     if (s->prefill_only && options_.on_layer_kv_written) {
       // A prefix found in the cache goes out with the first computed chunk.

@@ -245,8 +245,15 @@ class EngineLoop {
   // INVALID_ARGUMENT unless `images` fit the model and the prompt's image
   // tokens, one per feature row.
   absl::Status CheckImages(std::span<const ImageInput> images, std::span<const std::int32_t> prompt) const;
+  // RequestSpec::cache_key_prompt for `prompt` and its images; empty when
+  // an image has no content hash (or they do not fit).
+  std::vector<std::int32_t> CacheKeyPrompt(std::span<const ImageInput> images,
+                                           std::span<const std::int32_t> prompt) const;
+  // CheckImages, then records the prompt positions of the image tokens
+  // (live.image_at).
+  absl::Status PrepareImages(Live& live, std::span<const std::int32_t> prompt) const;
   // Runs the vision encoder on `live.images` (pixels asked for now).
-  absl::Status EncodeImages(Live& live, std::span<const std::int32_t> prompt);
+  absl::Status EncodeImages(Live& live);
   // The row to sample for request `id` (taking its RNG draw for this step).
   RowSample Draw(RequestId id, std::int64_t row);
   // Applies a sampled token: the request's history, the plan, its stream.

@@ -24,6 +24,10 @@ struct ImageInput {
   // features are first needed (a decode worker needs them only to recompute
   // a preempted request), so a caller may defer decoding the file to it.
   std::function<absl::StatusOr<std::vector<float>>()> pixels;
+  // Identifies the image's content (a hash of its file): prompts with the
+  // same image share its KV blocks through the prefix cache. 0: unknown,
+  // nothing from the image on is cached.
+  std::uint64_t content_hash = 0;
 };
 
 }  // namespace sirocco::engine

@@ -112,11 +112,13 @@ absl::Status Scheduler::AddRequest(RequestId id, RequestSpec spec, SchedTime now
     return absl::ResourceExhaustedError(
         absl::StrCat("queue full: ", waiting_.size(), " requests waiting (max_waiting ", options_.max_waiting, ")"));
   }
+  SIROCCO_RETURN_IF_ERROR(ValidateCacheKey(spec.prompt, spec.cache_key_prompt));
   auto s = std::make_unique<Sequence>(pool_);
   s->id = id;
   s->state = RequestState::kQueued;
   s->prompt_len = static_cast<std::int64_t>(spec.prompt.size());
   s->tokens = std::move(spec.prompt);
+  s->cache_key_prompt = std::move(spec.cache_key_prompt);
   s->sampling = spec.sampling;
   s->stop = std::move(spec.stop);
   s->deadline = spec.deadline;
@@ -197,12 +199,15 @@ absl::Status Scheduler::MarkKvArrived(ReservationId rid, std::int32_t first_toke
     }
   }
   if (spec.deadline <= now) return absl::DeadlineExceededError("deadline passed before decoding started");
+  SIROCCO_RETURN_IF_ERROR(ValidateCacheKey(spec.prompt.empty() ? std::span<const std::int32_t>(r.prompt) : spec.prompt,
+                                           spec.cache_key_prompt));
 
   auto s = std::make_unique<Sequence>(pool_);
   s->id = r.info.request;
   s->state = RequestState::kDecoding;
   s->prompt_len = prompt_len;
   s->tokens = spec.prompt.empty() ? std::move(r.prompt) : spec.prompt;
+  s->cache_key_prompt = spec.cache_key_prompt;
   s->tokens.push_back(first_token);
   s->num_computed = prompt_len;
   s->blocks = std::move(r.blocks);
@@ -362,8 +367,8 @@ StepPlan Scheduler::Schedule(SchedTime now) {
   if (plan.preempted.empty()) {
     while (!waiting_.empty() && budget > 0 && seqs > 0) {
       Sequence* s = waiting_.front();
-      absl::StatusOr<PrefixMatch> match =
-          TakeBlocks(s->blocks, s->tokens, static_cast<std::int64_t>(s->tokens.size()), /*match=*/true);
+      const std::int64_t total = static_cast<std::int64_t>(s->tokens.size());
+      absl::StatusOr<PrefixMatch> match = TakeBlocks(s->blocks, CacheKeyTokens(*s, 0, total), total, /*match=*/true);
       if (!match.ok()) break;
       s->num_published = static_cast<std::int64_t>(match->blocks.size());
       s->num_computed = s->num_cached = s->num_published * pool_->block_size();
@@ -512,6 +517,33 @@ absl::StatusOr<PrefixMatch> Scheduler::TakeBlocks(BlockTable& table, std::span<c
   return match;
 }
 
+std::vector<std::int32_t> Scheduler::CacheKeyTokens(const Sequence& s, std::int64_t begin, std::int64_t end) const {
+  std::vector<std::int32_t> out(s.tokens.begin() + begin, s.tokens.begin() + end);
+  if (!s.cache_key_prompt.empty()) {
+    for (std::int64_t i = begin; i < std::min(end, s.prompt_len); ++i) {
+      out[static_cast<std::size_t>(i - begin)] = s.cache_key_prompt[static_cast<std::size_t>(i)];
+    }
+  }
+  return out;
+}
+
+absl::Status Scheduler::ValidateCacheKey(std::span<const std::int32_t> prompt,
+                                         std::span<const std::int32_t> key) const {
+  if (key.empty()) return absl::OkStatus();
+  if (key.size() != prompt.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cache_key_prompt: ", key.size(), " ids for a prompt of ", prompt.size()));
+  }
+  for (std::size_t i = 0; i < key.size(); ++i) {
+    const bool image = options_.image_token_id >= 0 && prompt[i] == options_.image_token_id;
+    if (image ? key[i] >= 0 : key[i] != prompt[i]) {
+      return absl::InvalidArgumentError(absl::StrCat("cache_key_prompt[", i, "]: ", key[i], " for prompt id ",
+                                                     prompt[i], " (only image tokens are replaced, by ids < 0)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::size_t Scheduler::CacheableLength(std::span<const std::int32_t> tokens) const {
   if (options_.image_token_id < 0) return tokens.size();
   return static_cast<std::size_t>(std::find(tokens.begin(), tokens.end(), options_.image_token_id) - tokens.begin());
@@ -521,8 +553,7 @@ void Scheduler::PublishComputed(Sequence* s) {
   if (!pool_->prefix_caching()) return;
   const std::int64_t bs = pool_->block_size();
   while ((s->num_published + 1) * bs <= s->num_computed) {
-    const std::span<const std::int32_t> tokens = std::span<const std::int32_t>(s->tokens).subspan(
-        static_cast<std::size_t>(s->num_published * bs), static_cast<std::size_t>(bs));
+    const std::vector<std::int32_t> tokens = CacheKeyTokens(*s, s->num_published * bs, (s->num_published + 1) * bs);
     // A block holding an image token ends the sequence's cacheable prefix.
     if (CacheableLength(tokens) < tokens.size()) return;
     s->prefix = pool_->Publish(s->prefix, s->blocks.block(s->num_published), tokens);

@@ -131,6 +131,12 @@ struct RequestSpec {
   // (SchedulerOptions::image_token_id). The engine loop keeps them; the
   // scheduler never reads them.
   std::vector<ImageInput> images;
+  // The ids the prefix cache keys the prompt by: `prompt` with each image
+  // placeholder replaced by a negative id derived from its image's content
+  // and its place in the image (the engine loop's CacheKeyPrompt), so that
+  // blocks with the same image are shared. Empty: `prompt`, and nothing from
+  // the first image placeholder on is cached.
+  std::vector<std::int32_t> cache_key_prompt;
 };
 
 // Blocks held for a request whose prompt KV a prefill worker will write.
@@ -170,6 +176,8 @@ struct DecodeSpec {
   // The prompt's images (RequestSpec::images), for a recompute after
   // preemption: their pixels are asked for only then.
   std::vector<ImageInput> images;
+  // As RequestSpec::cache_key_prompt (with `prompt`, or the reservation's).
+  std::vector<std::int32_t> cache_key_prompt;
 };
 
 // One sequence's share of a step. The runner fills `token` with the token it
@@ -252,6 +260,9 @@ class Scheduler {
     std::int32_t replayed = 0;         // RequestSpec::replayed
     std::uint64_t arrival = 0;         // order of arrival; ties of priority break on it
     std::int64_t num_preemptions = 0;
+
+    // RequestSpec::cache_key_prompt (empty: the prompt itself).
+    std::vector<std::int32_t> cache_key_prompt;
 
     std::span<const std::int32_t> prompt() const {
       return std::span<const std::int32_t>(tokens).first(static_cast<std::size_t>(prompt_len));
@@ -349,8 +360,14 @@ class Scheduler {
   absl::StatusOr<PrefixMatch> TakeBlocks(BlockTable& table, std::span<const std::int32_t> prompt,
                                          std::int64_t capacity_tokens, bool match_prefix);
   // The leading tokens the prefix cache may hold: those before the first
-  // image token.
+  // image token (a cache key prompt has none).
   std::size_t CacheableLength(std::span<const std::int32_t> tokens) const;
+  // The ids the prefix cache keys tokens [begin, end) of `s` by: its
+  // tokens, the prompt's from its cache key prompt when it has one.
+  std::vector<std::int32_t> CacheKeyTokens(const Sequence& s, std::int64_t begin, std::int64_t end) const;
+  // INVALID_ARGUMENT unless `key` is empty or `prompt` with only image
+  // placeholders replaced, by negative ids.
+  absl::Status ValidateCacheKey(std::span<const std::int32_t> prompt, std::span<const std::int32_t> key) const;
   // Publishes every block of `s` that is full and computed (up to its first
   // image token).
   void PublishComputed(Sequence* s);

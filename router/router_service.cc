@@ -13,6 +13,7 @@
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/channel_arguments.h>
 
+#include "absl/hash/hash.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -83,9 +84,11 @@ struct Job {
   // each one's field in the request (a worker's "images[i]" error names it).
   std::vector<wk::ImageInput> images;
   std::vector<std::string> image_fields;
-  // Leading prompt tokens a worker's prefix cache can hold: those before the
-  // first image placeholder (whose KV depends on the image).
-  std::size_t cacheable = 0;
+  // The ids the router's prefix estimates key the prompt by: `prompt` with
+  // each image placeholder replaced by a negative id from the image's bytes
+  // and its place in the image (a block's KV depends on the image, not the
+  // placeholder). Empty: `prompt`.
+  std::vector<std::int32_t> cache_key;
   wk::SamplingParams sampling;
   wk::StopParams stop;
   std::vector<std::string> stop_strings;
@@ -124,6 +127,30 @@ absl::Status ValidateRequestId(const std::string& id, const v1::Limits& limits) 
     if (c < 0x21 || c > 0x7e) return InvalidFieldError("request_id", "must be printable ASCII (0x21-0x7e)");
   }
   return absl::OkStatus();
+}
+
+// Job::cache_key for a prompt and its images (placeholder grids checked by
+// the render).
+std::vector<std::int32_t> ImageCacheKey(const std::vector<std::int32_t>& prompt,
+                                        const std::vector<wk::ImageInput>& images) {
+  auto mix = [](std::uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+  };
+  std::vector<std::int32_t> key = prompt;
+  for (const wk::ImageInput& im : images) {
+    const std::uint64_t hash = absl::HashOf(absl::string_view(im.data()));
+    std::uint64_t index = 0;
+    for (std::uint32_t r = 0; r < im.grid_height(); ++r) {
+      for (std::uint32_t c = 0; c < im.grid_width(); ++c) {
+        const std::size_t p = im.token_offset() + r * (im.grid_width() + 1) + c;
+        if (p < key.size()) key[p] = -1 - static_cast<std::int32_t>(mix(hash ^ mix(index++)) & 0x7fffffff);
+      }
+    }
+  }
+  return key;
 }
 
 // Everything but the prompt: sampling, stop and output options.
@@ -182,7 +209,6 @@ absl::StatusOr<Job> ResolveJob(const v1::SamplingParams& sampling, const v1::Sto
     return InvalidFieldError("output.top_logprobs", "requires output.logprobs");
 
   job.prompt = std::move(prompt);
-  job.cacheable = job.prompt.size();
   job.stop.set_max_tokens(static_cast<std::uint32_t>(max_tokens));
   job.stop.set_ignore_eos(stop.ignore_eos());
   job.include_stop_string = stop.include_stop_string();
@@ -528,7 +554,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     // less than a remote prefill plus its transfer.
     colocated_ = decode->role == WorkerRole::kBoth;
     std::int64_t cached = 0;
-    if (!colocated_) cached = shared_->directory->CachedOnDecode(decode_id_, CacheablePrompt());
+    if (!colocated_) cached = shared_->directory->CachedOnDecode(decode_id_, CacheKeyPrompt());
     if (colocated_ || (cached > 0 && prompt_tokens_ - cached <= shared_->options.local_prefill_max_tokens)) {
       prefill_id_ = decode_id_;
       local_prefill_ = true;
@@ -667,14 +693,12 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     });
   }
 
-  // The prompt's leading tokens a worker's prefix cache can hold.
-  std::span<const std::int32_t> CacheablePrompt() const {
-    return std::span<const std::int32_t>(job_.prompt).first(std::min(job_.cacheable, job_.prompt.size()));
-  }
+  // What the prefix estimates key the prompt by (Job::cache_key).
+  std::span<const std::int32_t> CacheKeyPrompt() const { return job_.cache_key.empty() ? job_.prompt : job_.cache_key; }
 
   // Disaggregated: Prefill on a prefill worker, its KV into the reservation.
   void StartPrefillLocked() {
-    auto prefill = shared_->directory->PickPrefill(job_.prompt, excluded_prefill_, job_.cacheable);
+    auto prefill = shared_->directory->PickPrefill(CacheKeyPrompt(), excluded_prefill_);
     if (!prefill.ok()) {
       // No healthy prefill worker (all lost, or this one's retries spent):
       // the decode worker prefills itself rather than fail the request.
@@ -815,8 +839,8 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
       // What the decode worker's pool now holds: the prompt and every token
       // fed back (all but the last).
       if (!all_ids_.empty()) {
-        std::vector<std::int32_t> held(CacheablePrompt().begin(), CacheablePrompt().end());
-        if (job_.images.empty()) held.insert(held.end(), all_ids_.begin(), all_ids_.end() - 1);
+        std::vector<std::int32_t> held(CacheKeyPrompt().begin(), CacheKeyPrompt().end());
+        held.insert(held.end(), all_ids_.begin(), all_ids_.end() - 1);
         shared_->directory->RecordDecoded(decode_id_, held);
       }
       finished_normally_ = true;
@@ -1336,7 +1360,7 @@ grpc::ServerWriteReactor<v1::ChatResponse>* RouterService::Chat(grpc::CallbackSe
       resolved->chat = true;
       resolved->images = std::move(rendered->images);
       resolved->image_fields = std::move(rendered->image_fields);
-      if (!resolved->images.empty()) resolved->cacheable = resolved->images.front().token_offset();
+      if (!resolved->images.empty()) resolved->cache_key = ImageCacheKey(resolved->prompt, resolved->images);
     }
     return resolved;
   }();
@@ -1547,9 +1571,9 @@ absl::StatusOr<WorkerState> WorkerDirectory::PickDecode(std::int64_t blocks) {
 }
 
 absl::StatusOr<WorkerId> WorkerDirectory::PickPrefill(std::span<const std::int32_t> prompt,
-                                                      const std::set<WorkerId>& exclude, std::size_t cacheable) {
+                                                      const std::set<WorkerId>& exclude) {
   absl::MutexLock lock(&mu_);
-  return pool_.PickPrefill(prompt, exclude, cacheable);
+  return pool_.PickPrefill(prompt, exclude);
 }
 
 std::int64_t WorkerDirectory::CachedOnDecode(const WorkerId& id, std::span<const std::int32_t> prompt) {

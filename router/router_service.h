@@ -85,8 +85,7 @@ class WorkerDirectory {
   // Picks the decode worker (possibly role BOTH) for `blocks` KV blocks.
   absl::StatusOr<WorkerState> PickDecode(std::int64_t blocks);
   // Prefix-aware: see WorkerPool's policy.
-  absl::StatusOr<WorkerId> PickPrefill(std::span<const std::int32_t> prompt, const std::set<WorkerId>& exclude,
-                                       std::size_t cacheable = SIZE_MAX);
+  absl::StatusOr<WorkerId> PickPrefill(std::span<const std::int32_t> prompt, const std::set<WorkerId>& exclude);
   void DoneDecode(const WorkerId& id, std::int64_t blocks);
   std::int64_t CachedOnDecode(const WorkerId& id, std::span<const std::int32_t> prompt);
   void RecordDecoded(const WorkerId& id, std::span<const std::int32_t> tokens);

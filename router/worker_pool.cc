@@ -75,15 +75,13 @@ absl::StatusOr<WorkerId> WorkerPool::PickDecode(std::int64_t blocks_needed) {
 }
 
 absl::StatusOr<WorkerId> WorkerPool::PickPrefill(std::span<const std::int32_t> prompt,
-                                                 const std::set<WorkerId>& exclude, std::size_t cacheable) {
+                                                 const std::set<WorkerId>& exclude) {
   const auto prompt_tokens = static_cast<std::int64_t>(prompt.size());
-  const std::span<const std::int32_t> cacheable_prompt = prompt.first(std::min(cacheable, prompt.size()));
   // Block hashes per block size (workers normally share one).
   std::map<std::int64_t, std::vector<std::uint64_t>> hashes;
   auto hashes_for = [&](std::int64_t block_size) -> const std::vector<std::uint64_t>& {
     auto it = hashes.find(block_size);
-    if (it == hashes.end())
-      it = hashes.emplace(block_size, PrefixIndex::BlockHashes(cacheable_prompt, block_size)).first;
+    if (it == hashes.end()) it = hashes.emplace(block_size, PrefixIndex::BlockHashes(prompt, block_size)).first;
     return it->second;
   };
   WorkerState* best = nullptr;

@@ -88,11 +88,10 @@ class WorkerPool {
   // UNAVAILABLE when no decode worker is healthy; RESOURCE_EXHAUSTED when
   // none has room for `blocks_needed`.
   absl::StatusOr<WorkerId> PickDecode(std::int64_t blocks_needed);
-  // Records the prompt's full blocks as sent to the worker it picks. Only
-  // the first `cacheable` tokens count (a worker caches nothing from an
-  // image placeholder on).
-  absl::StatusOr<WorkerId> PickPrefill(std::span<const std::int32_t> prompt, const std::set<WorkerId>& exclude,
-                                       std::size_t cacheable = SIZE_MAX);
+  // Records the prompt's full blocks as sent to the worker it picks.
+  // `prompt` is what the estimates key it by (a prompt with images: its
+  // placeholders replaced by ids of the images).
+  absl::StatusOr<WorkerId> PickPrefill(std::span<const std::int32_t> prompt, const std::set<WorkerId>& exclude);
   // Tokens of `prompt`'s leading full blocks that decode worker `id` likely
   // holds (never the last token); 0 when prefix routing is off.
   std::int64_t CachedOnDecode(const WorkerId& id, std::span<const std::int32_t> prompt) const;

@@ -353,6 +353,13 @@ class RouterClusterTest : public ::testing::Test {
       ASSERT_TRUE(r.status.ok()) << name << ": " << r.status.error_message();
       EXPECT_EQ(r.final.usage().prompt_tokens(), static_cast<int>(ids.size()));
       EXPECT_EQ(r.ids, ReferenceWithImage(ids, file, 6)) << name;
+      // The same request again: every full block but the last token's comes
+      // from the prefill worker's cache, the image's included (keyed by the
+      // image's bytes), and the answer is the same.
+      Result again = RunChat(req);
+      ASSERT_TRUE(again.status.ok()) << name << ": " << again.status.error_message();
+      EXPECT_EQ(again.ids, r.ids) << name;
+      EXPECT_EQ(again.final.usage().cached_tokens(), (static_cast<int>(ids.size()) - 1) / 8 * 8) << name;
 
       // The same header with its pixel data cut off: sized, but undecodable.
       image->set_data(bytes.substr(0, bytes.size() / 2));

@@ -105,13 +105,16 @@ class EngineLoopImagesTest : public ::testing::Test {
     o.prefix_caching = prefix_caching;
     return o;
   }
-  static ImageInput Image(int height, int width, std::uint64_t seed, std::atomic<int>* calls = nullptr) {
+  // `hash`: ImageInput::content_hash (0: unknown).
+  static ImageInput Image(int height, int width, std::uint64_t seed, std::atomic<int>* calls = nullptr,
+                          std::uint64_t hash = 0) {
     return ImageInput{.height = height,
                       .width = width,
                       .pixels = [height, width, seed, calls]() -> absl::StatusOr<std::vector<float>> {
                         if (calls != nullptr) ++*calls;
                         return Pixels(height, width, seed);
-                      }};
+                      },
+                      .content_hash = hash};
   }
   static RequestSpec Spec(std::vector<std::int32_t> prompt, std::vector<ImageInput> images, int max_tokens) {
     RequestSpec r;
@@ -359,6 +362,34 @@ TEST_F(EngineLoopImagesTest, ADecodeWorkerDecodesImagesOnlyToRecomputeAPreempted
   EXPECT_GE(calls[0].load() + calls[1].load(), 1) << "a preempted request decodes its image to recompute";
   EXPECT_LE(calls[0].load(), 1);
   EXPECT_LE(calls[1].load(), 1);
+  EXPECT_TRUE(PoolWhole(**loop));
+}
+
+TEST_F(EngineLoopImagesTest, ThePrefixCacheSharesTheBlocksOfTheSameImage) {
+  // A conversation's next turn: the same image (same content hash) in the
+  // same place. Its blocks come from the cache, the answer is unchanged; a
+  // different image (another hash) with the same ids reuses only the text
+  // before it.
+  const auto prompt = Prompt(9, 2, 3, 4, 7);
+  const auto ref = Reference(prompt, {{84, 56}}, {31}, 5);
+  const auto other_ref = Reference(prompt, {{84, 56}}, {32}, 5);
+  ASSERT_NE(ref, other_ref);
+  auto loop = EngineLoop::Create(Options(/*prefix_caching=*/true));
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  std::atomic<int> calls = 0;
+  auto run = [&](std::uint64_t id, std::uint64_t seed, std::uint64_t hash) {
+    auto s = (*loop)->Submit(RequestId{id}, Spec(prompt, {Image(84, 56, seed, &calls, hash)}, 5));
+    EXPECT_TRUE(s.ok()) << s.status();
+    const Result r = Collect(**s);
+    EXPECT_TRUE(r.status.ok()) << r.status;
+    return std::make_pair(r.tokens, (*s)->cached_tokens());
+  };
+  EXPECT_EQ(run(1, 31, 0xabc), std::make_pair(ref, std::int64_t{0}));
+  // 9 text tokens + 3 rows of (2 [IMG] + 1) + 4 = 22 tokens: 5 full blocks,
+  // all cached but the one holding the last token.
+  EXPECT_EQ(run(2, 31, 0xabc), std::make_pair(ref, std::int64_t{20}));
+  EXPECT_EQ(run(3, 32, 0xdef), std::make_pair(other_ref, std::int64_t{8}));
+  EXPECT_EQ(calls.load(), 2) << "the second request's image tokens all came from the cache: never decoded";
   EXPECT_TRUE(PoolWhole(**loop));
 }
 

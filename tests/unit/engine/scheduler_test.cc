@@ -990,5 +990,45 @@ TEST_F(SchedulerTest, FailEndsARequestWithItsStatus) {
   ExpectPoolWhole();
 }
 
+TEST_F(SchedulerTest, ACacheKeyPromptSharesBlocksWithTheSameImageOnly) {
+  constexpr std::int32_t kImg = 99;
+  opts_.image_token_id = kImg;
+  Make(64, 4, /*budget=*/32, /*max_seqs=*/8, /*prefix_caching=*/true);
+  RequestSpec a = Spec(14, 2);
+  for (std::size_t i = 6; i < 10; ++i) a.prompt[i] = kImg;
+  auto keyed = [&](std::int32_t image_id) {
+    RequestSpec r = a;
+    r.cache_key_prompt = a.prompt;
+    for (std::size_t i = 6; i < 10; ++i) r.cache_key_prompt[i] = image_id - static_cast<std::int32_t>(i);
+    return r;
+  };
+  ASSERT_TRUE(Add(1, keyed(-100)).ok());
+  Step();
+  EXPECT_EQ(sched_->Find(RequestId{1})->num_published, 3) << "blocks 0..2 are full and keyed";
+  // The same image: blocks 0..2 (tokens 0..11) come from the cache.
+  ASSERT_TRUE(Add(2, keyed(-100)).ok());
+  StepPlan p = Step();
+  ASSERT_EQ(p.prefill.size(), 1u);
+  EXPECT_EQ(p.prefill[0].start, 12);
+  // Another image with the same ids: only block 0, before the image.
+  ASSERT_TRUE(Add(3, keyed(-200)).ok());
+  p = Step();
+  ASSERT_EQ(p.prefill.size(), 1u);
+  EXPECT_EQ(p.prefill[0].start, 4);
+  RunToIdle();
+  ExitsById();
+  // A key that replaces a text token, or an image token by an id >= 0, is refused.
+  RequestSpec bad = keyed(-100);
+  bad.cache_key_prompt[0] = -5;
+  EXPECT_EQ(Add(4, bad).code(), absl::StatusCode::kInvalidArgument);
+  bad = keyed(-100);
+  bad.cache_key_prompt[7] = 3;
+  EXPECT_EQ(Add(5, bad).code(), absl::StatusCode::kInvalidArgument);
+  bad = keyed(-100);
+  bad.cache_key_prompt.pop_back();
+  EXPECT_EQ(Add(6, bad).code(), absl::StatusCode::kInvalidArgument);
+  ExpectPoolWhole();
+}
+
 }  // namespace
 }  // namespace sirocco::engine
