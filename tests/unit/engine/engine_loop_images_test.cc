@@ -224,9 +224,11 @@ TEST_F(EngineLoopImagesTest, ThePrefixCacheDoesNotReuseAnotherImagesKv) {
 }
 
 TEST_F(EngineLoopImagesTest, BadImagesFailTheirRequestOnly) {
+  const auto prompt = Prompt(3, 2, 3, 2, 5);
+  // Before the loop exists: the model is the engine thread's once it runs.
+  const auto ref = Reference(prompt, {{84, 56}}, {3}, 3);
   auto loop = EngineLoop::Create(Options());
   ASSERT_TRUE(loop.ok()) << loop.status();
-  const auto prompt = Prompt(3, 2, 3, 2, 5);
   auto expect_invalid = [&](std::uint64_t id, RequestSpec spec, const std::string& says) {
     auto s = (*loop)->Submit(RequestId{id}, std::move(spec));
     ASSERT_TRUE(s.ok()) << s.status();
@@ -252,7 +254,7 @@ TEST_F(EngineLoopImagesTest, BadImagesFailTheirRequestOnly) {
   // A good request still runs.
   auto good = (*loop)->Submit(RequestId{6}, Spec(prompt, {Image(84, 56, 3)}, 3));
   ASSERT_TRUE(good.ok());
-  EXPECT_EQ(Collect(**good).tokens, Reference(prompt, {{84, 56}}, {3}, 3));
+  EXPECT_EQ(Collect(**good).tokens, ref);
   EXPECT_TRUE(PoolWhole(**loop));
 }
 
@@ -289,6 +291,8 @@ TEST_F(EngineLoopImagesTest, ADecodeWorkerDecodesImagesOnlyToRecomputeAPreempted
   std::vector<std::vector<std::int32_t>> refs;
   std::vector<std::pair<ReservationId, DecodeSpec>> decodes;  // started together once both KVs are in
   std::atomic<int> calls[2] = {0, 0};
+  // The loop runs no request until the Decodes below (Reserve and WriteKv
+  // do not touch the model), so this thread may use the model until then.
   for (std::uint64_t k = 0; k < 2; ++k) {
     const auto prompt = Prompt(6, 2, 3, 4, 40 + k);  // 19 tokens: 5 blocks of 4
     const std::uint64_t seed = 50 + k;
