@@ -66,6 +66,9 @@ absl::StatusOr<engine::ModelOptions> ParseBackend(Flags& f) {
   engine::ModelOptions options{.backend = kernels::Available(kernels::Backend::kAvx2) ? kernels::Backend::kAvx2
                                                                                        : kernels::Backend::kRef,
                                .device = nullptr};
+  // logits and generate take token ids only: a multimodal checkpoint's
+  // vision encoder is not loaded (nor needed to be complete).
+  options.load_vision = false;
   if (auto w = f.Get("weights")) {
     absl::StatusOr<engine::WeightType> type = engine::ParseWeightType(*w);
     if (!type.ok()) return absl::InvalidArgumentError(absl::StrCat("--weights: ", type.status().message()));
