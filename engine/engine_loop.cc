@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/check.h"
+#include "engine/mix64.h"
 #include "engine/pixtral.h"
 #include "engine/status_macros.h"
 
@@ -377,12 +378,6 @@ std::vector<std::int32_t> EngineLoop::CacheKeyPrompt(std::span<const ImageInput>
   for (const ImageInput& im : images) {
     if (im.content_hash == 0) return {};
   }
-  auto mix = [](std::uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-  };
   const auto img = static_cast<std::int32_t>(vision->config().image_token_index);
   std::vector<std::int32_t> key(prompt.begin(), prompt.end());
   std::size_t image = 0;
@@ -390,8 +385,7 @@ std::vector<std::int32_t> EngineLoop::CacheKeyPrompt(std::span<const ImageInput>
   for (std::int32_t& t : key) {
     if (t != img) continue;
     const ImageInput& im = images[image];
-    // An id < 0 from the image and the token's place in it.
-    t = -1 - static_cast<std::int32_t>(mix(im.content_hash ^ mix(static_cast<std::uint64_t>(index))) & 0x7fffffff);
+    t = ImagePlaceholderKey(im.content_hash, static_cast<std::uint64_t>(index));
     if (++index == vision->tokens_for(im.height, im.width)) {
       ++image;
       index = 0;

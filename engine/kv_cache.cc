@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/check.h"
+#include "engine/mix64.h"
 
 namespace sirocco::engine {
 
@@ -107,14 +108,8 @@ BlockId KvPool::Evict() {
 std::uint64_t KvPool::ContentHash(std::uint64_t parent, std::span<const std::int32_t> tokens) {
   // splitmix64 over the parent key and the tokens; a clash costs a missed
   // publish, never a wrong match (Find compares the content).
-  auto mix = [](std::uint64_t x) {
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-  };
-  std::uint64_t h = mix(parent);
-  for (std::int32_t t : tokens) h = mix(h ^ static_cast<std::uint32_t>(t));
+  std::uint64_t h = Mix64(parent);
+  for (std::int32_t t : tokens) h = Mix64(h ^ static_cast<std::uint32_t>(t));
   return h;
 }
 

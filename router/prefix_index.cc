@@ -1,25 +1,18 @@
 #include "router/prefix_index.h"
 
+#include "engine/mix64.h"
+
 namespace sirocco::router {
-namespace {
 
-std::uint64_t Mix(std::uint64_t x) {
-  // splitmix64's finaliser.
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
+using engine::Mix64;
 
 std::vector<std::uint64_t> PrefixIndex::BlockHashes(std::span<const std::int32_t> prompt, std::int64_t block_size) {
   std::vector<std::uint64_t> out;
   if (block_size < 1) return out;
   const auto bs = static_cast<std::size_t>(block_size);
-  std::uint64_t h = Mix(static_cast<std::uint64_t>(block_size));
+  std::uint64_t h = Mix64(static_cast<std::uint64_t>(block_size));
   for (std::size_t begin = 0; begin + bs <= prompt.size(); begin += bs) {
-    for (std::size_t i = begin; i < begin + bs; ++i) h = Mix(h ^ static_cast<std::uint32_t>(prompt[i]));
+    for (std::size_t i = begin; i < begin + bs; ++i) h = Mix64(h ^ static_cast<std::uint32_t>(prompt[i]));
     out.push_back(h);
   }
   return out;

@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "engine/mix64.h"
 #include "engine/text/chat_request.h"
 #include "engine/text/detokenizer.h"
 #include "engine/text/instruct_json.h"
@@ -133,12 +134,6 @@ absl::Status ValidateRequestId(const std::string& id, const v1::Limits& limits) 
 // the render).
 std::vector<std::int32_t> ImageCacheKey(const std::vector<std::int32_t>& prompt,
                                         const std::vector<wk::ImageInput>& images) {
-  auto mix = [](std::uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-  };
   std::vector<std::int32_t> key = prompt;
   for (const wk::ImageInput& im : images) {
     const std::uint64_t hash = absl::HashOf(absl::string_view(im.data()));
@@ -146,7 +141,7 @@ std::vector<std::int32_t> ImageCacheKey(const std::vector<std::int32_t>& prompt,
     for (std::uint32_t r = 0; r < im.grid_height(); ++r) {
       for (std::uint32_t c = 0; c < im.grid_width(); ++c) {
         const std::size_t p = im.token_offset() + r * (im.grid_width() + 1) + c;
-        if (p < key.size()) key[p] = -1 - static_cast<std::int32_t>(mix(hash ^ mix(index++)) & 0x7fffffff);
+        if (p < key.size()) key[p] = engine::ImagePlaceholderKey(hash, index++);
       }
     }
   }
