@@ -59,7 +59,18 @@ std::vector<float> ReadFloats(const std::string& path, std::vector<std::int64_t>
   return out;
 }
 
-class PixtralGolden : public ::testing::TestWithParam<std::tuple<std::string, kernels::Backend>> {};
+using CaseParam = std::tuple<std::string, kernels::Backend>;
+
+// "<case>_<backend>", as a test name.
+std::string CaseName(const ::testing::TestParamInfo<CaseParam>& p) {
+  std::string n = std::get<0>(p.param) + "_" + kernels::BackendName(std::get<1>(p.param));
+  for (char& ch : n) {
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  }
+  return n;
+}
+
+class PixtralGolden : public ::testing::TestWithParam<CaseParam> {};
 
 TEST_P(PixtralGolden, FeaturesMatchTransformers) {
   const auto& [name, backend] = GetParam();
@@ -101,15 +112,9 @@ TEST_P(PixtralGolden, FeaturesMatchTransformers) {
 INSTANTIATE_TEST_SUITE_P(Cases, PixtralGolden,
                          ::testing::Combine(::testing::ValuesIn(PixtralCaseNames()),
                                             ::testing::Values(kernels::Backend::kRef, kernels::Backend::kAvx2)),
-                         [](const auto& p) {
-                           std::string n = std::get<0>(p.param) + "_" + kernels::BackendName(std::get<1>(p.param));
-                           for (char& ch : n) {
-                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-                           }
-                           return n;
-                         });
+                         CaseName);
 
-class PixtralLogitsGolden : public ::testing::TestWithParam<std::tuple<std::string, kernels::Backend>> {};
+class PixtralLogitsGolden : public ::testing::TestWithParam<CaseParam> {};
 
 TEST_P(PixtralLogitsGolden, LogitsWithImagesMatchTransformers) {
   const auto& [name, backend] = GetParam();
@@ -227,13 +232,7 @@ std::vector<std::string> PixtralLogitsCaseNames() {
 INSTANTIATE_TEST_SUITE_P(Cases, PixtralLogitsGolden,
                          ::testing::Combine(::testing::ValuesIn(PixtralLogitsCaseNames()),
                                             ::testing::Values(kernels::Backend::kRef, kernels::Backend::kAvx2)),
-                         [](const auto& p) {
-                           std::string n = std::get<0>(p.param) + "_" + kernels::BackendName(std::get<1>(p.param));
-                           for (char& ch : n) {
-                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-                           }
-                           return n;
-                         });
+                         CaseName);
 
 // An empty golden folder must fail loudly, not pass vacuously.
 TEST(PixtralGoldenCases, Present) {
