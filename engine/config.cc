@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/config_json.h"
 #include "engine/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -14,43 +15,18 @@ namespace {
 
 using Json = nlohmann::json;
 
-std::string Sv(std::string_view s) { return std::string(s); }
-
-absl::Status FieldError(std::string_view field, std::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat("config.json: ", Sv(field), " ", Sv(what)));
-}
+using config_json::FieldError;
+using config_json::Positive;
 
 // Reads an integer field; `null` and absence give `fallback`.
 absl::Status GetInt(const Json& j, const char* field, std::int64_t fallback, std::int64_t* out) {
-  auto it = j.find(field);
-  if (it == j.end() || it->is_null()) {
-    *out = fallback;
-    return absl::OkStatus();
-  }
-  if (it->is_number_integer() || it->is_number_unsigned()) {
-    *out = it->get<std::int64_t>();
-    return absl::OkStatus();
-  }
-  if (it->is_number_float()) {
-    double v = it->get<double>();
-    if (std::floor(v) == v && std::abs(v) < 9e15) {
-      *out = static_cast<std::int64_t>(v);
-      return absl::OkStatus();
-    }
-  }
-  return FieldError(field, absl::StrCat("must be an integer, got ", it->dump()));
+  *out = fallback;
+  return config_json::GetInt(j, field, field, out);
 }
 
 absl::Status GetDouble(const Json& j, const char* field, double fallback, double* out) {
-  auto it = j.find(field);
-  if (it == j.end() || it->is_null()) {
-    *out = fallback;
-    return absl::OkStatus();
-  }
-  if (!it->is_number()) return FieldError(field, absl::StrCat("must be a number, got ", it->dump()));
-  *out = it->get<double>();
-  if (!std::isfinite(*out)) return FieldError(field, "must be finite");
-  return absl::OkStatus();
+  *out = fallback;
+  return config_json::GetDouble(j, field, field, out);
 }
 
 absl::Status GetOptionalDouble(const Json& j, const char* field, std::optional<double>* out) {
@@ -221,12 +197,46 @@ absl::Status ParseQuantization(const Json& root, ModelConfig* c) {
   return absl::OkStatus();
 }
 
+}  // namespace
+
+namespace config_json {
+
+absl::Status FieldError(std::string_view field, std::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("config.json: ", std::string(field), " ", std::string(what)));
+}
+
+absl::Status GetInt(const Json& j, const char* key, std::string_view field, std::int64_t* out) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return absl::OkStatus();
+  if (it->is_number_integer() || it->is_number_unsigned()) {
+    *out = it->get<std::int64_t>();
+    return absl::OkStatus();
+  }
+  if (it->is_number_float()) {
+    const double v = it->get<double>();
+    if (std::floor(v) == v && std::abs(v) < 9e15) {
+      *out = static_cast<std::int64_t>(v);
+      return absl::OkStatus();
+    }
+  }
+  return FieldError(field, absl::StrCat("must be an integer, got ", it->dump()));
+}
+
+absl::Status GetDouble(const Json& j, const char* key, std::string_view field, double* out) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_number()) return FieldError(field, absl::StrCat("must be a number, got ", it->dump()));
+  *out = it->get<double>();
+  if (!std::isfinite(*out)) return FieldError(field, "must be finite");
+  return absl::OkStatus();
+}
+
 absl::Status Positive(std::string_view field, std::int64_t v) {
   if (v <= 0) return FieldError(field, absl::StrCat("must be positive, got ", v));
   return absl::OkStatus();
 }
 
-}  // namespace
+}  // namespace config_json
 
 absl::Status ValidateModelConfig(const ModelConfig& c) {
   SIROCCO_RETURN_IF_ERROR(Positive("vocab_size", c.vocab_size));

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/config_json.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -25,36 +26,10 @@ constexpr float kVisionNormEps = 1e-5f;
 int I(std::int64_t v) { return static_cast<int>(v); }
 std::size_t Z(std::int64_t v) { return static_cast<std::size_t>(v); }
 
-absl::Status FieldError(const std::string& field, const std::string& what) {
-  return absl::InvalidArgumentError(absl::StrCat("config.json: ", field, " ", what));
-}
-
-// An integer field of `j` (named `path` in errors); absent or null keeps *out.
-absl::Status GetInt(const Json& j, const char* key, const std::string& path, std::int64_t* out) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return absl::OkStatus();
-  if (it->is_number_integer() || it->is_number_unsigned()) {
-    *out = it->get<std::int64_t>();
-    return absl::OkStatus();
-  }
-  if (it->is_number_float()) {
-    const double v = it->get<double>();
-    if (std::floor(v) == v && std::abs(v) < 9e15) {
-      *out = static_cast<std::int64_t>(v);
-      return absl::OkStatus();
-    }
-  }
-  return FieldError(path, absl::StrCat("must be an integer, got ", it->dump()));
-}
-
-absl::Status GetDouble(const Json& j, const char* key, const std::string& path, double* out) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return absl::OkStatus();
-  if (!it->is_number()) return FieldError(path, absl::StrCat("must be a number, got ", it->dump()));
-  *out = it->get<double>();
-  if (!std::isfinite(*out)) return FieldError(path, "must be finite");
-  return absl::OkStatus();
-}
+using config_json::FieldError;
+using config_json::GetDouble;
+using config_json::GetInt;
+using config_json::Positive;
 
 absl::Status GetActivation(const Json& j, const char* key, const std::string& path, VisionActivation* out) {
   auto it = j.find(key);
@@ -133,11 +108,6 @@ absl::Status ParseWrapper(const Json& root, VisionConfig* c) {
     }
     if (it->get<bool>()) return FieldError("multimodal_projector_bias", "true is not supported");
   }
-  return absl::OkStatus();
-}
-
-absl::Status Positive(const std::string& field, std::int64_t v) {
-  if (v <= 0) return FieldError(field, absl::StrCat("must be positive, got ", v));
   return absl::OkStatus();
 }
 
