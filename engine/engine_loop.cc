@@ -251,7 +251,6 @@ void EngineLoop::Apply(Command& command) {
             return;
           }
           Live staged;
-          if (c.spec.cache_key_prompt.empty()) c.spec.cache_key_prompt = CacheKeyPrompt(c.spec.images, c.spec.prompt);
           staged.images = std::move(c.spec.images);
           // Images that cannot fit the prompt fail it here; the pixels are
           // asked for when a step first computes one of their tokens (never,
@@ -260,6 +259,7 @@ void EngineLoop::Apply(Command& command) {
             c.stream->Push(EndEvent(ExitReason::kFailed, std::move(st)));
             return;
           }
+          if (c.spec.cache_key_prompt.empty()) c.spec.cache_key_prompt = CacheKeyPrompt(staged.images, c.spec.prompt);
           if (absl::Status st = scheduler_->AddRequest(c.id, std::move(c.spec), now); !st.ok()) {
             c.stream->Push(EndEvent(ExitReason::kFailed, std::move(st)));
             return;
@@ -374,7 +374,7 @@ absl::Status EngineLoop::CheckImages(std::span<const ImageInput> images, std::sp
 std::vector<std::int32_t> EngineLoop::CacheKeyPrompt(std::span<const ImageInput> images,
                                                      std::span<const std::int32_t> prompt) const {
   const PixtralEncoder* vision = model_.vision();
-  if (images.empty() || vision == nullptr || !CheckImages(images, prompt).ok()) return {};
+  if (images.empty() || vision == nullptr) return {};
   for (const ImageInput& im : images) {
     if (im.content_hash == 0) return {};
   }

@@ -245,8 +245,8 @@ class EngineLoop {
   // INVALID_ARGUMENT unless `images` fit the model and the prompt's image
   // tokens, one per feature row.
   absl::Status CheckImages(std::span<const ImageInput> images, std::span<const std::int32_t> prompt) const;
-  // RequestSpec::cache_key_prompt for `prompt` and its images; empty when
-  // an image has no content hash (or they do not fit).
+  // RequestSpec::cache_key_prompt for `prompt` and its images, which passed
+  // CheckImages; empty when an image has no content hash.
   std::vector<std::int32_t> CacheKeyPrompt(std::span<const ImageInput> images,
                                            std::span<const std::int32_t> prompt) const;
   // CheckImages, then records the prompt positions of the image tokens
