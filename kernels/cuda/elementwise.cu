@@ -173,28 +173,31 @@ absl::Status RopeInterleaved(int rows, int rows_per_pos, int dim, float* x, int 
   return LaunchStatus(kOp);
 }
 
-absl::Status SiluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out, int ldo,
-                     Stream stream) {
-  constexpr const char* kOp = "cuda::SiluMul";
-  SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "gate", rows, n, gate, ldg));
-  if (up != nullptr) SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "up", rows, n, up, ldu));
-  SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "out", rows, n, out, ldo));
+namespace {
+
+// act(gate) * up (or act(gate) without up) through `kernel`, elementwise.
+absl::Status ActMul(const char* op, void (*kernel)(int, int, const float*, int, const float*, int, float*, int),
+                    int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out, int ldo,
+                    Stream stream) {
+  SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(op, "gate", rows, n, gate, ldg));
+  if (up != nullptr) SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(op, "up", rows, n, up, ldu));
+  SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(op, "out", rows, n, out, ldo));
   const std::int64_t total = static_cast<std::int64_t>(rows) * n;
   if (total == 0) return absl::OkStatus();
-  SiluMulKernel<<<ElementwiseBlocks(total), kElementwiseThreads, 0, stream>>>(rows, n, gate, ldg, up, ldu, out, ldo);
-  return LaunchStatus(kOp);
+  kernel<<<ElementwiseBlocks(total), kElementwiseThreads, 0, stream>>>(rows, n, gate, ldg, up, ldu, out, ldo);
+  return LaunchStatus(op);
+}
+
+}  // namespace
+
+absl::Status SiluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out, int ldo,
+                     Stream stream) {
+  return ActMul("cuda::SiluMul", SiluMulKernel, rows, n, gate, ldg, up, ldu, out, ldo, stream);
 }
 
 absl::Status GeluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out, int ldo,
                      Stream stream) {
-  constexpr const char* kOp = "cuda::GeluMul";
-  SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "gate", rows, n, gate, ldg));
-  if (up != nullptr) SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "up", rows, n, up, ldu));
-  SIROCCO_CUDA_RETURN_IF_ERROR(CheckMatrix(kOp, "out", rows, n, out, ldo));
-  const std::int64_t total = static_cast<std::int64_t>(rows) * n;
-  if (total == 0) return absl::OkStatus();
-  GeluMulKernel<<<ElementwiseBlocks(total), kElementwiseThreads, 0, stream>>>(rows, n, gate, ldg, up, ldu, out, ldo);
-  return LaunchStatus(kOp);
+  return ActMul("cuda::GeluMul", GeluMulKernel, rows, n, gate, ldg, up, ldu, out, ldo, stream);
 }
 
 absl::Status Axpy(int n, float alpha, const float* x, float* y, Stream stream) {
