@@ -48,11 +48,30 @@ struct Flags {
   }
 };
 
-const char* const kKnownFlags[] = {"role", "model", "listen", "port-file", "metrics-port", "metrics-port-file",
-                                   "worker-id", "auth-token", "num-blocks", "block-size", "max-tokens-per-step",
-                                   "max-seqs-per-step", "max-waiting", "kernels", "drain-grace-s",
-                                   "ucx-host", "ucx-transports", "reservation-ttl-ms", "kv-transfer-timeout-ms",
-                                   "test-kv-fault", "kv-quarantine-ms", "weights", "prefix-caching"};
+const char* const kKnownFlags[] = {"role",
+                                   "model",
+                                   "listen",
+                                   "port-file",
+                                   "metrics-port",
+                                   "metrics-port-file",
+                                   "worker-id",
+                                   "auth-token",
+                                   "num-blocks",
+                                   "block-size",
+                                   "max-tokens-per-step",
+                                   "max-seqs-per-step",
+                                   "max-waiting",
+                                   "kernels",
+                                   "drain-grace-s",
+                                   "ucx-host",
+                                   "ucx-transports",
+                                   "reservation-ttl-ms",
+                                   "kv-transfer-timeout-ms",
+                                   "test-kv-fault",
+                                   "kv-quarantine-ms",
+                                   "weights",
+                                   "prefix-caching",
+                                   "image-threads"};
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   Flags flags;
@@ -157,9 +176,13 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
   absl::StatusOr<std::int64_t> max_waiting = flags->GetInt("max-waiting", 0);
   absl::StatusOr<std::int64_t> metrics_port = flags->GetInt("metrics-port", 9464);
   absl::StatusOr<std::int64_t> drain_grace_s = flags->GetInt("drain-grace-s", 25);
-  for (const auto* v : {&num_blocks, &block_size, &max_tokens_per_step, &max_seqs_per_step, &max_waiting,
-                        &metrics_port, &drain_grace_s}) {
+  absl::StatusOr<std::int64_t> image_threads = flags->GetInt("image-threads", 2);
+  for (const auto* v : {&num_blocks, &block_size, &max_tokens_per_step, &max_seqs_per_step, &max_waiting, &metrics_port,
+                        &drain_grace_s, &image_threads}) {
     if (!v->ok()) return Fail(v->status());
+  }
+  if (*image_threads < 0 || *image_threads > 64) {
+    return Fail(absl::InvalidArgumentError("--image-threads: must be in [0, 64]"));
   }
 
   const std::string model_dir = flags->Get("model", "models/tiny");
@@ -173,6 +196,7 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
   engine_options.max_tokens_per_step = *max_tokens_per_step;
   engine_options.max_seqs_per_step = *max_seqs_per_step;
   engine_options.max_waiting = *max_waiting;
+  engine_options.image_threads = static_cast<int>(*image_threads);
   // Only a decode worker receives remote writes into reservations.
   absl::StatusOr<std::int64_t> quarantine_ms = flags->GetInt("kv-quarantine-ms", *role == WorkerRole::kPrefill ? 0 : 1000);
   if (!quarantine_ms.ok()) return Fail(quarantine_ms.status());
@@ -256,6 +280,8 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
 
   services::ServerOptions server_options;
   server_options.listen_address = flags->Get("listen", "0.0.0.0:50061");
+  server_options.max_receive_message_bytes = services::kMaxWorkerMessageBytes;
+  server_options.max_send_message_bytes = services::kMaxWorkerMessageBytes;
   const char* env_token = std::getenv("SIROCCO_WORKER_TOKEN");
   server_options.worker_auth_token = flags->Get("auth-token", env_token != nullptr ? env_token : "");
   server_options.drain_grace = absl::Seconds(*drain_grace_s);
@@ -311,7 +337,7 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
   while (!stop.WaitForNotificationWithTimeout(absl::Milliseconds(500))) {
     const engine::EngineStats st = (*engine)->Stats();
     metrics->num_requests_running->Set(static_cast<double>(st.scheduler.running()));
-    metrics->num_requests_waiting->Set(static_cast<double>(st.scheduler.waiting));
+    metrics->num_requests_waiting->Set(static_cast<double>(st.scheduler.waiting + st.preparing));
     if (st.scheduler.total_blocks > 0) {
       metrics->kv_cache_usage_perc->Set(1.0 - static_cast<double>(st.scheduler.free_blocks) /
                                                   static_cast<double>(st.scheduler.total_blocks));

@@ -17,6 +17,8 @@
 //   --max-tokens-per-step N      default 512
 //   --max-seqs-per-step N        default 64
 //   --max-waiting N              queued requests before refusing; default 0 (no limit)
+//   --image-threads N            threads that decode and resize prompts' images off
+//                                the engine thread; default 2; 0: on the engine thread
 //   --kernels ref|avx2|cuda      default avx2
 //   --weights f32|bf16|fp8       how weight matrices are held; default f32
 //   --prefix-caching on|off      reuse the KV of full blocks across requests

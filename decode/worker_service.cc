@@ -959,9 +959,11 @@ wv1::Load WorkerService::CurrentLoad() {
   load.set_free_blocks(static_cast<std::uint64_t>(stats.scheduler.free_blocks));
   load.set_total_blocks(static_cast<std::uint64_t>(stats.scheduler.total_blocks));
   load.set_running(static_cast<std::uint32_t>(stats.scheduler.running()));
-  load.set_waiting(static_cast<std::uint32_t>(stats.scheduler.waiting));
+  // A request whose images are being decoded is queued as far as routing goes.
+  load.set_waiting(static_cast<std::uint32_t>(stats.scheduler.waiting + stats.preparing));
   load.set_reservations(static_cast<std::uint32_t>(stats.scheduler.reservations));
-  load.set_prefill_tokens_queued(static_cast<std::uint64_t>(stats.scheduler.prefill_tokens_pending));
+  load.set_prefill_tokens_queued(
+      static_cast<std::uint64_t>(stats.scheduler.prefill_tokens_pending + stats.preparing_tokens));
   load.set_quarantined_blocks(static_cast<std::uint64_t>(stats.scheduler.quarantined_blocks));
   load.set_prefix_caching(engine_->pool().prefix_caching());  // an immutable option of the pool
   load.set_cached_blocks(static_cast<std::uint64_t>(stats.scheduler.cached_blocks));

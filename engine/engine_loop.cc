@@ -104,7 +104,16 @@ absl::StatusOr<std::unique_ptr<EngineLoop>> EngineLoop::Create(const EngineOptio
   }
   so.eos_token_ids = c.eos_token_ids;
   SIROCCO_ASSIGN_OR_RETURN(auto scheduler, Scheduler::Create(so, pool.get()));
+  if (options.image_threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("EngineOptions.image_threads must be >= 0, got ", options.image_threads));
+  }
+  std::unique_ptr<TaskPool> image_pool;
+  if (options.image_threads > 0 && options.model->vision() != nullptr) {
+    SIROCCO_ASSIGN_OR_RETURN(image_pool, TaskPool::Create(options.image_threads));
+  }
   std::unique_ptr<EngineLoop> loop(new EngineLoop(options, std::move(pool), std::move(scheduler)));
+  loop->image_pool_ = std::move(image_pool);
   loop->PublishStats();
   {
     std::lock_guard<std::mutex> lock(loop->stats_mu_);
@@ -170,6 +179,7 @@ void EngineLoop::Stop(StopMode mode) {
   cv_.notify_all();
   std::lock_guard<std::mutex> lock(join_mu_);
   if (thread_.joinable()) thread_.join();
+  if (image_pool_ != nullptr) image_pool_->Shutdown();  // their results would find the loop closed
 }
 
 EngineStats EngineLoop::Stats() const {
@@ -199,7 +209,8 @@ void EngineLoop::Run() {
     EmitExits();
     if (stop.has_value()) {
       if (!drain_deadline) drain_deadline = now + options_.drain_timeout;
-      if (*stop == StopMode::kCancel || scheduler_->idle() || now >= *drain_deadline) break;
+      const bool idle = scheduler_->idle() && preparing_.empty();
+      if (*stop == StopMode::kCancel || idle || now >= *drain_deadline) break;
     }
 
     // schedule → run → postprocess
@@ -231,6 +242,9 @@ void EngineLoop::Run() {
   const absl::Status stopped = absl::UnavailableError("engine stopped");
   for (Command& cmd : rest) Reject(cmd, stopped);
   scheduler_->CancelAll(stopped);
+  for (auto& [id, p] : preparing_) p.stream->Push(EndEvent(ExitReason::kCancelled, stopped));
+  preparing_.clear();
+  preparing_tokens_ = 0;
   EmitExits();
   SIROCCO_CHECK(live_.empty(), "a request outlived the engine");
   SIROCCO_CHECK(pool_->num_free() == pool_->num_blocks(), "KV blocks leaked");
@@ -245,34 +259,28 @@ void EngineLoop::Apply(Command& command) {
       [&](auto& c) {
         using T = std::decay_t<decltype(c)>;
         if constexpr (std::is_same_v<T, AddCmd>) {
-          if (live_.contains(c.id)) {
+          if (live_.contains(c.id) || preparing_.contains(c.id)) {
             c.stream->Push(EndEvent(ExitReason::kFailed,
                                     absl::AlreadyExistsError(absl::StrCat("request ", c.id.value, " already exists"))));
             return;
           }
           Live staged;
           staged.images = std::move(c.spec.images);
-          // Images that cannot fit the prompt fail it here; the pixels are
-          // asked for when a step first computes one of their tokens (never,
-          // when the prefix cache holds them all).
+          // Images that cannot fit the prompt fail it here.
           if (absl::Status st = PrepareImages(staged, c.spec.prompt); !st.ok()) {
             c.stream->Push(EndEvent(ExitReason::kFailed, std::move(st)));
             return;
           }
           if (c.spec.cache_key_prompt.empty()) c.spec.cache_key_prompt = CacheKeyPrompt(staged.images, c.spec.prompt);
-          if (absl::Status st = scheduler_->AddRequest(c.id, std::move(c.spec), now); !st.ok()) {
-            c.stream->Push(EndEvent(ExitReason::kFailed, std::move(st)));
+          ApplyAdd(c, std::move(staged), now);
+        } else if constexpr (std::is_same_v<T, CancelCmd>) {
+          if (auto it = preparing_.find(c.id); it != preparing_.end()) {
+            // Its image tasks run on; their result finds no request.
+            preparing_tokens_ -= static_cast<std::int64_t>(it->second.spec.prompt.size());
+            it->second.stream->Push(EndEvent(ExitReason::kCancelled, absl::CancelledError("request cancelled")));
+            preparing_.erase(it);
             return;
           }
-          const Scheduler::Sequence* s = scheduler_->Find(c.id);
-          Live& live = live_[c.id];
-          live = std::move(staged);
-          live.stream = std::move(c.stream);
-          const std::span<const std::int32_t> prompt = s->prompt();
-          const std::size_t fresh = prompt.size() - static_cast<std::size_t>(s->replayed);
-          live.sampler.emplace(s->sampling, prompt.first(fresh));
-          for (std::int32_t t : prompt.subspan(fresh)) live.sampler->Replay(t);
-        } else if constexpr (std::is_same_v<T, CancelCmd>) {
           (void)scheduler_->Cancel(c.id);  // NOT_FOUND: already gone
         } else if constexpr (std::is_same_v<T, ReserveCmd>) {
           absl::StatusOr<Reservation> r = scheduler_->Reserve(c.spec, now);
@@ -325,9 +333,100 @@ void EngineLoop::Apply(Command& command) {
                   ? absl::NotFoundError(absl::StrCat("reservation ", c.reservation.value, " is unknown or expired"))
                   : c.write(*pool_, r->blocks);
           if (c.done) c.done(std::move(st));
+        } else if constexpr (std::is_same_v<T, ImagesReadyCmd>) {
+          ApplyImagesReady(c, now);
         }
       },
       command);
+}
+
+void EngineLoop::ApplyAdd(AddCmd& c, Live staged, SchedTime now) {
+  // The queue's limit counts requests being prepared: they are bound for it.
+  const std::int64_t max_waiting = scheduler_->options().max_waiting;
+  const std::int64_t waiting = scheduler_->num_waiting() + static_cast<std::int64_t>(preparing_.size());
+  if (max_waiting > 0 && waiting >= max_waiting) {
+    c.stream->Push(EndEvent(ExitReason::kFailed,
+                            absl::ResourceExhaustedError(absl::StrCat(
+                                "queue full: ", waiting, " requests waiting (max_waiting ", max_waiting, ")"))));
+    return;
+  }
+  if (image_pool_ == nullptr || c.spec.deadline <= now || !NeedsPixels(staged, c.spec)) {
+    AddToScheduler(c.id, std::move(c.spec), std::move(staged), std::move(c.stream), now);
+    return;
+  }
+  // One task per image; the last to finish hands them all to the engine thread.
+  struct Gather {
+    std::mutex mu;
+    std::vector<absl::StatusOr<std::vector<float>>> pixels;  // guarded by mu
+    std::size_t left = 0;                                    // guarded by mu
+  };
+  auto gather = std::make_shared<Gather>();
+  gather->pixels.resize(staged.images.size(), absl::UnknownError("not prepared"));
+  gather->left = staged.images.size();
+  const std::uint64_t ticket = next_ticket_++;
+  for (std::size_t i = 0; i < staged.images.size(); ++i) {
+    const bool posted = image_pool_->Post([this, gather, i, id = c.id, ticket, pixels = staged.images[i].pixels] {
+      absl::StatusOr<std::vector<float>> p = pixels();
+      ImagesReadyCmd ready{id, ticket, {}};
+      {
+        std::lock_guard<std::mutex> lock(gather->mu);
+        gather->pixels[i] = std::move(p);
+        if (--gather->left > 0) return;
+        ready.pixels = std::move(gather->pixels);
+      }
+      // Refused only once the engine thread has ended, which ends the request.
+      (void)Enqueue(std::move(ready), /*new_work=*/false);
+    });
+    SIROCCO_CHECK(posted, "image threads shut down while the engine thread runs");
+  }
+  preparing_tokens_ += static_cast<std::int64_t>(c.spec.prompt.size());
+  preparing_.emplace(c.id, Preparing{std::move(c.spec), std::move(staged), std::move(c.stream), ticket});
+}
+
+void EngineLoop::ApplyImagesReady(ImagesReadyCmd& c, SchedTime now) {
+  auto it = preparing_.find(c.id);
+  if (it == preparing_.end() || it->second.ticket != c.ticket) return;  // cancelled meanwhile
+  Preparing p = std::move(it->second);
+  preparing_.erase(it);
+  preparing_tokens_ -= static_cast<std::int64_t>(p.spec.prompt.size());
+  p.staged.pixels.reserve(c.pixels.size());
+  for (std::size_t i = 0; i < c.pixels.size(); ++i) {
+    if (!c.pixels[i].ok()) {
+      const absl::Status& e = c.pixels[i].status();
+      p.stream->Push(
+          EndEvent(ExitReason::kFailed, absl::Status(e.code(), absl::StrCat("images[", i, "]: ", e.message()))));
+      return;
+    }
+    p.staged.pixels.push_back(*std::move(c.pixels[i]));
+  }
+  AddToScheduler(c.id, std::move(p.spec), std::move(p.staged), std::move(p.stream), now);
+}
+
+void EngineLoop::AddToScheduler(RequestId id, RequestSpec spec, Live staged, std::shared_ptr<RequestStream> stream,
+                                SchedTime now) {
+  if (absl::Status st = scheduler_->AddRequest(id, std::move(spec), now); !st.ok()) {
+    stream->Push(EndEvent(ExitReason::kFailed, std::move(st)));
+    return;
+  }
+  const Scheduler::Sequence* s = scheduler_->Find(id);
+  Live& live = live_[id];
+  live = std::move(staged);
+  live.stream = std::move(stream);
+  const std::span<const std::int32_t> prompt = s->prompt();
+  const std::size_t fresh = prompt.size() - static_cast<std::size_t>(s->replayed);
+  live.sampler.emplace(s->sampling, prompt.first(fresh));
+  for (std::int32_t t : prompt.subspan(fresh)) live.sampler->Replay(t);
+}
+
+bool EngineLoop::NeedsPixels(const Live& staged, const RequestSpec& spec) const {
+  if (staged.image_at.empty()) return false;
+  // Without a cache key nothing from the first image on is cached. The match
+  // may shrink (eviction) before the request starts: the engine thread then
+  // asks for the pixels itself.
+  if (spec.cache_key_prompt.empty()) return true;
+  const std::int64_t cached =
+      static_cast<std::int64_t>(pool_->MatchPrefix(spec.cache_key_prompt).blocks.size()) * options_.block_size;
+  return cached <= staged.image_at.back();
 }
 
 void EngineLoop::Reject(Command& command, const absl::Status& why) {
@@ -409,7 +508,8 @@ absl::Status EngineLoop::EncodeImages(Live& live) {
   PixtralEncoder* vision = model_.vision();
   std::vector<float> rows;
   for (std::size_t i = 0; i < live.images.size(); ++i) {
-    absl::StatusOr<std::vector<float>> pixels = live.images[i].pixels();
+    absl::StatusOr<std::vector<float>> pixels =
+        live.pixels.empty() ? live.images[i].pixels() : std::move(live.pixels[i]);
     if (!pixels.ok()) {
       return absl::Status(pixels.status().code(), absl::StrCat("images[", i, "]: ", pixels.status().message()));
     }
@@ -420,6 +520,7 @@ absl::Status EngineLoop::EncodeImages(Live& live) {
     rows.insert(rows.end(), features->begin(), features->end());
   }
   live.image_rows = std::move(rows);
+  live.pixels = {};
   return absl::OkStatus();
 }
 
@@ -598,6 +699,8 @@ void EngineLoop::PublishStats() {
   stats_.scheduler = s;
   stats_.steps = steps_;
   stats_.tokens_sampled = tokens_sampled_;
+  stats_.preparing = static_cast<std::int64_t>(preparing_.size());
+  stats_.preparing_tokens = preparing_tokens_;
 }
 
 }  // namespace sirocco::engine

@@ -37,6 +37,7 @@
 #include "engine/mistral4.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
+#include "engine/task_pool.h"
 
 namespace sirocco::engine {
 
@@ -133,12 +134,24 @@ struct EngineOptions {
   // Stop(kDrain) cancels what is still in flight after this long.
   std::chrono::steady_clock::duration drain_timeout = std::chrono::seconds(60);
   LayerKvWrittenFn on_layer_kv_written;  // optional
+  // Threads that decode and resize a submitted prompt's images (ImageInput::
+  // pixels) before it joins the queue, so that the engine thread -- and every
+  // request it is decoding -- never waits on an image file (about 0.1 s for a
+  // 3-megapixel PNG). 0: the engine thread asks for the pixels when a step
+  // first computes the image's tokens, stalling that step. Used only with a
+  // vision encoder; a decode (Decode()) asks on the engine thread either way,
+  // and only to recompute.
+  int image_threads = 2;
 };
 
 struct EngineStats {
   SchedulerStats scheduler;
   std::int64_t steps = 0;  // forward steps run
   std::int64_t tokens_sampled = 0;
+  // Submitted requests whose images are being prepared (image_threads): not
+  // in scheduler.waiting yet, and their prompt tokens.
+  std::int64_t preparing = 0;
+  std::int64_t preparing_tokens = 0;
   bool running = false;  // the engine thread is alive
 };
 
@@ -220,7 +233,13 @@ class EngineLoop {
     KvWriter write;
     std::function<void(absl::Status)> done;
   };
-  using Command = std::variant<AddCmd, CancelCmd, ReserveCmd, DecodeCmd, TransferDoneCmd, WriteKvCmd>;
+  // From an image thread: the pixels of request `id`'s images, in order.
+  struct ImagesReadyCmd {
+    RequestId id;
+    std::uint64_t ticket = 0;  // Preparing::ticket: tells a reused id apart
+    std::vector<absl::StatusOr<std::vector<float>>> pixels;
+  };
+  using Command = std::variant<AddCmd, CancelCmd, ReserveCmd, DecodeCmd, TransferDoneCmd, WriteKvCmd, ImagesReadyCmd>;
 
   // Engine-thread state of a live request, beside the scheduler's record.
   struct Live {
@@ -232,6 +251,16 @@ class EngineLoop {
     std::vector<ImageInput> images;
     std::vector<std::int64_t> image_at;
     std::vector<float> image_rows;
+    // Each image's pixels when prepared ahead (image_threads); empty: asked
+    // of images[i].pixels when encoding. Dropped once encoded.
+    std::vector<std::vector<float>> pixels;
+  };
+  // A submitted request whose images an image thread is preparing.
+  struct Preparing {
+    RequestSpec spec;
+    Live staged;
+    std::shared_ptr<RequestStream> stream;
+    std::uint64_t ticket = 0;
   };
 
   EngineLoop(const EngineOptions& options, std::unique_ptr<KvPool> pool, std::unique_ptr<Scheduler> scheduler);
@@ -242,6 +271,16 @@ class EngineLoop {
   void Apply(Command& cmd);
   void Reject(Command& cmd, const absl::Status& why);
   void RunStep(StepPlan& plan);
+  // AddCmd, once the request's images are checked: to an image thread when
+  // their pixels are needed and threads exist, else to the scheduler.
+  void ApplyAdd(AddCmd& c, Live staged, SchedTime now);
+  void ApplyImagesReady(ImagesReadyCmd& c, SchedTime now);
+  // Queues a request whose images are checked (and maybe prepared).
+  void AddToScheduler(RequestId id, RequestSpec spec, Live staged, std::shared_ptr<RequestStream> stream,
+                      SchedTime now);
+  // Whether a step would need any of the images' pixels: false when the
+  // prefix cache now holds the KV of every image token.
+  bool NeedsPixels(const Live& staged, const RequestSpec& spec) const;
   // INVALID_ARGUMENT unless `images` fit the model and the prompt's image
   // tokens, one per feature row.
   absl::Status CheckImages(std::span<const ImageInput> images, std::span<const std::int32_t> prompt) const;
@@ -267,6 +306,9 @@ class EngineLoop {
   std::unique_ptr<KvPool> pool_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unordered_map<RequestId, Live, RequestIdHash> live_;
+  std::unordered_map<RequestId, Preparing, RequestIdHash> preparing_;
+  std::uint64_t next_ticket_ = 1;
+  std::int64_t preparing_tokens_ = 0;
   std::int64_t steps_ = 0;
   std::int64_t tokens_sampled_ = 0;
 
@@ -280,6 +322,9 @@ class EngineLoop {
   EngineStats stats_;  // guarded by stats_mu_
   std::mutex join_mu_;
   std::thread thread_;  // guarded by join_mu_ once started
+  // Image threads; their tasks enqueue ImagesReadyCmd. Shut down (under
+  // join_mu_) once the engine thread has ended, before `this` goes.
+  std::unique_ptr<TaskPool> image_pool_;
 };
 
 }  // namespace sirocco::engine

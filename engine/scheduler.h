@@ -331,6 +331,7 @@ class Scheduler {
   const Reservation* FindReservation(ReservationId id) const;
   SchedulerStats Stats() const;
   bool idle() const { return seqs_.empty() && reservations_.empty(); }
+  std::int64_t num_waiting() const { return static_cast<std::int64_t>(waiting_.size()); }
   const SchedulerOptions& options() const { return options_; }
 
  private:

@@ -22,6 +22,7 @@
 #include "engine/text/chat_request.h"
 #include "engine/text/detokenizer.h"
 #include "engine/text/instruct_json.h"
+#include "services/server.h"
 #include "services/status_mapping.h"
 
 namespace sirocco::router {
@@ -1229,7 +1230,7 @@ v1::Limits DefaultLimits(std::int32_t context_length) {
   l.set_max_tool_schema_bytes(64 << 10);
   l.set_max_top_logprobs(20);
   l.set_max_request_id_bytes(128);
-  l.set_max_request_bytes(64 << 20);
+  l.set_max_request_bytes(services::kMaxPublicMessageBytes);
   return l;
 }
 
@@ -1626,8 +1627,8 @@ std::shared_ptr<wk::Worker::Stub> WorkerDirectory::Stub(const WorkerId& id) {
   auto& stub = stubs_[id.address];
   if (!stub) {
     grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(64 << 20);
-    args.SetMaxSendMessageSize(64 << 20);
+    args.SetMaxReceiveMessageSize(services::kMaxWorkerMessageBytes);
+    args.SetMaxSendMessageSize(services::kMaxWorkerMessageBytes);
     stub = wk::Worker::NewStub(grpc::CreateCustomChannel(id.address, grpc::InsecureChannelCredentials(), args));
   }
   return stub;

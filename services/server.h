@@ -46,14 +46,21 @@
 
 namespace sirocco::services {
 
+// Message size limits. A public request (Chat with its images inline) is
+// at most kMaxPublicMessageBytes (ModelInfo.limits.max_request_bytes); the
+// router's call to a worker carries those images and the prompt's token
+// ids, so worker calls get room for both.
+inline constexpr int kMaxPublicMessageBytes = 64 << 20;
+inline constexpr int kMaxWorkerMessageBytes = 128 << 20;
+
 struct ServerOptions {
   // host:port (IPv6 as [::]:port). Port 0 picks a free port; port() says
   // which.
   std::string listen_address = "0.0.0.0:50051";
   // Largest message received and sent, in bytes (> 0). Above gRPC's 4 MiB
   // default because Chat requests carry images inline.
-  int max_receive_message_bytes = 64 << 20;
-  int max_send_message_bytes = 64 << 20;
+  int max_receive_message_bytes = kMaxPublicMessageBytes;
+  int max_send_message_bytes = kMaxPublicMessageBytes;
   // The shared secret of the worker API (x-sirocco-worker-token), read by
   // CallGate. Empty: no check (tests only).
   std::string worker_auth_token;

@@ -169,4 +169,15 @@ Aggregates Aggregate(const std::vector<RequestRecord>& records, double duration_
   return a;
 }
 
+std::vector<std::pair<std::string, Aggregates>> AggregateByClass(const std::vector<RequestRecord>& records,
+                                                                 double duration_s, const Slo& slo) {
+  std::vector<RequestRecord> text, image;
+  for (const RequestRecord& r : records) (r.image ? image : text).push_back(r);
+  std::vector<std::pair<std::string, Aggregates>> out;
+  if (text.empty() || image.empty()) return out;
+  out.emplace_back("text", Aggregate(text, duration_s, slo));
+  out.emplace_back("image", Aggregate(image, duration_s, slo));
+  return out;
+}
+
 }  // namespace sirocco::bench

@@ -21,6 +21,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -125,5 +126,11 @@ double E2eMs(const RequestRecord& r);
 // `duration_s` > 0: the run's length (first send to last end).
 Aggregates Aggregate(const std::vector<RequestRecord>& records, double duration_s, const Slo& slo,
                      double client_cpu_s = 0);
+
+// When `records` mix requests with and without an image: the aggregates of
+// each kind alone, ("text", ...) then ("image", ...), over the same
+// duration (what images cost the requests beside them). Else empty.
+std::vector<std::pair<std::string, Aggregates>> AggregateByClass(const std::vector<RequestRecord>& records,
+                                                                 double duration_s, const Slo& slo);
 
 }  // namespace sirocco::bench

@@ -113,6 +113,8 @@ nlohmann::json ReportToJson(const BenchReport& report) {
   for (const RunReport& run : report.runs) {
     nlohmann::json records = nlohmann::json::array();
     for (const RequestRecord& r : run.result.records) records.push_back(RecordToJson(r));
+    nlohmann::json by_class = nlohmann::json::object();
+    for (const auto& [name, a] : run.by_class) by_class[name] = AggregatesToJson(a);
     runs.push_back({{"label", run.label},
                     {"offered_rate", run.offered_rate ? nlohmann::json(*run.offered_rate) : nlohmann::json(nullptr)},
                     {"load", run.load},
@@ -120,6 +122,7 @@ nlohmann::json ReportToJson(const BenchReport& report) {
                     {"client_cpu_s", run.result.client_cpu_s},
                     {"warmup_requests", run.result.warmup_requests},
                     {"aggregates", AggregatesToJson(run.aggregates)},
+                    {"by_class", by_class},
                     {"records", records}});
   }
   const auto now = std::chrono::system_clock::now().time_since_epoch();

@@ -26,6 +26,9 @@ struct RunReport {
   nlohmann::json load;                 // the load options, for the record
   RunResult result;
   Aggregates aggregates;
+  // A run that mixes requests with and without images: the aggregates of
+  // each kind alone ("text", "image"), over the run's duration.
+  std::vector<std::pair<std::string, Aggregates>> by_class;
 };
 
 struct BenchReport {

@@ -71,6 +71,17 @@ const std::vector<std::pair<std::string, std::string>>& Distributions() {
 
 constexpr const char* kStatFields[] = {"mean", "median", "p90", "p95", "p99"};
 
+// The distributions shown per class of request (RunReport::by_class).
+const std::vector<std::pair<std::string, std::string>>& ClassDistributions() {
+  static const auto* kRows = new std::vector<std::pair<std::string, std::string>>{
+      {"TTFT (ms)", "ttft_ms"},
+      {"TPOT (ms)", "tpot_ms"},
+      {"ITL (ms)", "itl_ms"},
+      {"E2E latency (ms)", "e2e_ms"},
+  };
+  return *kRows;
+}
+
 }  // namespace
 
 std::string SummaryTable(const nlohmann::json& report) {
@@ -90,6 +101,18 @@ std::string SummaryTable(const nlohmann::json& report) {
       std::string line = absl::StrFormat("%-40s", name);
       for (const char* f : kStatFields) absl::StrAppend(&line, absl::StrFormat(" %9s", Fmt(Get(a, key + "/" + f))));
       absl::StrAppend(&out, line, "\n");
+    }
+    if (run.contains("by_class") && run["by_class"].is_object()) {
+      for (const auto& [cls, ca] : run["by_class"].items()) {
+        absl::StrAppend(&out, absl::StrFormat("%-40s %14s\n", cls + " requests completed", Fmt(Get(ca, "completed"))));
+        for (const auto& [name, key] : ClassDistributions()) {
+          if (Get(ca, key + "/count").value_or(0) == 0) continue;
+          std::string line = absl::StrFormat("%-40s", "  " + cls + ": " + name);
+          for (const char* f : kStatFields)
+            absl::StrAppend(&line, absl::StrFormat(" %9s", Fmt(Get(ca, key + "/" + f))));
+          absl::StrAppend(&out, line, "\n");
+        }
+      }
     }
     absl::StrAppend(
         &out, absl::StrFormat("%-40s %14s\n", "Worst receive callback (us)", Fmt(Get(a, "overhead/callback_max_us"))));
@@ -118,10 +141,19 @@ std::string CompareTable(const nlohmann::json& a, const nlohmann::json& b, const
                          const std::string& name_b) {
   std::string out;
   const std::size_t n = std::min(a["runs"].size(), b["runs"].size());
+  // (name, path from the run): the aggregates, then each class's.
   std::vector<std::pair<std::string, std::string>> rows;
-  for (const auto& [name, key] : Headline()) rows.emplace_back(name, key);
+  for (const auto& [name, key] : Headline()) rows.emplace_back(name, "aggregates/" + key);
   for (const auto& [name, key] : Distributions()) {
-    for (const char* f : kStatFields) rows.emplace_back(absl::StrCat(name, " ", f), absl::StrCat(key, "/", f));
+    for (const char* f : kStatFields)
+      rows.emplace_back(absl::StrCat(name, " ", f), absl::StrCat("aggregates/", key, "/", f));
+  }
+  for (const char* cls : {"text", "image"}) {
+    for (const auto& [name, key] : ClassDistributions()) {
+      for (const char* f : kStatFields) {
+        rows.emplace_back(absl::StrCat(cls, ": ", name, " ", f), absl::StrCat("by_class/", cls, "/", key, "/", f));
+      }
+    }
   }
   for (std::size_t i = 0; i < n; ++i) {
     const nlohmann::json& ra = a["runs"][i];
@@ -130,8 +162,8 @@ std::string CompareTable(const nlohmann::json& a, const nlohmann::json& b, const
                                           name_b, rb.value("label", "")));
     absl::StrAppend(&out, absl::StrFormat("%-48s %12s %12s %8s\n", "metric", "A", "B", "B/A"));
     for (const auto& [name, key] : rows) {
-      const auto va = Get(ra["aggregates"], key);
-      const auto vb = Get(rb["aggregates"], key);
+      const auto va = Get(ra, key);
+      const auto vb = Get(rb, key);
       if (!va && !vb) continue;
       std::string ratio = "-";
       if (va && vb && *va != 0) ratio = absl::StrFormat("%.3f", *vb / *va);

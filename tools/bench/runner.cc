@@ -326,8 +326,13 @@ struct Runner::Impl {
       m->add_content()->set_text(spec.prompt_text);
       if (spec.image) {
         auto* image = m->add_content()->mutable_image();
-        image->set_data(TestPng(32, 32));
-        image->set_mime_type("image/png");
+        if (options.image_data.empty()) {
+          image->set_data(TestPng(32, 32));
+          image->set_mime_type("image/png");
+        } else {
+          image->set_data(options.image_data);
+          image->set_mime_type(options.image_mime_type);
+        }
       }
       request.set_reasoning_effort(ToProto(spec.effort));
       SetCommon(spec, request);

@@ -59,6 +59,10 @@ struct RunnerOptions {
   // when run next to the same load through a router.
   bool direct_worker = false;
   std::string worker_token;  // the worker API token (direct_worker)
+  // The image part of image requests (WorkloadOptions::image_share); empty:
+  // TestPng(32, 32).
+  std::string image_data;
+  std::string image_mime_type = "image/png";
 };
 
 // What GetModelInfo said that the workload needs.

@@ -73,6 +73,8 @@ Workload
   --sharegpt FILE.jsonl    prompts: the first human turn of each ShareGPT conversation (Chat)
   --reasoning-mix MIX      Chat only: e.g. none:0.5,high:0.5 (default: unspecified for all)
   --image-share F          share of requests sent as Chat with an image part (default 0)
+  --image-size WxH         the image part: a W x H gradient PNG, stored uncompressed (default 32x32)
+  --image-file FILE        the image part: this PNG, JPEG, WebP or GIF file instead
   --cancel-share F         share of requests cancelled mid-stream (default 0)
   --cancel-max-chunks K    a cancelled request stops after U[1, K] chunks; 0 = U[1, output/2]
                            (default 0)
@@ -257,6 +259,25 @@ absl::Status RunBench(int argc, char** argv) {
     wl.effort_mix = *m;
   }
   wl.image_share = read.Num<double>("image-share", 0);
+  const std::string image_size = read.Str("image-size", "");
+  const std::string image_file = read.Str("image-file", "");
+  if (!image_size.empty() && !image_file.empty()) {
+    return absl::InvalidArgumentError("--image-size and --image-file exclude each other");
+  }
+  if (!image_file.empty()) {
+    absl::StatusOr<ImageFile> file = ReadImageFile(image_file, "image-file");
+    if (!file.ok()) return file.status();
+    runner_options.image_data = std::move(file->data);
+    runner_options.image_mime_type = file->mime_type;
+  } else if (!image_size.empty()) {
+    const std::vector<std::string> wh = absl::StrSplit(image_size, 'x');
+    int w = 0, h = 0;
+    if (wh.size() != 2 || !absl::SimpleAtoi(wh[0], &w) || !absl::SimpleAtoi(wh[1], &h) || w < 1 || h < 1 || w > 8192 ||
+        h > 8192) {
+      return absl::InvalidArgumentError(absl::StrCat("--image-size: '", image_size, "' is not WxH within 8192x8192"));
+    }
+    runner_options.image_data = bench::TestPng(w, h);
+  }
   wl.cancel_share = read.Num<double>("cancel-share", 0);
   wl.cancel_max_chunks = read.Num<int>("cancel-max-chunks", 0);
   if (runner_options.direct_worker &&
@@ -336,6 +357,7 @@ absl::Status RunBench(int argc, char** argv) {
     if (!result.ok()) return result.status();
     run.result = std::move(*result);
     run.aggregates = bench::Aggregate(run.result.records, run.result.duration_s, slo, run.result.client_cpu_s);
+    run.by_class = bench::AggregateByClass(run.result.records, run.result.duration_s, slo);
     report.runs.push_back(std::move(run));
   }
 

@@ -27,6 +27,7 @@
 #include "engine/text/tekken.h"
 #include "engine/text/tekken_file.h"
 #include "sirocco/v1/sirocco.grpc.pb.h"
+#include "tools/sirocco/commands.h"
 
 namespace sirocco::tools {
 namespace {
@@ -205,6 +206,7 @@ absl::Status RunUp(int argc, char** argv) {
   const std::string prefix_caching = args->Take("prefix-caching", "");
   const std::string prefix_routing = args->Take("prefix-routing", "");
   const std::string local_prefill_max = args->Take("local-prefill-max-tokens", "");
+  const std::string image_threads = args->Take("image-threads", "");
   if (absl::Status s = args->CheckAllUsed(); !s.ok()) return s;
   if (!prefix_caching.empty() && prefix_caching != "on" && prefix_caching != "off") {
     return absl::InvalidArgumentError("--prefix-caching: must be on or off");
@@ -263,6 +265,7 @@ absl::Status RunUp(int argc, char** argv) {
     if (kernels == "cuda") worker_args.insert(worker_args.end(), {"--ucx-transports", "default"});
     if (!weights.empty()) worker_args.insert(worker_args.end(), {"--weights", weights});
     if (!prefix_caching.empty()) worker_args.insert(worker_args.end(), {"--prefix-caching", prefix_caching});
+    if (!image_threads.empty()) worker_args.insert(worker_args.end(), {"--image-threads", image_threads});
     auto pid = Spawn(bin, worker_args);
     if (!pid.ok()) return pid.status();
     c.pid = *pid;
@@ -340,22 +343,6 @@ absl::Status RunUp(int argc, char** argv) {
   return result;
 }
 
-namespace {
-
-// The MIME type of an image file from its magic bytes; empty when unknown.
-std::string ImageMimeType(const std::string& data) {
-  auto starts = [&](std::string_view magic, std::size_t at = 0) {
-    return data.size() >= at + magic.size() && std::string_view(data).substr(at, magic.size()) == magic;
-  };
-  if (starts("\x89PNG\r\n\x1a\n")) return "image/png";
-  if (starts("\xff\xd8\xff")) return "image/jpeg";
-  if (starts("GIF87a") || starts("GIF89a")) return "image/gif";
-  if (starts("RIFF") && starts("WEBP", 8)) return "image/webp";
-  return "";
-}
-
-}  // namespace
-
 absl::Status RunChat(int argc, char** argv) {
   auto args = Args::Parse(argc, argv);
   if (!args.ok()) return args.status();
@@ -381,19 +368,11 @@ absl::Status RunChat(int argc, char** argv) {
   if (!image_path.empty()) {
     // The image goes before the text, as in a user turn that shows a picture
     // and asks about it. The router checks the type against the bytes.
-    std::ifstream in(image_path, std::ios::binary | std::ios::ate);
-    if (!in) return absl::NotFoundError(absl::StrCat("--image: cannot read ", image_path));
-    std::string data(static_cast<std::size_t>(in.tellg()), '\0');
-    in.seekg(0);
-    if (!in.read(data.data(), static_cast<std::streamsize>(data.size()))) {
-      return absl::DataLossError(absl::StrCat("--image: cannot read ", image_path));
-    }
+    absl::StatusOr<ImageFile> file = ReadImageFile(image_path, "image");
+    if (!file.ok()) return file.status();
     auto* image = m->add_content()->mutable_image();
-    image->set_mime_type(ImageMimeType(data));
-    if (image->mime_type().empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("--image: ", image_path, " is not a PNG, JPEG, WebP or GIF file"));
-    }
-    image->set_data(std::move(data));
+    image->set_mime_type(file->mime_type);
+    image->set_data(std::move(file->data));
   }
   m->add_content()->set_text(args->positional[0]);
   if (effort == "none") {

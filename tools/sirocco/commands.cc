@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
@@ -247,6 +249,33 @@ absl::Status RunGenerate(int argc, char** argv) {
   }
   std::cout << j.dump() << std::endl;
   return absl::OkStatus();
+}
+
+absl::StatusOr<ImageFile> ReadImageFile(const std::string& path, const std::string& flag) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return absl::NotFoundError(absl::StrCat("--", flag, ": cannot read ", path));
+  ImageFile f;
+  f.data.resize(static_cast<std::size_t>(in.tellg()));
+  in.seekg(0);
+  if (!in.read(f.data.data(), static_cast<std::streamsize>(f.data.size()))) {
+    return absl::DataLossError(absl::StrCat("--", flag, ": cannot read ", path));
+  }
+  const std::string_view d = f.data;
+  auto starts = [&](std::string_view magic, std::size_t at = 0) {
+    return d.size() >= at + magic.size() && d.substr(at, magic.size()) == magic;
+  };
+  if (starts("\x89PNG\r\n\x1a\n")) {
+    f.mime_type = "image/png";
+  } else if (starts("\xff\xd8\xff")) {
+    f.mime_type = "image/jpeg";
+  } else if (starts("GIF87a") || starts("GIF89a")) {
+    f.mime_type = "image/gif";
+  } else if (starts("RIFF") && starts("WEBP", 8)) {
+    f.mime_type = "image/webp";
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": ", path, " is not a PNG, JPEG, WebP or GIF file"));
+  }
+  return f;
 }
 
 }  // namespace sirocco::tools

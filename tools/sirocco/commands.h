@@ -25,6 +25,15 @@ class Flags {
   std::set<std::string> used_;
 };
 
+// An image file as a client sends it: its bytes and the MIME type its magic
+// bytes say (PNG, JPEG, WebP, GIF). NOT_FOUND / INVALID_ARGUMENT naming
+// `flag` when it cannot be read or is none of those.
+struct ImageFile {
+  std::string data;
+  std::string mime_type;
+};
+absl::StatusOr<ImageFile> ReadImageFile(const std::string& path, const std::string& flag);
+
 absl::Status RunMakeModel(int argc, char** argv);
 absl::Status RunLogits(int argc, char** argv);
 absl::Status RunGenerate(int argc, char** argv);

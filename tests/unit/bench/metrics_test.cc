@@ -132,6 +132,32 @@ TEST(AggregateTest, ExactValuesOnSyntheticRecords) {
   EXPECT_EQ(Aggregate(records, 4.0, e2e).good, 2);
 }
 
+TEST(AggregateTest, ByClassSplitsTextFromImageRequests) {
+  std::vector<RequestRecord> records;
+  records.push_back(Rec(0, 0.0, {0.1, 0.15, 0.2}, 0.2, 3, 10));  // text: TTFT 100, gaps 50, 50
+  records.push_back(Rec(1, 0.0, {0.5, 0.9}, 0.9, 2, 40));        // image: TTFT 500, gap 400
+  records[1].image = true;
+  records.push_back(Rec(2, 1.0, {1.2, 1.3}, 1.3, 2, 10));  // text: TTFT 200, gap 100
+  const auto classes = AggregateByClass(records, 2.0, Slo{});
+  ASSERT_EQ(classes.size(), 2u);
+  EXPECT_EQ(classes[0].first, "text");
+  EXPECT_EQ(classes[1].first, "image");
+  const Aggregates& text = classes[0].second;
+  const Aggregates& image = classes[1].second;
+  EXPECT_EQ(text.completed, 2);
+  EXPECT_EQ(image.completed, 1);
+  EXPECT_NEAR(text.ttft_ms.mean, 150, 1e-9);
+  EXPECT_NEAR(text.itl_ms.max, 100, 1e-9);
+  EXPECT_EQ(text.itl_ms.count, 3);
+  EXPECT_NEAR(image.ttft_ms.mean, 500, 1e-9);
+  EXPECT_NEAR(image.itl_ms.max, 400, 1e-9);
+  EXPECT_DOUBLE_EQ(image.request_throughput, 0.5);  // over the whole run's 2 s
+  EXPECT_EQ(text.input_tokens + image.input_tokens, Aggregate(records, 2.0, Slo{}).input_tokens);
+  // One kind only: nothing to split.
+  records[1].image = false;
+  EXPECT_TRUE(AggregateByClass(records, 2.0, Slo{}).empty());
+}
+
 TEST(AggregateTest, ServerTimingInMilliseconds) {
   RequestRecord r = Rec(0, 0, {0.1, 0.2}, 0.2, 2, 3);
   r.has_timing = true;

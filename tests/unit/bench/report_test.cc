@@ -55,8 +55,10 @@ BenchReport MakeReport(double slowdown) {
     rr.offered_rate = run + 1;
     for (int i = 0; i < 40; ++i)
       rr.result.records.push_back(Rec(i, 0.1 * i, slowdown * (0.05 + 0.001 * i), 8, slowdown * 0.02 * (run + 1)));
+    for (int i = 0; i < 40; i += 4) rr.result.records[static_cast<std::size_t>(i)].image = true;
     rr.result.duration_s = rr.result.records.back().end_s;
     rr.aggregates = Aggregate(rr.result.records, rr.result.duration_s, Slo{});
+    rr.by_class = AggregateByClass(rr.result.records, rr.result.duration_s, Slo{});
     report.runs.push_back(std::move(rr));
   }
   return report;
@@ -109,7 +111,7 @@ TEST(ReportTextTest, CompareShowsRatiosBOverA) {
   // Every latency of B is twice A's: TTFT mean ratio 2.000.
   std::istringstream lines(table);
   std::string line;
-  bool found = false;
+  bool found = false, found_class = false;
   while (std::getline(lines, line)) {
     if (absl::StartsWith(line, "TTFT (ms) mean")) {
       EXPECT_TRUE(absl::EndsWith(line, "2.000")) << line;
@@ -118,14 +120,23 @@ TEST(ReportTextTest, CompareShowsRatiosBOverA) {
     if (absl::StartsWith(line, "Requests completed")) {
       EXPECT_TRUE(absl::EndsWith(line, "1.000")) << line;
     }
+    if (absl::StartsWith(line, "image: ITL (ms) p99") || absl::StartsWith(line, "text: TTFT (ms) mean")) {
+      EXPECT_TRUE(absl::EndsWith(line, "2.000")) << line;
+      found_class = true;
+    }
   }
   EXPECT_TRUE(found) << table;
+  EXPECT_TRUE(found_class) << table;
   EXPECT_TRUE(absl::StrContains(table, "run 1:"));
 
   const std::string summary = SummaryTable(a);
   EXPECT_TRUE(absl::StrContains(summary, "TTFT (ms)"));
   EXPECT_TRUE(absl::StrContains(summary, "throughput-latency curve"));
   EXPECT_TRUE(absl::StrContains(summary, "Goodput (req/s)"));
+  EXPECT_TRUE(absl::StrContains(summary, "image requests completed"));
+  EXPECT_TRUE(absl::StrContains(summary, "  text: ITL (ms)"));
+  EXPECT_EQ(a["runs"][0]["by_class"]["image"]["completed"], 10);
+  EXPECT_EQ(a["runs"][0]["by_class"]["text"]["completed"], 30);
 }
 
 TEST(ReportHtmlTest, CdfAndTimeline) {

@@ -4,7 +4,9 @@
 // one-shot prefill, then greedy decode steps. The loop chunks the prompt
 // (through the image), batches requests together, and with the prefix cache
 // must not reuse KV computed for another image; bad images fail their
-// request alone and leave the pool whole.
+// request alone and leave the pool whole. Image threads prepare the pixels
+// while the engine thread runs other requests; cancelling, stopping and
+// draining reach requests still being prepared.
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -33,9 +35,9 @@ struct Result {
   absl::Status status;
 };
 
-Result Collect(RequestStream& stream) {
+Result Collect(RequestStream& stream, std::chrono::steady_clock::duration timeout = seconds(120)) {
   Result r;
-  const auto give_up = std::chrono::steady_clock::now() + seconds(120);
+  const auto give_up = std::chrono::steady_clock::now() + timeout;
   while (!r.ended && std::chrono::steady_clock::now() < give_up) {
     if (!stream.Wait(milliseconds(100))) continue;
     for (StreamEvent& e : stream.Drain()) {
@@ -95,8 +97,9 @@ class EngineLoopImagesTest : public ::testing::Test {
   }
   static void TearDownTestSuite() { delete model_; }
 
-  static EngineOptions Options(bool prefix_caching = false) {
+  static EngineOptions Options(bool prefix_caching = false, int image_threads = 2) {
     EngineOptions o;
+    o.image_threads = image_threads;
     o.model = model_;
     o.num_blocks = 64;
     o.block_size = 4;
@@ -175,6 +178,26 @@ class EngineLoopImagesTest : public ::testing::Test {
     return false;
   }
 
+  // An image whose pixels are held back until the gate opens (or 60 s pass,
+  // so that a broken engine fails the test instead of hanging it).
+  static ImageInput GatedImage(int height, int width, std::uint64_t seed, std::shared_future<void> gate) {
+    return ImageInput{.height = height,
+                      .width = width,
+                      .pixels = [height, width, seed, gate]() -> absl::StatusOr<std::vector<float>> {
+                        if (gate.wait_for(seconds(60)) != std::future_status::ready) {
+                          return absl::DeadlineExceededError("the test's gate never opened");
+                        }
+                        return Pixels(height, width, seed);
+                      }};
+  }
+  static bool PreparingIs(EngineLoop& loop, std::int64_t n) {
+    for (int i = 0; i < 2000; ++i) {
+      if (loop.Stats().preparing == n) return true;
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+    return false;
+  }
+
   static Mistral4Model* model_;
 };
 Mistral4Model* EngineLoopImagesTest::model_ = nullptr;
@@ -189,17 +212,142 @@ TEST_F(EngineLoopImagesTest, ImagesGiveTheTokensOfTheModelRunDirectly) {
   const auto ref_b = Reference(b, {{28, 84}, {84, 56}}, {12, 13}, 6);
   ASSERT_EQ(ref_a.size(), 6u);
 
+  // Pixels prepared by image threads, and by the engine thread itself.
+  for (int threads : {2, 0}) {
+    SCOPED_TRACE(threads);
+    auto loop = EngineLoop::Create(Options(false, threads));
+    ASSERT_TRUE(loop.ok()) << loop.status();
+    auto sa = (*loop)->Submit(RequestId{1}, Spec(a, {Image(84, 56, 11)}, 6));
+    auto sb = (*loop)->Submit(RequestId{2}, Spec(b, {Image(28, 84, 12), Image(84, 56, 13)}, 6));
+    ASSERT_TRUE(sa.ok() && sb.ok());
+    const Result ra = Collect(**sa), rb = Collect(**sb);
+    EXPECT_TRUE(ra.status.ok()) << ra.status;
+    EXPECT_TRUE(rb.status.ok()) << rb.status;
+    EXPECT_EQ(ra.tokens, ref_a);
+    EXPECT_EQ(rb.tokens, ref_b);
+    EXPECT_TRUE(PoolWhole(**loop));
+  }
+}
+
+TEST_F(EngineLoopImagesTest, OtherRequestsRunWhileAnImageIsPrepared) {
+  // The image's pixels are held back: a text request submitted after it
+  // must still run to its end, which it could not if the engine thread
+  // were the one waiting for the pixels.
+  const auto with_image = Prompt(3, 2, 3, 2, 8);
+  const auto text = Prompt(6, 0, 0, 0, 9);
+  const auto ref_image = Reference(with_image, {{84, 56}}, {61}, 4);
+  const auto ref_text = Reference(text, {}, {}, 4);
   auto loop = EngineLoop::Create(Options());
   ASSERT_TRUE(loop.ok()) << loop.status();
-  auto sa = (*loop)->Submit(RequestId{1}, Spec(a, {Image(84, 56, 11)}, 6));
-  auto sb = (*loop)->Submit(RequestId{2}, Spec(b, {Image(28, 84, 12), Image(84, 56, 13)}, 6));
-  ASSERT_TRUE(sa.ok() && sb.ok());
-  const Result ra = Collect(**sa), rb = Collect(**sb);
-  EXPECT_TRUE(ra.status.ok()) << ra.status;
-  EXPECT_TRUE(rb.status.ok()) << rb.status;
-  EXPECT_EQ(ra.tokens, ref_a);
-  EXPECT_EQ(rb.tokens, ref_b);
+  std::promise<void> open;
+  auto si = (*loop)->Submit(RequestId{1}, Spec(with_image, {GatedImage(84, 56, 61, open.get_future().share())}, 4));
+  ASSERT_TRUE(si.ok()) << si.status();
+  ASSERT_TRUE(PreparingIs(**loop, 1));
+  EXPECT_EQ((*loop)->Stats().preparing_tokens, static_cast<std::int64_t>(with_image.size()));
+  auto st = (*loop)->Submit(RequestId{2}, Spec(text, {}, 4));
+  ASSERT_TRUE(st.ok()) << st.status();
+  const Result rt = Collect(**st, seconds(30));
+  EXPECT_TRUE(rt.ended && rt.status.ok()) << rt.status;
+  EXPECT_EQ(rt.tokens, ref_text);
+  EXPECT_FALSE((*si)->ended());
+  EXPECT_EQ((*loop)->Stats().preparing, 1);
+  open.set_value();
+  const Result ri = Collect(**si);
+  EXPECT_TRUE(ri.status.ok()) << ri.status;
+  EXPECT_EQ(ri.tokens, ref_image);
+  EXPECT_TRUE(PreparingIs(**loop, 0));
+  EXPECT_EQ((*loop)->Stats().preparing_tokens, 0);
   EXPECT_TRUE(PoolWhole(**loop));
+}
+
+TEST_F(EngineLoopImagesTest, CancellingARequestWhoseImageIsPreparedEndsItAtOnce) {
+  // The cancelled request's late pixels must not reach a new request that
+  // reuses its id: the new one gets its own image's answer.
+  const auto prompt = Prompt(3, 2, 3, 2, 10);
+  const auto ref_old = Reference(prompt, {{84, 56}}, {71}, 4);
+  const auto ref_new = Reference(prompt, {{84, 56}}, {72}, 4);
+  ASSERT_NE(ref_old, ref_new);
+  auto loop = EngineLoop::Create(Options());
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  std::promise<void> open_old, open_new;
+  auto s1 = (*loop)->Submit(RequestId{1}, Spec(prompt, {GatedImage(84, 56, 71, open_old.get_future().share())}, 4));
+  ASSERT_TRUE(s1.ok());
+  ASSERT_TRUE(PreparingIs(**loop, 1));
+  (*loop)->Cancel(RequestId{1});
+  const Result r1 = Collect(**s1, seconds(30));
+  EXPECT_TRUE(r1.ended);
+  EXPECT_EQ(r1.reason, ExitReason::kCancelled);
+  EXPECT_EQ(r1.status.code(), absl::StatusCode::kCancelled) << r1.status;
+  EXPECT_TRUE(PreparingIs(**loop, 0));
+
+  auto s2 = (*loop)->Submit(RequestId{1}, Spec(prompt, {GatedImage(84, 56, 72, open_new.get_future().share())}, 4));
+  ASSERT_TRUE(s2.ok());
+  ASSERT_TRUE(PreparingIs(**loop, 1));
+  open_old.set_value();  // the cancelled request's pixels arrive first
+  std::this_thread::sleep_for(milliseconds(50));
+  EXPECT_EQ((*loop)->Stats().preparing, 1) << "the old pixels were taken for the new request";
+  open_new.set_value();
+  const Result r2 = Collect(**s2);
+  EXPECT_TRUE(r2.status.ok()) << r2.status;
+  EXPECT_EQ(r2.tokens, ref_new);
+  EXPECT_TRUE(PoolWhole(**loop));
+}
+
+TEST_F(EngineLoopImagesTest, RequestsBeingPreparedCountAgainstTheQueueLimit) {
+  const auto prompt = Prompt(3, 2, 3, 2, 11);
+  const auto ref = Reference(prompt, {{84, 56}}, {81}, 3);
+  EngineOptions o = Options();
+  o.max_waiting = 1;
+  auto loop = EngineLoop::Create(o);
+  ASSERT_TRUE(loop.ok()) << loop.status();
+  std::promise<void> open;
+  auto s1 = (*loop)->Submit(RequestId{1}, Spec(prompt, {GatedImage(84, 56, 81, open.get_future().share())}, 3));
+  ASSERT_TRUE(s1.ok());
+  ASSERT_TRUE(PreparingIs(**loop, 1));
+  for (std::uint64_t id : {2, 3}) {  // another image, and text alone
+    auto s = (*loop)->Submit(RequestId{id}, id == 2 ? Spec(prompt, {Image(84, 56, 81)}, 3) : Spec({20, 21, 22}, {}, 3));
+    ASSERT_TRUE(s.ok());
+    const Result r = Collect(**s, seconds(30));
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kResourceExhausted) << id << ": " << r.status;
+  }
+  open.set_value();
+  EXPECT_EQ(Collect(**s1).tokens, ref);
+  EXPECT_TRUE(PoolWhole(**loop));
+}
+
+TEST_F(EngineLoopImagesTest, StoppingEndsRequestsWhoseImagesArePrepared) {
+  const auto prompt = Prompt(3, 2, 3, 2, 12);
+  const auto ref = Reference(prompt, {{84, 56}}, {91}, 3);
+  for (StopMode mode : {StopMode::kCancel, StopMode::kDrain}) {
+    SCOPED_TRACE(static_cast<int>(mode));
+    auto loop = EngineLoop::Create(Options());
+    ASSERT_TRUE(loop.ok()) << loop.status();
+    std::promise<void> open;
+    auto s = (*loop)->Submit(RequestId{1}, Spec(prompt, {GatedImage(84, 56, 91, open.get_future().share())}, 3));
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE(PreparingIs(**loop, 1));
+    std::thread stopper([&] { (*loop)->Stop(mode); });
+    if (mode == StopMode::kCancel) {
+      // Ends now, pixels or not; Stop then waits for the image thread.
+      const Result r = Collect(**s, seconds(30));
+      EXPECT_EQ(r.reason, ExitReason::kCancelled);
+      EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+      open.set_value();
+    } else {
+      // A drain finishes it once its pixels come.
+      for (int i = 0; i < 2000 && (*loop)->Submit(RequestId{2}, Spec({20, 21}, {}, 1)).ok(); ++i) {
+        std::this_thread::sleep_for(milliseconds(5));
+      }
+      EXPECT_FALSE((*s)->ended());
+      open.set_value();
+      const Result r = Collect(**s);
+      EXPECT_TRUE(r.status.ok()) << r.status;
+      EXPECT_EQ(r.tokens, ref);
+    }
+    stopper.join();
+    EXPECT_FALSE((*loop)->Stats().running);
+    EXPECT_EQ((*loop)->Stats().preparing, 0);
+  }
 }
 
 TEST_F(EngineLoopImagesTest, ThePrefixCacheDoesNotReuseAnotherImagesKv) {
