@@ -20,9 +20,13 @@ struct ImageInput {
   int height = 0;
   int width = 0;
   // Returns CHW float32 pixels [3, height, width], normalised for the
-  // encoder. Called at most once, on the engine thread, when the image's
-  // features are first needed (a decode worker needs them only to recompute
-  // a preempted request), so a caller may defer decoding the file to it.
+  // encoder. Called at most once per request: on one of the engine loop's
+  // image threads before a submitted request joins the queue, or on the
+  // engine thread when a step first needs the image's features and they
+  // were not prepared (no image threads; a decode worker recomputing a
+  // preempted request; a prefix-cache match lost to eviction). So a caller
+  // may defer decoding the file to it; it must be safe to call from any
+  // thread.
   std::function<absl::StatusOr<std::vector<float>>()> pixels;
   // Identifies the image's content (a hash of its file): prompts with the
   // same image share its KV blocks through the prefix cache. 0: unknown,
