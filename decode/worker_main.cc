@@ -71,7 +71,8 @@ const char* const kKnownFlags[] = {"role",
                                    "kv-quarantine-ms",
                                    "weights",
                                    "prefix-caching",
-                                   "image-threads"};
+                                   "image-threads",
+                                   "vision-layers-per-step"};
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   Flags flags;
@@ -177,12 +178,16 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
   absl::StatusOr<std::int64_t> metrics_port = flags->GetInt("metrics-port", 9464);
   absl::StatusOr<std::int64_t> drain_grace_s = flags->GetInt("drain-grace-s", 25);
   absl::StatusOr<std::int64_t> image_threads = flags->GetInt("image-threads", 2);
+  absl::StatusOr<std::int64_t> vision_layers = flags->GetInt("vision-layers-per-step", 4);
   for (const auto* v : {&num_blocks, &block_size, &max_tokens_per_step, &max_seqs_per_step, &max_waiting, &metrics_port,
-                        &drain_grace_s, &image_threads}) {
+                        &drain_grace_s, &image_threads, &vision_layers}) {
     if (!v->ok()) return Fail(v->status());
   }
   if (*image_threads < 0 || *image_threads > 64) {
     return Fail(absl::InvalidArgumentError("--image-threads: must be in [0, 64]"));
+  }
+  if (*vision_layers < 0 || *vision_layers > 1024) {
+    return Fail(absl::InvalidArgumentError("--vision-layers-per-step: must be in [0, 1024]"));
   }
 
   const std::string model_dir = flags->Get("model", "models/tiny");
@@ -197,6 +202,7 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
   engine_options.max_seqs_per_step = *max_seqs_per_step;
   engine_options.max_waiting = *max_waiting;
   engine_options.image_threads = static_cast<int>(*image_threads);
+  engine_options.vision_layers_per_step = static_cast<int>(*vision_layers);
   // Only a decode worker receives remote writes into reservations.
   absl::StatusOr<std::int64_t> quarantine_ms = flags->GetInt("kv-quarantine-ms", *role == WorkerRole::kPrefill ? 0 : 1000);
   if (!quarantine_ms.ok()) return Fail(quarantine_ms.status());

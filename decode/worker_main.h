@@ -19,6 +19,8 @@
 //   --max-waiting N              queued requests before refusing; default 0 (no limit)
 //   --image-threads N            threads that decode and resize prompts' images off
 //                                the engine thread; default 2; 0: on the engine thread
+//   --vision-layers-per-step N   vision encoder layers a step runs (an image's encoder
+//                                spread over steps); default 4; 0: all at once
 //   --kernels ref|avx2|cuda      default avx2
 //   --weights f32|bf16|fp8       how weight matrices are held; default f32
 //   --prefix-caching on|off      reuse the KV of full blocks across requests

@@ -215,11 +215,12 @@ void EngineLoop::Run() {
 
     // schedule → run → postprocess
     StepPlan plan = scheduler_->Schedule(now);
-    if (!plan.empty()) RunStep(plan);
+    const bool runnable = !plan.empty();  // RunStep may hold chunks back for the vision encoder
+    if (runnable) RunStep(plan);
     EmitExits();
     PublishStats();
 
-    if (plan.empty()) {  // nothing runnable: sleep until a command, a stop or a timer
+    if (!runnable) {  // nothing runnable: sleep until a command, a stop or a timer
       std::optional<SchedTime> wake = scheduler_->NextExpiry();
       if (drain_deadline && (!wake || *drain_deadline < *wake)) wake = drain_deadline;
       std::unique_lock<std::mutex> lock(mu_);
@@ -504,24 +505,38 @@ absl::Status EngineLoop::PrepareImages(Live& live, std::span<const std::int32_t>
   return absl::OkStatus();
 }
 
-absl::Status EngineLoop::EncodeImages(Live& live) {
+absl::StatusOr<bool> EngineLoop::AdvanceEncoding(Live& live, int* layers_left) {
   PixtralEncoder* vision = model_.vision();
-  std::vector<float> rows;
-  for (std::size_t i = 0; i < live.images.size(); ++i) {
-    absl::StatusOr<std::vector<float>> pixels =
-        live.pixels.empty() ? live.images[i].pixels() : std::move(live.pixels[i]);
-    if (!pixels.ok()) {
-      return absl::Status(pixels.status().code(), absl::StrCat("images[", i, "]: ", pixels.status().message()));
+  auto named = [](std::size_t i, const absl::Status& st) {
+    return absl::Status(st.code(), absl::StrCat("images[", i, "]: ", st.message()));
+  };
+  while (live.encoded < live.images.size()) {
+    if (*layers_left == 0) return false;  // this step's budget is spent
+    const std::size_t i = live.encoded;
+    if (live.job == nullptr) {
+      absl::StatusOr<std::vector<float>> pixels =
+          live.pixels.empty() ? live.images[i].pixels() : std::move(live.pixels[i]);
+      if (!pixels.ok()) return named(i, pixels.status());
+      absl::StatusOr<std::unique_ptr<PixtralEncoder::Job>> job =
+          vision->Start(*pixels, live.images[i].height, live.images[i].width);
+      if (!job.ok()) return named(i, job.status());
+      live.job = *std::move(job);
     }
-    absl::StatusOr<std::vector<float>> features = vision->Encode(*pixels, live.images[i].height, live.images[i].width);
-    if (!features.ok()) {
-      return absl::Status(features.status().code(), absl::StrCat("images[", i, "]: ", features.status().message()));
-    }
-    rows.insert(rows.end(), features->begin(), features->end());
+    const std::int64_t before = live.job->layers_done();
+    absl::StatusOr<bool> done = vision->Step(*live.job, *layers_left < 0 ? 0 : *layers_left);
+    if (!done.ok()) return named(i, done.status());
+    const std::int64_t ran = live.job->layers_done() - before;
+    vision_layers_ += ran;
+    if (*layers_left > 0) *layers_left -= static_cast<int>(ran);
+    if (!*done) return false;
+    absl::StatusOr<std::vector<float>> rows = vision->Finish(*live.job);
+    if (!rows.ok()) return named(i, rows.status());
+    live.image_rows.insert(live.image_rows.end(), rows->begin(), rows->end());
+    live.job.reset();
+    ++live.encoded;
   }
-  live.image_rows = std::move(rows);
   live.pixels = {};
-  return absl::OkStatus();
+  return true;
 }
 
 void EngineLoop::RunStep(StepPlan& plan) {
@@ -536,20 +551,28 @@ void EngineLoop::RunStep(StepPlan& plan) {
     }
   }
   // A chunk that computes image tokens needs its request's image features:
-  // encoded now, the first time (for a decode worker, only to recompute a
-  // preempted request). A request whose images cannot be had fails alone.
+  // encoded the first time (for a decode worker, only to recompute a
+  // preempted request), vision_layers_per_step layers a step; the chunk
+  // waits for the step where they are complete while the other items run.
+  // A request whose images cannot be had fails alone.
+  int layers_left = options_.vision_layers_per_step > 0 ? options_.vision_layers_per_step : -1;
+  const std::int64_t vision_layers_before = vision_layers_;
   std::erase_if(plan.prefill, [&](const PrefillChunk& c) {
     auto it = live_.find(c.id);
-    if (it == live_.end() || it->second.image_at.empty() || !it->second.image_rows.empty()) return false;
+    if (it == live_.end() || it->second.encoded == it->second.images.size()) return false;
     const std::vector<std::int64_t>& at = it->second.image_at;
     if (std::lower_bound(at.begin(), at.end(), c.start) == std::lower_bound(at.begin(), at.end(), c.start + c.len)) {
       return false;  // no image token in this chunk
     }
-    absl::Status st = EncodeImages(it->second);
-    if (st.ok()) return false;
-    (void)scheduler_->Fail(c.id, std::move(st));
-    return true;
+    absl::StatusOr<bool> ready = AdvanceEncoding(it->second, &layers_left);
+    if (!ready.ok()) {
+      (void)scheduler_->Fail(c.id, ready.status());
+      return true;
+    }
+    return !*ready;  // not encoded yet: the chunk runs in a later step
   });
+  if (vision_layers_ > vision_layers_before) ++vision_steps_;
+  if (plan.decode.empty() && plan.prefill.empty()) return;  // only encoder work this step
   std::vector<ForwardItem> items;
   items.reserve(plan.decode.size() + plan.prefill.size());
   std::vector<std::vector<std::int32_t>> embed_at(plan.prefill.size());  // ForwardItem::embed_at of each chunk
@@ -699,6 +722,8 @@ void EngineLoop::PublishStats() {
   stats_.scheduler = s;
   stats_.steps = steps_;
   stats_.tokens_sampled = tokens_sampled_;
+  stats_.vision_layers = vision_layers_;
+  stats_.vision_steps = vision_steps_;
   stats_.preparing = static_cast<std::int64_t>(preparing_.size());
   stats_.preparing_tokens = preparing_tokens_;
 }

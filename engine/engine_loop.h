@@ -35,6 +35,7 @@
 #include "absl/status/statusor.h"
 #include "engine/kv_cache.h"
 #include "engine/mistral4.h"
+#include "engine/pixtral.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
 #include "engine/task_pool.h"
@@ -142,6 +143,13 @@ struct EngineOptions {
   // vision encoder; a decode (Decode()) asks on the engine thread either way,
   // and only to recompute.
   int image_threads = 2;
+  // Vision encoder layers run per step, across all requests (0: an image's
+  // whole encoder in the step that first needs it). The encoder runs on the
+  // engine thread between steps, so this bounds what it adds to a step for
+  // the requests being decoded; a chunk whose images are not encoded yet
+  // waits, and the other requests' items run. An image's patch embedding
+  // and projector run with its first and last layer.
+  int vision_layers_per_step = 4;
 };
 
 struct EngineStats {
@@ -152,6 +160,9 @@ struct EngineStats {
   // in scheduler.waiting yet, and their prompt tokens.
   std::int64_t preparing = 0;
   std::int64_t preparing_tokens = 0;
+  // Vision encoder layers run, and the steps that ran any (cumulative).
+  std::int64_t vision_layers = 0;
+  std::int64_t vision_steps = 0;
   bool running = false;  // the engine thread is alive
 };
 
@@ -250,7 +261,10 @@ class EngineLoop {
     // hidden_size floats per [IMG] token, whose prompt positions are image_at.
     std::vector<ImageInput> images;
     std::vector<std::int64_t> image_at;
-    std::vector<float> image_rows;
+    std::vector<float> image_rows;  // complete once encoded == images.size()
+    // Encoding in progress: images[encoded] is in `job` (several steps).
+    std::size_t encoded = 0;
+    std::unique_ptr<PixtralEncoder::Job> job;
     // Each image's pixels when prepared ahead (image_threads); empty: asked
     // of images[i].pixels when encoding. Dropped once encoded.
     std::vector<std::vector<float>> pixels;
@@ -291,8 +305,10 @@ class EngineLoop {
   // CheckImages, then records the prompt positions of the image tokens
   // (live.image_at).
   absl::Status PrepareImages(Live& live, std::span<const std::int32_t> prompt) const;
-  // Runs the vision encoder on `live.images` (pixels asked for now).
-  absl::Status EncodeImages(Live& live);
+  // Runs the vision encoder on `live.images` (pixels asked for now unless
+  // prepared), at most *layers_left layers when > 0 (decremented); true once
+  // every image's rows are in live.image_rows.
+  absl::StatusOr<bool> AdvanceEncoding(Live& live, int* layers_left);
   // The row to sample for request `id` (taking its RNG draw for this step).
   RowSample Draw(RequestId id, std::int64_t row);
   // Applies a sampled token: the request's history, the plan, its stream.
@@ -311,6 +327,8 @@ class EngineLoop {
   std::int64_t preparing_tokens_ = 0;
   std::int64_t steps_ = 0;
   std::int64_t tokens_sampled_ = 0;
+  std::int64_t vision_layers_ = 0;
+  std::int64_t vision_steps_ = 0;
 
   // Shared with callers.
   std::mutex mu_;

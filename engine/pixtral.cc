@@ -255,7 +255,9 @@ struct PixtralEncoder::Weights {
 
 namespace {
 
-enum Buf : int { kPatches, kX, kH, kQ, kK, kV, kAttn, kGateUp, kMerged, kMergedOut, kProj1, kProj2, kInts, kNumBufs };
+// The encoder's temporaries; a Job holds an image's residual stream and
+// index tables itself.
+enum Buf : int { kPatches, kH, kQ, kK, kV, kAttn, kGateUp, kMerged, kMergedOut, kProj1, kProj2, kNumBufs };
 
 }  // namespace
 
@@ -424,13 +426,12 @@ std::int64_t PixtralEncoder::tokens_for(std::int64_t height, std::int64_t width)
   return (height / cell) * (width / cell);
 }
 
-absl::Status PixtralEncoder::Layer(std::int64_t layer, std::int64_t n, const std::int32_t* pos_h,
+absl::Status PixtralEncoder::Layer(std::int64_t layer, std::int64_t n, float* x, const std::int32_t* pos_h,
                                    const std::int32_t* pos_w) {
   Device& dev = *device_;
   const Weights::Layer& lw = w_->layers[Z(layer)];
   const std::int64_t d = config_.hidden_size, inter = config_.intermediate_size, heads = config_.num_attention_heads;
   const std::int64_t hd = config_.head_dim();
-  float* x = scratch_->Ptr<float>(kX);
   float* h = scratch_->Ptr<float>(kH);
   float* q = scratch_->Ptr<float>(kQ);
   float* k = scratch_->Ptr<float>(kK);
@@ -475,7 +476,16 @@ absl::Status PixtralEncoder::Layer(std::int64_t layer, std::int64_t n, const std
   return dev.GemmNt(I(n), I(d), I(inter), gu, I(2 * inter), lw.down, I(inter), 1.0f, x, I(d));  // residual
 }
 
+PixtralEncoder::Job::~Job() = default;
+
 absl::StatusOr<std::vector<float>> PixtralEncoder::Encode(std::span<const float> pixels, int height, int width) {
+  SIROCCO_ASSIGN_OR_RETURN(std::unique_ptr<Job> job, Start(pixels, height, width));
+  SIROCCO_RETURN_IF_ERROR(Step(*job, 0).status());
+  return Finish(*job);
+}
+
+absl::StatusOr<std::unique_ptr<PixtralEncoder::Job>> PixtralEncoder::Start(std::span<const float> pixels, int height,
+                                                                           int width) {
   const VisionConfig& c = config_;
   const std::int64_t cell = c.token_pixels();
   if (height <= 0 || width <= 0 || height % cell != 0 || width % cell != 0) {
@@ -490,7 +500,7 @@ absl::StatusOr<std::vector<float>> PixtralEncoder::Encode(std::span<const float>
   }
   Device& dev = *device_;
   const std::int64_t grid_h = height / ps, grid_w = width / ps, n = grid_h * grid_w;
-  const std::int64_t d = c.hidden_size, t = text_hidden_, patch_len = channels * ps * ps;
+  const std::int64_t d = c.hidden_size, patch_len = channels * ps * ps;
   const std::int64_t blocks = n / (s * s);
 
   // Host-side layout, uploaded once: each patch's pixels in the conv
@@ -522,31 +532,61 @@ absl::StatusOr<std::vector<float>> PixtralEncoder::Encode(std::span<const float>
     }
   }
 
-  Scratch& sc = *scratch_;
-  const std::int64_t inter = c.intermediate_size;
-  SIROCCO_ASSIGN_OR_RETURN(float* d_patches, sc.Get<float>(kPatches, n * patch_len));
-  SIROCCO_ASSIGN_OR_RETURN(std::int32_t * d_ints, sc.Get<std::int32_t>(kInts, 3 * n));
-  SIROCCO_ASSIGN_OR_RETURN(float* x, sc.Get<float>(kX, n * d));
-  SIROCCO_ASSIGN_OR_RETURN(float* h, sc.Get<float>(kH, n * d));
-  for (Buf b : {kQ, kK, kV, kAttn}) SIROCCO_RETURN_IF_ERROR(sc.Get<float>(b, n * d).status());
-  SIROCCO_RETURN_IF_ERROR(sc.Get<float>(kGateUp, n * 2 * inter).status());
-  SIROCCO_ASSIGN_OR_RETURN(float* merged, sc.Get<float>(kMerged, n * d));
-  SIROCCO_ASSIGN_OR_RETURN(float* merged_out, sc.Get<float>(kMergedOut, blocks * d));
-  SIROCCO_ASSIGN_OR_RETURN(float* proj1, sc.Get<float>(kProj1, blocks * t));
-  SIROCCO_ASSIGN_OR_RETURN(float* proj2, sc.Get<float>(kProj2, blocks * t));
+  std::unique_ptr<Job> job(new Job);
+  job->height_ = height;
+  job->width_ = width;
+  job->patches_ = n;
+  job->grid_w_ = grid_w;
+  SIROCCO_ASSIGN_OR_RETURN(job->x_, dev.Allocate(Z(n * d) * sizeof(float)));
+  SIROCCO_ASSIGN_OR_RETURN(job->ints_, dev.Allocate(ints.size() * sizeof(std::int32_t)));
+  float* x = job->x_->as<float>();
+  SIROCCO_ASSIGN_OR_RETURN(float* d_patches, scratch_->Get<float>(kPatches, n * patch_len));
   SIROCCO_RETURN_IF_ERROR(dev.CopyToDevice(d_patches, patches.data(), patches.size() * sizeof(float)));
-  SIROCCO_RETURN_IF_ERROR(dev.CopyToDevice(d_ints, ints.data(), ints.size() * sizeof(std::int32_t)));
+  SIROCCO_RETURN_IF_ERROR(dev.CopyToDevice(job->ints_->data(), ints.data(), ints.size() * sizeof(std::int32_t)));
 
   // patch_conv as a product over the patches, then ln_pre.
   SIROCCO_RETURN_IF_ERROR(
       dev.GemmNt(I(n), I(d), I(patch_len), d_patches, I(patch_len), w_->patch_conv, I(patch_len), 0.0f, x, I(d)));
   SIROCCO_RETURN_IF_ERROR(dev.RmsNorm(I(n), I(d), x, I(d), w_->ln_pre, kVisionNormEps, x, I(d)));
-  for (std::int64_t l = 0; l < c.layers_used(); ++l) SIROCCO_RETURN_IF_ERROR(Layer(l, n, d_ints, d_ints + n));
+  return job;
+}
+
+absl::StatusOr<bool> PixtralEncoder::Step(Job& job, int max_layers) {
+  const std::int64_t n = job.patches_, d = config_.hidden_size, inter = config_.intermediate_size;
+  // The layers' temporaries, sized for this image.
+  SIROCCO_RETURN_IF_ERROR(scratch_->Get<float>(kH, n * d).status());
+  for (Buf b : {kQ, kK, kV, kAttn}) SIROCCO_RETURN_IF_ERROR(scratch_->Get<float>(b, n * d).status());
+  SIROCCO_RETURN_IF_ERROR(scratch_->Get<float>(kGateUp, n * 2 * inter).status());
+  const std::int32_t* ints = job.ints_->as<std::int32_t>();
+  const std::int64_t end = max_layers <= 0 ? layers() : std::min(layers(), job.layers_done_ + max_layers);
+  for (; job.layers_done_ < end; ++job.layers_done_) {
+    SIROCCO_RETURN_IF_ERROR(Layer(job.layers_done_, n, job.x_->as<float>(), ints, ints + n));
+  }
+  return job.layers_done_ == layers();
+}
+
+absl::StatusOr<std::vector<float>> PixtralEncoder::Finish(Job& job) {
+  if (job.layers_done_ != layers()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("PixtralEncoder::Finish: ", job.layers_done_, " of ", layers(), " layers have run"));
+  }
+  const VisionConfig& c = config_;
+  Device& dev = *device_;
+  const std::int64_t s = c.spatial_merge_size, n = job.patches_, d = c.hidden_size, t = text_hidden_;
+  const std::int64_t blocks = n / (s * s);
+  Scratch& sc = *scratch_;
+  SIROCCO_ASSIGN_OR_RETURN(float* h, sc.Get<float>(kH, n * d));
+  SIROCCO_ASSIGN_OR_RETURN(float* merged, sc.Get<float>(kMerged, n * d));
+  SIROCCO_ASSIGN_OR_RETURN(float* merged_out, sc.Get<float>(kMergedOut, blocks * d));
+  SIROCCO_ASSIGN_OR_RETURN(float* proj1, sc.Get<float>(kProj1, blocks * t));
+  SIROCCO_ASSIGN_OR_RETURN(float* proj2, sc.Get<float>(kProj2, blocks * t));
+  const float* x = job.x_->as<float>();
+  const std::int32_t* ints = job.ints_->as<std::int32_t>();
 
   // Projector: norm, patch merger (gather each block's patches into one row
   // of s^2 D, then merging_layer), linear_1, act, linear_2.
   SIROCCO_RETURN_IF_ERROR(dev.RmsNorm(I(n), I(d), x, I(d), w_->projector_norm, projector_eps_, h, I(d)));
-  SIROCCO_RETURN_IF_ERROR(dev.GatherRows(I(n), I(d), h, I(d), d_ints + 2 * n, merged, I(d)));
+  SIROCCO_RETURN_IF_ERROR(dev.GatherRows(I(n), I(d), h, I(d), ints + 2 * n, merged, I(d)));
   const std::int64_t merged_dim = s * s * d;
   SIROCCO_RETURN_IF_ERROR(dev.GemmNt(I(blocks), I(d), I(merged_dim), merged, I(merged_dim), w_->merging, I(merged_dim),
                                      0.0f, merged_out, I(d)));

@@ -104,6 +104,38 @@ class PixtralEncoder {
   // [tokens_for(height, width), output_dim()] in host memory. height and
   // width must be positive multiples of token_pixels().
   absl::StatusOr<std::vector<float>> Encode(std::span<const float> pixels_chw, int height, int width);
+
+  // Encode in parts, so that a caller can spread one image's encoder over
+  // several engine steps: Start (patch embedding; checks as Encode), Step
+  // until it says every layer has run, Finish (the projector). The same
+  // operations in the same order as Encode: the same result. A Job holds
+  // its image's activations on the device; jobs may be interleaved, one
+  // call at a time (the encoder's temporaries are shared). A Job must not
+  // outlive its encoder.
+  class Job {
+   public:
+    ~Job();
+    Job(const Job&) = delete;
+    Job& operator=(const Job&) = delete;
+    std::int64_t layers_done() const { return layers_done_; }
+
+   private:
+    friend class PixtralEncoder;
+    Job() = default;
+    std::int64_t height_ = 0, width_ = 0, patches_ = 0, grid_w_ = 0;
+    std::int64_t layers_done_ = 0;
+    std::unique_ptr<DeviceMemory> x_;     // [patches, hidden]: the residual stream
+    std::unique_ptr<DeviceMemory> ints_;  // rope rows, rope columns, merger order
+  };
+  absl::StatusOr<std::unique_ptr<Job>> Start(std::span<const float> pixels_chw, int height, int width);
+  // Runs up to `max_layers` more layers (every one left when <= 0); true
+  // once all have run.
+  absl::StatusOr<bool> Step(Job& job, int max_layers);
+  // The projector on a job whose layers have all run (FailedPrecondition
+  // otherwise): Encode's result.
+  absl::StatusOr<std::vector<float>> Finish(Job& job);
+  // Encoder layers an image runs through (vision_feature_layer's).
+  std::int64_t layers() const { return config_.layers_used(); }
   // [IMG] tokens of a height x width image (whole token_pixels() cells).
   std::int64_t tokens_for(std::int64_t height, std::int64_t width) const;
   std::int64_t output_dim() const { return text_hidden_; }
@@ -117,7 +149,8 @@ class PixtralEncoder {
   absl::Status LoadWeights(const Checkpoint& checkpoint, const ModelConfig& text);
   // Keeps `host` resident on the device and returns its device address.
   absl::StatusOr<const float*> Put(std::vector<float> host);
-  absl::Status Layer(std::int64_t layer, std::int64_t patches, const std::int32_t* pos_h, const std::int32_t* pos_w);
+  absl::Status Layer(std::int64_t layer, std::int64_t patches, float* x, const std::int32_t* pos_h,
+                     const std::int32_t* pos_w);
 
   VisionConfig config_;
   std::int64_t text_hidden_;

@@ -20,7 +20,11 @@
 //   gap_base_ms     the median gap before the image arrived (the step time)
 //   image_ttft_ms   the image request's time to its first token
 //   pixels_ms       the time its pixels took (decode + resize)
-// Run: build/tests/bench/image_stall_bench (about 10 s). The model is made
+// BM_EncoderStall measures the vision encoder's share the same way: a
+// 30 x 30-cell image (840 x 840 pixels, 3600 patches) with its pixels at
+// hand, encoded whole in one step (vision_layers_per_step 0) or a layer a
+// step (1).
+// Run: build/tests/bench/image_stall_bench (about 20 s). The model is made
 // in a temporary folder and removed afterwards.
 #include <benchmark/benchmark.h>
 #include <png.h>
@@ -161,15 +165,47 @@ RequestSpec TextSpec(std::uint64_t seed, int max_tokens) {
   return r;
 }
 
+struct Scenario {
+  int image_threads = 2;
+  int vision_layers_per_step = 4;
+  int cols = kCols, rows = kRows;  // the image's cells
+  bool at_hand = false;            // pixels ready, no file to decode
+};
+
+void RunScenario(benchmark::State& state, const Scenario& sc);
+
 void BM_ImageStall(benchmark::State& state) {
+  // -1: the baseline, pixels at hand (no file to decode), on image threads.
+  Scenario sc;
+  sc.at_hand = state.range(0) < 0;
+  sc.image_threads = sc.at_hand ? 2 : static_cast<int>(state.range(0));
+  RunScenario(state, sc);
+  state.SetLabel(sc.at_hand              ? "baseline: pixels at hand"
+                 : sc.image_threads == 0 ? "file on the engine thread"
+                                         : "file on image threads");
+}
+
+// The vision encoder's own cost: a 30 x 30-cell image (840 x 840 pixels,
+// 3600 patches) with its pixels at hand, its encoder run whole in one step
+// (vision_layers_per_step 0) or a layer a step.
+void BM_EncoderStall(benchmark::State& state) {
+  Scenario sc;
+  sc.at_hand = true;
+  sc.vision_layers_per_step = static_cast<int>(state.range(0));
+  sc.cols = sc.rows = 30;
+  RunScenario(state, sc);
+  state.SetLabel(sc.vision_layers_per_step == 0 ? "encoder in one step" : "encoder a layer a step");
+}
+
+void RunScenario(benchmark::State& state, const Scenario& sc) {
   Bench* b = Get();
   if (b->model == nullptr || b->png->empty()) {
     state.SkipWithError("could not make the model or the image");
     return;
   }
-  // -1: the baseline, pixels at hand (no file to decode), on image threads.
-  const bool at_hand = state.range(0) < 0;
-  const int threads = at_hand ? 2 : static_cast<int>(state.range(0));
+  const bool at_hand = sc.at_hand;
+  const int threads = sc.image_threads;
+  const int cols = sc.cols, rows = sc.rows;
   const int cell = static_cast<int>(b->model->vision()->config().token_pixels());
   std::vector<float> ready_pixels;
   if (at_hand) {
@@ -178,7 +214,7 @@ void BM_ImageStall(benchmark::State& state) {
       state.SkipWithError(std::string(rgb.status().message()).c_str());
       return;
     }
-    ready_pixels = image::PreprocessImage(*rgb, kCols * cell, kRows * cell);
+    ready_pixels = image::PreprocessImage(*rgb, cols * cell, rows * cell);
   }
   double gap_max = 0, gap_base = 0, ttft = 0;
   std::atomic<double> pixels_ms_total = 0;
@@ -190,6 +226,7 @@ void BM_ImageStall(benchmark::State& state) {
     o.block_size = 16;
     o.max_tokens_per_step = 256;
     o.image_threads = threads;
+    o.vision_layers_per_step = sc.vision_layers_per_step;
     auto loop = EngineLoop::Create(o);
     if (!loop.ok()) {
       state.SkipWithError(std::string(loop.status().message()).c_str());
@@ -215,11 +252,11 @@ void BM_ImageStall(benchmark::State& state) {
     while (!steady()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
 
     RequestSpec spec = TextSpec(99, 4);
-    for (int r = 0; r < kRows; ++r) {
-      for (int c = 0; c < kCols; ++c) spec.prompt.push_back(b->img);
-      spec.prompt.push_back(r + 1 == kRows ? kEnd : kBreak);
+    for (int r = 0; r < rows; ++r) {
+      for (int c = 0; c < cols; ++c) spec.prompt.push_back(b->img);
+      spec.prompt.push_back(r + 1 == rows ? kEnd : kBreak);
     }
-    const int width = kCols * cell, height = kRows * cell;
+    const int width = cols * cell, height = rows * cell;
     spec.images.push_back(ImageInput{.height = height,
                                      .width = width,
                                      .pixels = [png = b->png, width, height, &pixels_ms_total,
@@ -272,10 +309,15 @@ void BM_ImageStall(benchmark::State& state) {
   state.counters["gap_base_ms"] = gap_base / k;
   state.counters["image_ttft_ms"] = ttft / k;
   state.counters["pixels_ms"] = pixels_ms_total / k;
-  state.SetLabel(at_hand        ? "baseline: pixels at hand"
-                 : threads == 0 ? "file on the engine thread"
-                                : "file on image threads");
 }
+
+BENCHMARK(BM_EncoderStall)
+    ->ArgName("vision_layers_per_step")
+    ->Arg(0)
+    ->Arg(1)
+    ->Iterations(4)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 BENCHMARK(BM_ImageStall)
     ->ArgName("image_threads")

@@ -207,6 +207,7 @@ absl::Status RunUp(int argc, char** argv) {
   const std::string prefix_routing = args->Take("prefix-routing", "");
   const std::string local_prefill_max = args->Take("local-prefill-max-tokens", "");
   const std::string image_threads = args->Take("image-threads", "");
+  const std::string vision_layers = args->Take("vision-layers-per-step", "");
   if (absl::Status s = args->CheckAllUsed(); !s.ok()) return s;
   if (!prefix_caching.empty() && prefix_caching != "on" && prefix_caching != "off") {
     return absl::InvalidArgumentError("--prefix-caching: must be on or off");
@@ -266,6 +267,7 @@ absl::Status RunUp(int argc, char** argv) {
     if (!weights.empty()) worker_args.insert(worker_args.end(), {"--weights", weights});
     if (!prefix_caching.empty()) worker_args.insert(worker_args.end(), {"--prefix-caching", prefix_caching});
     if (!image_threads.empty()) worker_args.insert(worker_args.end(), {"--image-threads", image_threads});
+    if (!vision_layers.empty()) worker_args.insert(worker_args.end(), {"--vision-layers-per-step", vision_layers});
     auto pid = Spawn(bin, worker_args);
     if (!pid.ok()) return pid.status();
     c.pid = *pid;

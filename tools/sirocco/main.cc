@@ -31,6 +31,7 @@ Usage:
   sirocco up [--port P] [--colocated K | --prefill N --decode M] [--model DIR]
              [--kernels ref|avx2|cuda] [--weights f32|bf16|fp8] [--prefix-caching on|off]
              [--prefix-routing on|off] [--local-prefill-max-tokens N] [--image-threads N]
+             [--vision-layers-per-step N]
       Starts a local cluster (router + workers as separate processes) on loopback with the
       embedded default model (made on first run if absent), prints the endpoint; Ctrl-C stops it.
   sirocco chat [--target HOST:PORT] [--reasoning-effort none|high] [--max-tokens N] [--image FILE] "prompt"

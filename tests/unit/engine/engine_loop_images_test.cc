@@ -229,6 +229,39 @@ TEST_F(EngineLoopImagesTest, ImagesGiveTheTokensOfTheModelRunDirectly) {
   }
 }
 
+TEST_F(EngineLoopImagesTest, TheEncoderIsSpreadOverStepsAndGivesTheSameTokens) {
+  // Two images of 2 layers each (the tiny encoder): 4 layers. With a budget
+  // of L layers a step they take ceil(4 / L) steps; a text request decodes
+  // alongside; every token is the model run directly.
+  const int layers = static_cast<int>(model_->vision()->layers());
+  ASSERT_EQ(layers, 2);
+  auto with_images = Prompt(3, 3, 1, 2, 13);
+  const auto second = Prompt(1, 2, 3, 2, 14);
+  with_images.insert(with_images.end(), second.begin(), second.end());
+  const auto text = Prompt(5, 0, 0, 0, 15);
+  const auto ref_images = Reference(with_images, {{28, 84}, {84, 56}}, {41, 42}, 5);
+  const auto ref_text = Reference(text, {}, {}, 12);
+  for (int budget : {1, 3, 0}) {
+    SCOPED_TRACE(budget);
+    EngineOptions o = Options();
+    o.vision_layers_per_step = budget;
+    o.max_tokens_per_step = 64;
+    auto loop = EngineLoop::Create(o);
+    ASSERT_TRUE(loop.ok()) << loop.status();
+    auto st = (*loop)->Submit(RequestId{1}, Spec(text, {}, 12));
+    auto si = (*loop)->Submit(RequestId{2}, Spec(with_images, {Image(28, 84, 41), Image(84, 56, 42)}, 5));
+    ASSERT_TRUE(st.ok() && si.ok());
+    const Result ri = Collect(**si), rt = Collect(**st);
+    EXPECT_TRUE(ri.status.ok()) << ri.status;
+    EXPECT_EQ(ri.tokens, ref_images);
+    EXPECT_EQ(rt.tokens, ref_text);
+    const EngineStats stats = (*loop)->Stats();
+    EXPECT_EQ(stats.vision_layers, 2 * layers);
+    EXPECT_EQ(stats.vision_steps, budget == 1 ? 4 : budget == 3 ? 2 : 1);
+    EXPECT_TRUE(PoolWhole(**loop));
+  }
+}
+
 TEST_F(EngineLoopImagesTest, OtherRequestsRunWhileAnImageIsPrepared) {
   // The image's pixels are held back: a text request submitted after it
   // must still run to its end, which it could not if the engine thread

@@ -293,6 +293,48 @@ TEST_F(TinyMultimodal, EncodeRejectsImagesOffTheTokenGrid) {
   EXPECT_TRUE((*encoder)->Encode(pixels, 28, 56).ok());
 }
 
+TEST_F(TinyMultimodal, EncodingInPartsInterleavedGivesEncodesRows) {
+  // Two images encoded a layer at a time, their jobs interleaved (sharing
+  // the encoder's temporaries), give exactly what Encode gives each (Encode
+  // is checked against transformers by pixtral_golden_test).
+  std::unique_ptr<Device> device = MakeHostDevice(kernels::Backend::kRef);
+  auto encoder = LoadPixtralEncoder(dir_, device.get());
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  PixtralEncoder& e = **encoder;
+  ASSERT_GE(e.layers(), 2);
+  const std::pair<int, int> sizes[2] = {{56, 28}, {28, 84}};
+  std::vector<float> pixels[2];
+  std::vector<float> whole[2];
+  for (int k = 0; k < 2; ++k) {
+    pixels[k].resize(static_cast<std::size_t>(3 * sizes[k].first * sizes[k].second));
+    for (std::size_t i = 0; i < pixels[k].size(); ++i) pixels[k][i] = std::cos(0.11f * static_cast<float>(i + 7 * k));
+    auto out = e.Encode(pixels[k], sizes[k].first, sizes[k].second);
+    ASSERT_TRUE(out.ok()) << out.status();
+    whole[k] = *out;
+  }
+  auto a = e.Start(pixels[0], sizes[0].first, sizes[0].second);
+  auto b = e.Start(pixels[1], sizes[1].first, sizes[1].second);
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto early = e.Finish(**a);
+  EXPECT_EQ(early.status().code(), absl::StatusCode::kFailedPrecondition) << early.status();
+  for (std::int64_t l = 0; l < e.layers(); ++l) {
+    for (auto* job : {&*a, &*b}) {
+      auto done = e.Step(**job, 1);
+      ASSERT_TRUE(done.ok()) << done.status();
+      EXPECT_EQ(*done, l + 1 == e.layers());
+      EXPECT_EQ((*job)->layers_done(), l + 1);
+    }
+  }
+  auto done = e.Step(**a, 1);  // nothing left: still done
+  ASSERT_TRUE(done.ok() && *done);
+  auto ra = e.Finish(**a), rb = e.Finish(**b);
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  EXPECT_EQ(*ra, whole[0]);
+  EXPECT_EQ(*rb, whole[1]);
+  // Start checks as Encode does.
+  EXPECT_EQ(e.Start(pixels[0], 27, 28).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(TinyMultimodal, MissingOrMisshapenTensorsAreNamed) {
   // A config that disagrees with the checkpoint's shapes: the error names
   // the tensor.
