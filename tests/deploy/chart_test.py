@@ -126,6 +126,10 @@ VALUE_SETS = {
         "decode.autoscaling.metrics[0].pods.target.type=AverageValue",
         "decode.autoscaling.metrics[0].pods.target.averageValue=4",
         "workerDefaults.extraEnv[0].name=UCX_LOG_LEVEL", "workerDefaults.extraEnv[0].value=warn",
+        "serviceAccount.create=true", "decode.priorityClassName=latency-critical",
+        "workerDefaults.topologySpreadConstraints[0].maxSkew=1",
+        "workerDefaults.topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+        "workerDefaults.topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
     ]),
 }
 
@@ -214,6 +218,25 @@ class ChartTest(unittest.TestCase):
         self.assertEqual(flags(container(deps[f"{RELEASE}-sirocco-prefill"]))["num-blocks"], ["1024"])
         self.assertNotIn("replicas", deps[f"{RELEASE}-sirocco-decode"]["spec"])
         self.assertIn(f"{RELEASE}-sirocco-decode", by_kind(docs, "HorizontalPodAutoscaler"))
+
+    def test_pods_run_unprivileged_with_a_read_only_root(self):
+        for name, vs in VALUE_SETS.items():
+            with self.subTest(values=name):
+                docs = render(**vs)
+                for dep in by_kind(docs, "Deployment").values():
+                    pod = dep["spec"]["template"]["spec"]
+                    self.assertTrue(pod["securityContext"]["runAsNonRoot"])
+                    self.assertFalse(pod["automountServiceAccountToken"])
+                    c = container(dep)
+                    self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
+                    self.assertFalse(c["securityContext"]["allowPrivilegeEscalation"])
+                    self.assertEqual(c["securityContext"]["capabilities"]["drop"], ["ALL"])
+                    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+                    self.assertIn("/tmp", mounts, "a read-only root needs a writable /tmp")
+                    volumes = {v["name"] for v in pod["volumes"]}
+                    self.assertTrue(set(mounts.values()) <= volumes)
+                    if pod["serviceAccountName"] != "default":
+                        self.assertIn(pod["serviceAccountName"], by_kind(docs, "ServiceAccount"))
 
     def test_draining_fits_the_grace_period(self):
         for dep in by_kind(render(), "Deployment").values():
