@@ -324,7 +324,7 @@ struct Runner::Impl {
       auto* m = request.add_messages();
       m->set_role(sirocco::v1::ROLE_USER);
       m->add_content()->set_text(spec.prompt_text);
-      if (spec.image) {
+      for (int k = 0; spec.image && k < options.images_per_request; ++k) {
         auto* image = m->add_content()->mutable_image();
         if (options.image_data.empty()) {
           image->set_data(TestPng(32, 32));

@@ -63,6 +63,7 @@ struct RunnerOptions {
   // TestPng(32, 32).
   std::string image_data;
   std::string image_mime_type = "image/png";
+  int images_per_request = 1;  // image parts of an image request (>= 1)
 };
 
 // What GetModelInfo said that the workload needs.

@@ -75,6 +75,7 @@ Workload
   --image-share F          share of requests sent as Chat with an image part (default 0)
   --image-size WxH         the image part: a W x H gradient PNG, stored uncompressed (default 32x32)
   --image-file FILE        the image part: this PNG, JPEG, WebP or GIF file instead
+  --images-per-request N   image parts in each image request (default 1)
   --cancel-share F         share of requests cancelled mid-stream (default 0)
   --cancel-max-chunks K    a cancelled request stops after U[1, K] chunks; 0 = U[1, output/2]
                            (default 0)
@@ -259,6 +260,10 @@ absl::Status RunBench(int argc, char** argv) {
     wl.effort_mix = *m;
   }
   wl.image_share = read.Num<double>("image-share", 0);
+  runner_options.images_per_request = read.Num<int>("images-per-request", 1);
+  if (runner_options.images_per_request < 1 || runner_options.images_per_request > 64) {
+    return absl::InvalidArgumentError("--images-per-request: 1 to 64");
+  }
   const std::string image_size = read.Str("image-size", "");
   const std::string image_file = read.Str("image-file", "");
   if (!image_size.empty() && !image_file.empty()) {

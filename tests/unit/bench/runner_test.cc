@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <set>
+#include <string>
 
 #include "tests/unit/bench/scripted_server.h"
 #include "tools/bench/metrics.h"
@@ -24,8 +26,8 @@ constexpr double kTolMs = 30;
 
 // direct_worker: talk to the scripted worker API with `worker_token`.
 std::unique_ptr<Runner> MakeRunner(const std::string& target, bool direct_worker = false,
-                                   const std::string& worker_token = "") {
-  RunnerOptions o;
+                                   const std::string& worker_token = "", const RunnerOptions& base = {}) {
+  RunnerOptions o = base;
   o.target = target;
   o.progress = false;
   o.timeout_s = 30;
@@ -214,6 +216,31 @@ TEST(RunnerTest, ImageRequestsRejectedByTheServerAreErrors) {
   const Aggregates a = Aggregate(result->records, result->duration_s, Slo{});
   EXPECT_EQ(a.errors.at("INVALID_ARGUMENT"), images);
   EXPECT_EQ(a.completed, 30 - images);
+}
+
+TEST(RunnerTest, ImageRequestsCarryTheChosenImageAsManyTimesAsAsked) {
+  testing::ScriptedServer server(
+      {.first_chunk = std::chrono::milliseconds(1), .interval = std::chrono::milliseconds(1), .fail_every = 0});
+  for (int per_request : {1, 3}) {
+    RunnerOptions base;
+    base.image_data = std::string(1234, 'x');
+    base.image_mime_type = "image/jpeg";
+    base.images_per_request = per_request;
+    auto runner = MakeRunner(server.target(), false, "", base);
+    WorkloadOptions wo;
+    wo.api = Api::kChat;
+    wo.input_len = Fixed(4);
+    wo.output_len = Fixed(2);
+    wo.image_share = 1;
+    auto workload = MakeWorkload(wo);
+    LoadOptions load;
+    load.concurrency = 2;
+    load.num_requests = 4;
+    load.warmup_requests = 0;
+    ASSERT_TRUE(runner->Run(load, *workload).ok());
+  }
+  EXPECT_EQ(server.service().image_kinds(), std::set<std::string>{"image/jpeg:1234"});
+  EXPECT_EQ(server.service().images_per_request(), (std::set<int>{1, 3}));
 }
 
 TEST(RunnerTest, CancelledRequestsAreCountedApartFromErrors) {

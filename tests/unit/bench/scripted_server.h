@@ -27,6 +27,8 @@
 #include <chrono>
 #include <future>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -77,9 +79,20 @@ class ScriptedService final : public sirocco::v1::Sirocco::Service {
   grpc::Status Chat(grpc::ServerContext* context, const sirocco::v1::ChatRequest* request,
                     grpc::ServerWriter<sirocco::v1::ChatResponse>* writer) override {
     ++chat_calls_;
-    for (const auto& m : request->messages())
-      for (const auto& part : m.content())
-        if (part.has_image()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "images not supported");
+    int images = 0;
+    for (const auto& m : request->messages()) {
+      for (const auto& part : m.content()) {
+        if (!part.has_image()) continue;
+        ++images;
+        std::lock_guard<std::mutex> lock(mu_);
+        image_kinds_.insert(part.image().mime_type() + ":" + std::to_string(part.image().data().size()));
+      }
+    }
+    if (images > 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      images_per_request_.insert(images);
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "images not supported");
+    }
     if (Fails(request->request_id())) return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "scripted overload");
     if (request->reasoning_effort() == sirocco::v1::REASONING_EFFORT_HIGH) ++high_effort_calls_;
     return Stream(context, 0, request->stop().max_tokens(), writer);
@@ -88,6 +101,16 @@ class ScriptedService final : public sirocco::v1::Sirocco::Service {
   int generate_calls() const { return generate_calls_.load(); }
   int chat_calls() const { return chat_calls_.load(); }
   int high_effort_calls() const { return high_effort_calls_.load(); }
+  // What the image requests carried: "mime:bytes" of each part seen, and
+  // the numbers of image parts per request.
+  std::set<std::string> image_kinds() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return image_kinds_;
+  }
+  std::set<int> images_per_request() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return images_per_request_;
+  }
 
  private:
   bool Fails(const std::string& request_id) const {
@@ -120,6 +143,9 @@ class ScriptedService final : public sirocco::v1::Sirocco::Service {
 
   const Script script_;
   std::atomic<int> generate_calls_{0}, chat_calls_{0}, high_effort_calls_{0};
+  mutable std::mutex mu_;
+  std::set<std::string> image_kinds_;  // guarded by mu_
+  std::set<int> images_per_request_;   // guarded by mu_
 };
 
 // The same schedule as a colocated worker's internal API (the bench's
