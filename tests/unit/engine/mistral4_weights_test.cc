@@ -192,8 +192,13 @@ TEST(LargeWeightsTest, Fp8ExpertsLoadInParallelToCodeTimesScale) {
     std::vector<std::byte> codes(q.codes.size());
     std::memcpy(codes.data(), q.codes.data(), codes.size());
     w.Add(name, DType::kF8E4M3, shape, codes);
-    std::vector<std::int64_t> sshape = {q.scale_rows(), q.scale_cols()};
-    if (shape.size() == 3) sshape.insert(sshape.begin(), batch);
+    // [batch,] scale rows, scale columns (built front to back: GCC 12's
+    // -Wnull-dereference misfires on vector::insert under -fsanitize=thread).
+    std::vector<std::int64_t> sshape;
+    sshape.reserve(3);
+    if (shape.size() == 3) sshape.push_back(batch);
+    sshape.push_back(q.scale_rows());
+    sshape.push_back(q.scale_cols());
     w.Add(name + "_scale_inv", DType::kF32, sshape, F32Bytes(q.scales));
     for (std::int64_t b = 0; b < batch; ++b) {
       for (std::int64_t r = 0; r < rows; ++r) {
