@@ -52,9 +52,22 @@ Collected Collect(RequestStream& stream, std::chrono::steady_clock::duration tim
 
 class EngineLoopTest : public ::testing::TestWithParam<AttentionForm> {
  protected:
-  static void SetUpTestSuite() { model_ = testing::MakeTestModel(testing::SmallVocabTiny(), "engine_loop").release(); }
-  static void TearDownTestSuite() { delete model_; }
-  void SetUp() override { ASSERT_NE(model_, nullptr); }
+  // The loop's model, and a second instance of the same checkpoint for the
+  // references: a model belongs to one thread at a time (its buffers are
+  // reused across calls), and the references are computed while a loop may
+  // still be running requests on its own.
+  static void SetUpTestSuite() {
+    model_ = testing::MakeTestModel(testing::SmallVocabTiny(), "engine_loop").release();
+    reference_ = testing::MakeTestModel(testing::SmallVocabTiny(), "engine_loop_reference").release();
+  }
+  static void TearDownTestSuite() {
+    delete model_;
+    delete reference_;
+  }
+  void SetUp() override {
+    ASSERT_NE(model_, nullptr);
+    ASSERT_NE(reference_, nullptr);
+  }
 
   EngineOptions Options(std::int64_t num_blocks = 64, std::int64_t block_size = 8) const {
     EngineOptions o;
@@ -79,11 +92,12 @@ class EngineLoopTest : public ::testing::TestWithParam<AttentionForm> {
     for (auto& t : p) t = static_cast<std::int32_t>(3 + rng() % 500);
     return p;
   }
-  // The request alone through engine::Generate, on a pool of its own.
+  // The request alone through engine::Generate, on a pool of its own (and
+  // the reference instance of the model: callable while a loop runs).
   GenerateOutput Alone(const RequestSpec& spec) const {
-    auto pool = *KvPool::Create(model_->PoolOptions(600, 8));
+    auto pool = *KvPool::Create(reference_->PoolOptions(600, 8));
     GenerateRequest g{spec.prompt, spec.sampling, spec.stop};
-    auto out = Generate(*model_, *pool, {&g, 1}, GeneratorOptions{GetParam(), 0});
+    auto out = Generate(*reference_, *pool, {&g, 1}, GeneratorOptions{GetParam(), 0});
     EXPECT_TRUE(out.ok()) << out.status();
     return out.ok() ? (*out)[0] : GenerateOutput{};
   }
@@ -102,8 +116,10 @@ class EngineLoopTest : public ::testing::TestWithParam<AttentionForm> {
   }
 
   static Mistral4Model* model_;
+  static Mistral4Model* reference_;
 };
 Mistral4Model* EngineLoopTest::model_ = nullptr;
+Mistral4Model* EngineLoopTest::reference_ = nullptr;
 
 // Mixed greedy and seeded-sampling requests of many lengths.
 std::vector<RequestSpec> MixedRequests(int n) {
