@@ -356,6 +356,7 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
     advance(metrics->num_preemptions, st.scheduler.preemptions);
     advance(metrics->prefix_cache_queries, st.scheduler.prefix_cache_queries);
     advance(metrics->prefix_cache_hits, st.scheduler.prefix_cache_hits);
+    advance(metrics->vision_encoder_layers, st.vision_layers);
   }
   // Drain: health NOT_SERVING, new calls UNAVAILABLE; in-flight calls finish.
   gate->StartDrain();

@@ -176,6 +176,8 @@ absl::StatusOr<ServingMetrics> RegisterServingMetrics(prometheus::Registry& regi
                                            "no prefill worker could deliver its KV cache.");
     m.request_migrations = AddCounter(registry, l, "sirocco:request_migrations_total",
                                       "Requests moved to another decode worker after theirs was lost mid-stream.");
+    m.vision_encoder_layers = AddCounter(registry, l, "sirocco:vision_encoder_layers_total",
+                                         "Vision encoder layers run (each image runs every layer once).");
     auto& success = prometheus::BuildCounter()
                         .Name("sirocco:request_success_total")
                         .Help("Count of successfully processed requests.")

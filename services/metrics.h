@@ -78,6 +78,7 @@ struct ServingMetrics {
   prometheus::Counter* kv_transfer_failures = nullptr;
   prometheus::Counter* local_prefill_fallbacks = nullptr;
   prometheus::Counter* request_migrations = nullptr;
+  prometheus::Counter* vision_encoder_layers = nullptr;
   std::array<prometheus::Counter*, kNumRequestFinishes> request_success{};
   // Histograms, seconds unless named otherwise.
   prometheus::Histogram* time_to_first_token = nullptr;

@@ -274,6 +274,7 @@ TEST_F(MetricsTest, ServesValidExpositionWithVllmNamesAndBuckets) {
       {"sirocco:kv_transfer_failures_total", "counter"},
       {"sirocco:local_prefill_fallbacks_total", "counter"},
       {"sirocco:request_migrations_total", "counter"},
+      {"sirocco:vision_encoder_layers_total", "counter"},
       {"sirocco:time_to_first_token_seconds", "histogram"},
       {"sirocco:inter_token_latency_seconds", "histogram"},
       {"sirocco:e2e_request_latency_seconds", "histogram"},
