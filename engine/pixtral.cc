@@ -476,7 +476,36 @@ absl::Status PixtralEncoder::Layer(std::int64_t layer, std::int64_t n, float* x,
   return dev.GemmNt(I(n), I(d), I(inter), gu, I(2 * inter), lw.down, I(inter), 1.0f, x, I(d));  // residual
 }
 
-PixtralEncoder::Job::~Job() = default;
+PixtralEncoder::Job::~Job() {
+  if (x_ != nullptr) owner_->ReturnJobBuffer(std::move(x_));
+  if (ints_ != nullptr) owner_->ReturnJobBuffer(std::move(ints_));
+}
+
+absl::StatusOr<std::unique_ptr<DeviceMemory>> PixtralEncoder::JobBuffer(std::size_t bytes) {
+  // The smallest spare that fits.
+  auto best = spare_.end();
+  for (auto it = spare_.begin(); it != spare_.end(); ++it) {
+    if ((*it)->size() >= bytes && (best == spare_.end() || (*it)->size() < (*best)->size())) best = it;
+  }
+  if (best != spare_.end()) {
+    std::unique_ptr<DeviceMemory> m = std::move(*best);
+    spare_.erase(best);
+    return m;
+  }
+  return device_->Allocate(bytes);
+}
+
+void PixtralEncoder::ReturnJobBuffer(std::unique_ptr<DeviceMemory> buffer) {
+  // Two jobs' worth (activations and index tables each); the smallest go
+  // first when more come back.
+  constexpr std::size_t kKeep = 4;
+  spare_.push_back(std::move(buffer));
+  if (spare_.size() > kKeep) {
+    auto smallest = std::min_element(spare_.begin(), spare_.end(),
+                                     [](const auto& a, const auto& b) { return a->size() < b->size(); });
+    spare_.erase(smallest);
+  }
+}
 
 absl::StatusOr<std::vector<float>> PixtralEncoder::Encode(std::span<const float> pixels, int height, int width) {
   SIROCCO_ASSIGN_OR_RETURN(std::unique_ptr<Job> job, Start(pixels, height, width));
@@ -532,13 +561,13 @@ absl::StatusOr<std::unique_ptr<PixtralEncoder::Job>> PixtralEncoder::Start(std::
     }
   }
 
-  std::unique_ptr<Job> job(new Job);
+  std::unique_ptr<Job> job(new Job(this));
   job->height_ = height;
   job->width_ = width;
   job->patches_ = n;
   job->grid_w_ = grid_w;
-  SIROCCO_ASSIGN_OR_RETURN(job->x_, dev.Allocate(Z(n * d) * sizeof(float)));
-  SIROCCO_ASSIGN_OR_RETURN(job->ints_, dev.Allocate(ints.size() * sizeof(std::int32_t)));
+  SIROCCO_ASSIGN_OR_RETURN(job->x_, JobBuffer(Z(n * d) * sizeof(float)));
+  SIROCCO_ASSIGN_OR_RETURN(job->ints_, JobBuffer(ints.size() * sizeof(std::int32_t)));
   float* x = job->x_->as<float>();
   SIROCCO_ASSIGN_OR_RETURN(float* d_patches, scratch_->Get<float>(kPatches, n * patch_len));
   SIROCCO_RETURN_IF_ERROR(dev.CopyToDevice(d_patches, patches.data(), patches.size() * sizeof(float)));

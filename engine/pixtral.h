@@ -110,8 +110,8 @@ class PixtralEncoder {
   // until it says every layer has run, Finish (the projector). The same
   // operations in the same order as Encode: the same result. A Job holds
   // its image's activations on the device; jobs may be interleaved, one
-  // call at a time (the encoder's temporaries are shared). A Job must not
-  // outlive its encoder.
+  // call at a time (the encoder's temporaries are shared), on one thread at
+  // a time (the encoder's). A Job must not outlive its encoder.
   class Job {
    public:
     ~Job();
@@ -121,7 +121,8 @@ class PixtralEncoder {
 
    private:
     friend class PixtralEncoder;
-    Job() = default;
+    explicit Job(PixtralEncoder* owner) : owner_(owner) {}
+    PixtralEncoder* owner_;  // takes the buffers back for the next image
     std::int64_t height_ = 0, width_ = 0, patches_ = 0, grid_w_ = 0;
     std::int64_t layers_done_ = 0;
     std::unique_ptr<DeviceMemory> x_;     // [patches, hidden]: the residual stream
@@ -149,6 +150,11 @@ class PixtralEncoder {
   absl::Status LoadWeights(const Checkpoint& checkpoint, const ModelConfig& text);
   // Keeps `host` resident on the device and returns its device address.
   absl::StatusOr<const float*> Put(std::vector<float> host);
+  // A device buffer of at least `bytes` for a Job: a finished job's, else a
+  // new one (allocating and freeing device memory per image would
+  // synchronise a GPU each time).
+  absl::StatusOr<std::unique_ptr<DeviceMemory>> JobBuffer(std::size_t bytes);
+  void ReturnJobBuffer(std::unique_ptr<DeviceMemory> buffer);
   absl::Status Layer(std::int64_t layer, std::int64_t patches, float* x, const std::int32_t* pos_h,
                      const std::int32_t* pos_w);
 
@@ -158,6 +164,7 @@ class PixtralEncoder {
   Device* device_;
   std::unique_ptr<Weights> w_;
   std::unique_ptr<Scratch> scratch_;
+  std::vector<std::unique_ptr<DeviceMemory>> spare_;  // finished jobs' buffers
 };
 
 // The encoder of the checkpoint folder `dir` (config.json + safetensors).
