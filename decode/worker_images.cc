@@ -12,8 +12,9 @@ namespace sirocco::decode {
 namespace wv1 = sirocco::worker::v1;
 
 absl::StatusOr<std::vector<engine::ImageInput>> ToEngineImages(
-    const google::protobuf::RepeatedPtrField<wv1::ImageInput>& images, std::span<const std::int32_t> prompt,
-    const engine::PixtralEncoder* vision, const std::string& field) {
+    const google::protobuf::RepeatedPtrField<wv1::ImageInput>& images,
+    const google::protobuf::RepeatedField<std::int32_t>& prompt, const engine::PixtralEncoder* vision,
+    const std::string& field) {
   std::vector<engine::ImageInput> out;
   if (images.empty()) return out;
   if (vision == nullptr) return services::InvalidFieldError(field, "this model has no vision encoder");
@@ -33,7 +34,7 @@ absl::StatusOr<std::vector<engine::ImageInput>> ToEngineImages(
     }
     const std::size_t offset = im.token_offset();
     const std::size_t span = static_cast<std::size_t>(gh * (gw + 1));
-    if (offset < next || offset + span > prompt.size()) {
+    if (offset < next || offset + span > static_cast<std::size_t>(prompt.size())) {
       return services::InvalidFieldError(
           path + ".token_offset",
           absl::StrCat(offset, ": the image's ", span, " placeholders overlap another image or the prompt's end"));
@@ -41,7 +42,7 @@ absl::StatusOr<std::vector<engine::ImageInput>> ToEngineImages(
     for (std::int64_t r = 0; r < gh; ++r) {
       const std::size_t row = offset + static_cast<std::size_t>(r * (gw + 1));
       for (std::int64_t c = 0; c <= gw; ++c) {
-        const bool is_img = prompt[row + static_cast<std::size_t>(c)] == vc.image_token_index;
+        const bool is_img = prompt[static_cast<int>(row + static_cast<std::size_t>(c))] == vc.image_token_index;
         if (is_img != (c < gw)) {
           return services::InvalidFieldError(
               path, absl::StrCat("prompt position ", row + static_cast<std::size_t>(c), " does not fit a grid of ", gw,

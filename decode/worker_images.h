@@ -4,13 +4,13 @@
 #pragma once
 
 #include <cstdint>
-#include <span>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/image_input.h"
 #include "engine/pixtral.h"
+#include "google/protobuf/repeated_field.h"
 #include "google/protobuf/repeated_ptr_field.h"
 #include "sirocco/worker/v1/worker.pb.h"
 
@@ -24,6 +24,7 @@ namespace sirocco::decode {
 // the grid.
 absl::StatusOr<std::vector<engine::ImageInput>> ToEngineImages(
     const google::protobuf::RepeatedPtrField<sirocco::worker::v1::ImageInput>& images,
-    std::span<const std::int32_t> prompt, const engine::PixtralEncoder* vision, const std::string& field);
+    const google::protobuf::RepeatedField<std::int32_t>& prompt, const engine::PixtralEncoder* vision,
+    const std::string& field);
 
 }  // namespace sirocco::decode

@@ -221,10 +221,7 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
       return s;
     }
     absl::StatusOr<std::vector<engine::ImageInput>> images =
-        ToEngineImages(request_->images(),
-                       std::span<const std::int32_t>(request_->token_ids().data(),
-                                                     static_cast<std::size_t>(request_->token_ids_size())),
-                       service_->model().vision(), "images");
+        ToEngineImages(request_->images(), request_->token_ids(), service_->model().vision(), "images");
     if (!images.ok()) return images.status();
     images_ = *std::move(images);
     if (!request_->has_target() && role != WorkerRole::kBoth) {
@@ -469,10 +466,7 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
                                          absl::StrCat("prompt and output reach the context length ", max_len));
     }
     absl::StatusOr<std::vector<engine::ImageInput>> images =
-        ToEngineImages(request_->images(),
-                       std::span<const std::int32_t>(request_->prompt_token_ids().data(),
-                                                     static_cast<std::size_t>(request_->prompt_token_ids_size())),
-                       service_->model().vision(), "images");
+        ToEngineImages(request_->images(), request_->prompt_token_ids(), service_->model().vision(), "images");
     if (!images.ok()) return images.status();
     images_ = *std::move(images);
     std::optional<engine::RequestId> reserved;  // the id Reserve acquired, if a reservation is dropped

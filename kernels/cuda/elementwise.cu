@@ -78,36 +78,31 @@ __global__ void RopeKernel(int rows, int rows_per_pos, int dim, float* x_base, i
   }
 }
 
-// Flat over rows * n elements. out may alias gate or up: each element is read
-// and written by the same thread. A null up: plain silu.
-__global__ void SiluMulKernel(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out,
-                              int ldo) {
-  const std::int64_t total = static_cast<std::int64_t>(rows) * n;
-  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += stride) {
-    const std::int64_t r = idx / n;
-    const int i = static_cast<int>(idx - r * n);
-    const float g = RowPtr(gate, r, ldg)[i];
-    // For g < -88.7 expf(-g) is +inf and g / inf is -0, as in the reference.
-    const float silu = g / (1.0f + expf(-g));
-    RowPtr(out, r, ldo)[i] = up == nullptr ? silu : silu * RowPtr(up, r, ldu)[i];
-  }
-}
+// The gate activations of ActMulKernel.
+struct Silu {
+  // For g < -88.7 expf(-g) is +inf and g / inf is -0, as in the reference.
+  __device__ float operator()(float g) const { return g / (1.0f + expf(-g)); }
+};
+struct Gelu {
+  // torch's exact GELU (erff is within 2 ulp, as the CPU's erf).
+  __device__ float operator()(float g) const { return g * 0.5f * (1.0f + erff(g * 0.70710678118654752440f)); }
+};
 
-// As SiluMulKernel, with torch's exact GELU (erff is within 2 ulp, as the
-// CPU's erf); up may be null (plain gelu).
-__global__ void GeluMulKernel(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out,
-                              int ldo) {
+// out = act(gate) * up, flat over rows * n elements; a null up: act(gate)
+// alone. out may alias gate or up: each element is read and written by the
+// same thread.
+template <typename Act>
+__global__ void ActMulKernel(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out,
+                             int ldo) {
+  const Act act;
   const std::int64_t total = static_cast<std::int64_t>(rows) * n;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += stride) {
     const std::int64_t r = idx / n;
     const int i = static_cast<int>(idx - r * n);
-    const float g = RowPtr(gate, r, ldg)[i];
-    const float gelu = g * 0.5f * (1.0f + erff(g * 0.70710678118654752440f));
-    RowPtr(out, r, ldo)[i] = up == nullptr ? gelu : gelu * RowPtr(up, r, ldu)[i];
+    const float a = act(RowPtr(gate, r, ldg)[i]);
+    RowPtr(out, r, ldo)[i] = up == nullptr ? a : a * RowPtr(up, r, ldu)[i];
   }
 }
 
@@ -192,12 +187,12 @@ absl::Status ActMul(const char* op, void (*kernel)(int, int, const float*, int, 
 
 absl::Status SiluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out, int ldo,
                      Stream stream) {
-  return ActMul("cuda::SiluMul", SiluMulKernel, rows, n, gate, ldg, up, ldu, out, ldo, stream);
+  return ActMul("cuda::SiluMul", ActMulKernel<Silu>, rows, n, gate, ldg, up, ldu, out, ldo, stream);
 }
 
 absl::Status GeluMul(int rows, int n, const float* gate, int ldg, const float* up, int ldu, float* out, int ldo,
                      Stream stream) {
-  return ActMul("cuda::GeluMul", GeluMulKernel, rows, n, gate, ldg, up, ldu, out, ldo, stream);
+  return ActMul("cuda::GeluMul", ActMulKernel<Gelu>, rows, n, gate, ldg, up, ldu, out, ldo, stream);
 }
 
 absl::Status Axpy(int n, float alpha, const float* x, float* y, Stream stream) {

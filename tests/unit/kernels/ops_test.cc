@@ -221,13 +221,9 @@ TEST(RefKernelsTest, GeluMulIsExactErfGelu) {
   for (int i = 0; i < 5; ++i) EXPECT_NEAR(out[i], plain[i], 1e-6 * std::max(1.0, std::abs(plain[i]))) << i;
 }
 
-TEST(RefKernelsTest, AttentionWithoutCausalitySeesEveryKey) {
-  // As AttentionIsCausal below, but both queries average both values, and
-  // q_offset does not matter.
-  const std::vector<float> q = {1, 1};
-  const std::vector<float> k = {0, 0};
-  const std::vector<float> v = {2, 0, /* key 1 */ 0, 4};
-  std::vector<float> out(4, kNaN);
+// One head, qk_dim 1, v_dim 2: two queries over two keys, q_offset 0.
+AttentionParams TwoQueriesTwoKeys(const std::vector<float>& q, const std::vector<float>& k,
+                                  const std::vector<float>& v, std::vector<float>& out) {
   AttentionParams p;
   p.num_queries = 2;
   p.num_keys = 2;
@@ -239,6 +235,17 @@ TEST(RefKernelsTest, AttentionWithoutCausalitySeesEveryKey) {
   p.k = k.data();
   p.v = v.data();
   p.out = out.data();
+  return p;
+}
+
+TEST(RefKernelsTest, AttentionWithoutCausalitySeesEveryKey) {
+  // As AttentionIsCausal below, but both queries average both values, and
+  // q_offset does not matter.
+  const std::vector<float> q = {1, 1};
+  const std::vector<float> k = {0, 0};
+  const std::vector<float> v = {2, 0, /* key 1 */ 0, 4};
+  std::vector<float> out(4, kNaN);
+  AttentionParams p = TwoQueriesTwoKeys(q, k, v, out);
   p.causal = false;
   Ref().attention(p);
   EXPECT_EQ(out, (std::vector<float>{1, 2, 1, 2}));
@@ -254,17 +261,7 @@ TEST(RefKernelsTest, AttentionIsCausal) {
   const std::vector<float> k = {0, 0};
   const std::vector<float> v = {2, 0, /* key 1 */ 0, 4};
   std::vector<float> out(4, kNaN);
-  AttentionParams p;
-  p.num_queries = 2;
-  p.num_keys = 2;
-  p.q_offset = 0;
-  p.num_heads = 1;
-  p.qk_dim = 1;
-  p.v_dim = 2;
-  p.q = q.data();
-  p.k = k.data();
-  p.v = v.data();
-  p.out = out.data();
+  AttentionParams p = TwoQueriesTwoKeys(q, k, v, out);
   Ref().attention(p);
   EXPECT_EQ(out, (std::vector<float>{2, 0, 1, 2}));
 
