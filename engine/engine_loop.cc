@@ -245,7 +245,6 @@ void EngineLoop::Run() {
   scheduler_->CancelAll(stopped);
   for (auto& [id, p] : preparing_) p.stream->Push(EndEvent(ExitReason::kCancelled, stopped));
   preparing_.clear();
-  preparing_tokens_ = 0;
   EmitExits();
   SIROCCO_CHECK(live_.empty(), "a request outlived the engine");
   SIROCCO_CHECK(pool_->num_free() == pool_->num_blocks(), "KV blocks leaked");
@@ -277,7 +276,6 @@ void EngineLoop::Apply(Command& command) {
         } else if constexpr (std::is_same_v<T, CancelCmd>) {
           if (auto it = preparing_.find(c.id); it != preparing_.end()) {
             // Its image tasks run on; their result finds no request.
-            preparing_tokens_ -= static_cast<std::int64_t>(it->second.spec.prompt.size());
             it->second.stream->Push(EndEvent(ExitReason::kCancelled, absl::CancelledError("request cancelled")));
             preparing_.erase(it);
             return;
@@ -343,12 +341,8 @@ void EngineLoop::Apply(Command& command) {
 
 void EngineLoop::ApplyAdd(AddCmd& c, Live staged, SchedTime now) {
   // The queue's limit counts requests being prepared: they are bound for it.
-  const std::int64_t max_waiting = scheduler_->options().max_waiting;
-  const std::int64_t waiting = scheduler_->num_waiting() + static_cast<std::int64_t>(preparing_.size());
-  if (max_waiting > 0 && waiting >= max_waiting) {
-    c.stream->Push(EndEvent(ExitReason::kFailed,
-                            absl::ResourceExhaustedError(absl::StrCat(
-                                "queue full: ", waiting, " requests waiting (max_waiting ", max_waiting, ")"))));
+  if (absl::Status st = scheduler_->CheckQueueRoom(static_cast<std::int64_t>(preparing_.size())); !st.ok()) {
+    c.stream->Push(EndEvent(ExitReason::kFailed, std::move(st)));
     return;
   }
   if (image_pool_ == nullptr || c.spec.deadline <= now || !NeedsPixels(staged, c.spec)) {
@@ -380,7 +374,6 @@ void EngineLoop::ApplyAdd(AddCmd& c, Live staged, SchedTime now) {
     });
     SIROCCO_CHECK(posted, "image threads shut down while the engine thread runs");
   }
-  preparing_tokens_ += static_cast<std::int64_t>(c.spec.prompt.size());
   preparing_.emplace(c.id, Preparing{std::move(c.spec), std::move(staged), std::move(c.stream), ticket});
 }
 
@@ -389,7 +382,6 @@ void EngineLoop::ApplyImagesReady(ImagesReadyCmd& c, SchedTime now) {
   if (it == preparing_.end() || it->second.ticket != c.ticket) return;  // cancelled meanwhile
   Preparing p = std::move(it->second);
   preparing_.erase(it);
-  preparing_tokens_ -= static_cast<std::int64_t>(p.spec.prompt.size());
   p.staged.pixels.reserve(c.pixels.size());
   for (std::size_t i = 0; i < c.pixels.size(); ++i) {
     if (!c.pixels[i].ok()) {
@@ -718,6 +710,8 @@ void EngineLoop::EmitExits() {
 
 void EngineLoop::PublishStats() {
   SchedulerStats s = scheduler_->Stats();
+  std::int64_t preparing_tokens = 0;
+  for (const auto& [id, p] : preparing_) preparing_tokens += static_cast<std::int64_t>(p.spec.prompt.size());
   std::lock_guard<std::mutex> lock(stats_mu_);
   stats_.scheduler = s;
   stats_.steps = steps_;
@@ -725,7 +719,7 @@ void EngineLoop::PublishStats() {
   stats_.vision_layers = vision_layers_;
   stats_.vision_steps = vision_steps_;
   stats_.preparing = static_cast<std::int64_t>(preparing_.size());
-  stats_.preparing_tokens = preparing_tokens_;
+  stats_.preparing_tokens = preparing_tokens;
 }
 
 }  // namespace sirocco::engine

@@ -324,7 +324,6 @@ class EngineLoop {
   std::unordered_map<RequestId, Live, RequestIdHash> live_;
   std::unordered_map<RequestId, Preparing, RequestIdHash> preparing_;
   std::uint64_t next_ticket_ = 1;
-  std::int64_t preparing_tokens_ = 0;
   std::int64_t steps_ = 0;
   std::int64_t tokens_sampled_ = 0;
   std::int64_t vision_layers_ = 0;

@@ -108,10 +108,7 @@ absl::Status Scheduler::AddRequest(RequestId id, RequestSpec spec, SchedTime now
     }
   }
   if (spec.deadline <= now) return absl::DeadlineExceededError("deadline passed before the request was queued");
-  if (options_.max_waiting > 0 && static_cast<std::int64_t>(waiting_.size()) >= options_.max_waiting) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("queue full: ", waiting_.size(), " requests waiting (max_waiting ", options_.max_waiting, ")"));
-  }
+  SIROCCO_RETURN_IF_ERROR(CheckQueueRoom());
   SIROCCO_RETURN_IF_ERROR(ValidateCacheKey(spec.prompt, spec.cache_key_prompt));
   auto s = std::make_unique<Sequence>(pool_);
   s->id = id;
@@ -243,6 +240,15 @@ absl::Status Scheduler::OnTransferDone(RequestId id, const absl::Status& result)
     ExitRequest(s, ExitReason::kPrefillDone, absl::OkStatus());
   } else {
     ExitRequest(s, ExitReason::kFailed, result);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::CheckQueueRoom(std::int64_t also_waiting) const {
+  const std::int64_t waiting = static_cast<std::int64_t>(waiting_.size()) + also_waiting;
+  if (options_.max_waiting > 0 && waiting >= options_.max_waiting) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("queue full: ", waiting, " requests waiting (max_waiting ", options_.max_waiting, ")"));
   }
   return absl::OkStatus();
 }

@@ -331,7 +331,9 @@ class Scheduler {
   const Reservation* FindReservation(ReservationId id) const;
   SchedulerStats Stats() const;
   bool idle() const { return seqs_.empty() && reservations_.empty(); }
-  std::int64_t num_waiting() const { return static_cast<std::int64_t>(waiting_.size()); }
+  // RESOURCE_EXHAUSTED when the queue, with `also_waiting` requests bound
+  // for it beside its own, is full (max_waiting); AddRequest checks with 0.
+  absl::Status CheckQueueRoom(std::int64_t also_waiting = 0) const;
   const SchedulerOptions& options() const { return options_; }
 
  private:
