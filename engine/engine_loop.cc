@@ -20,6 +20,11 @@ StreamEvent TokenEvent(SampleResult sample) {
   return e;
 }
 
+// A failure of a request's image `i`, named as the request's field.
+absl::Status ImageError(std::size_t i, const absl::Status& st) {
+  return absl::Status(st.code(), absl::StrCat("images[", i, "]: ", st.message()));
+}
+
 StreamEvent EndEvent(ExitReason reason, absl::Status status) {
   StreamEvent e;
   e.type = StreamEvent::Type::kEnd;
@@ -385,9 +390,7 @@ void EngineLoop::ApplyImagesReady(ImagesReadyCmd& c, SchedTime now) {
   p.staged.pixels.reserve(c.pixels.size());
   for (std::size_t i = 0; i < c.pixels.size(); ++i) {
     if (!c.pixels[i].ok()) {
-      const absl::Status& e = c.pixels[i].status();
-      p.stream->Push(
-          EndEvent(ExitReason::kFailed, absl::Status(e.code(), absl::StrCat("images[", i, "]: ", e.message()))));
+      p.stream->Push(EndEvent(ExitReason::kFailed, ImageError(i, c.pixels[i].status())));
       return;
     }
     p.staged.pixels.push_back(*std::move(c.pixels[i]));
@@ -499,30 +502,27 @@ absl::Status EngineLoop::PrepareImages(Live& live, std::span<const std::int32_t>
 
 absl::StatusOr<bool> EngineLoop::AdvanceEncoding(Live& live, int* layers_left) {
   PixtralEncoder* vision = model_.vision();
-  auto named = [](std::size_t i, const absl::Status& st) {
-    return absl::Status(st.code(), absl::StrCat("images[", i, "]: ", st.message()));
-  };
   while (live.encoded < live.images.size()) {
     if (*layers_left == 0) return false;  // this step's budget is spent
     const std::size_t i = live.encoded;
     if (live.job == nullptr) {
       absl::StatusOr<std::vector<float>> pixels =
           live.pixels.empty() ? live.images[i].pixels() : std::move(live.pixels[i]);
-      if (!pixels.ok()) return named(i, pixels.status());
+      if (!pixels.ok()) return ImageError(i, pixels.status());
       absl::StatusOr<std::unique_ptr<PixtralEncoder::Job>> job =
           vision->Start(*pixels, live.images[i].height, live.images[i].width);
-      if (!job.ok()) return named(i, job.status());
+      if (!job.ok()) return ImageError(i, job.status());
       live.job = *std::move(job);
     }
     const std::int64_t before = live.job->layers_done();
     absl::StatusOr<bool> done = vision->Step(*live.job, *layers_left < 0 ? 0 : *layers_left);
-    if (!done.ok()) return named(i, done.status());
+    if (!done.ok()) return ImageError(i, done.status());
     const std::int64_t ran = live.job->layers_done() - before;
     vision_layers_ += ran;
     if (*layers_left > 0) *layers_left -= static_cast<int>(ran);
     if (!*done) return false;
     absl::StatusOr<std::vector<float>> rows = vision->Finish(*live.job);
-    if (!rows.ok()) return named(i, rows.status());
+    if (!rows.ok()) return ImageError(i, rows.status());
     live.image_rows.insert(live.image_rows.end(), rows->begin(), rows->end());
     live.job.reset();
     ++live.encoded;
