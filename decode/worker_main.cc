@@ -21,6 +21,8 @@
 #include "engine/device_loader.h"
 #include "engine/engine_loop.h"
 #include "engine/mistral4.h"
+#include "engine/structured/constraint.h"
+#include "engine/text/tekken.h"
 #include "services/metrics.h"
 #include "services/server.h"
 #include "services/signal_watcher.h"
@@ -72,7 +74,8 @@ const char* const kKnownFlags[] = {"role",
                                    "weights",
                                    "prefix-caching",
                                    "image-threads",
-                                   "vision-layers-per-step"};
+                                   "vision-layers-per-step",
+                                   "tokenizer"};
 
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   Flags flags;
@@ -105,6 +108,31 @@ bool WriteFile(const std::string& path, const std::string& text) {
     if (!out) return false;
   }
   return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+// The vocabulary a response format works with, from the model's tekken
+// file: null (response formats refused) when the file is absent.
+absl::StatusOr<std::shared_ptr<const engine::structured::ConstraintVocabulary>> LoadConstraintVocabulary(
+    const std::string& path, const engine::ModelConfig& config) {
+  if (!std::ifstream(path).good()) return nullptr;
+  absl::StatusOr<std::unique_ptr<text::Tekkenizer>> tokenizer = text::Tekkenizer::Load(path);
+  if (!tokenizer.ok()) return tokenizer.status();
+  const text::Tekkenizer& t = **tokenizer;
+  const auto vocab = static_cast<std::int32_t>(t.vocab_size());
+  std::vector<std::string_view> bytes(static_cast<std::size_t>(vocab));
+  std::unique_ptr<bool[]> special(new bool[static_cast<std::size_t>(vocab)]);
+  for (std::int32_t id = 0; id < vocab; ++id) {
+    special[static_cast<std::size_t>(id)] = t.IsSpecial(id);
+    if (!t.IsSpecial(id)) bytes[static_cast<std::size_t>(id)] = t.TokenBytes(id);
+  }
+  const absl::StatusOr<std::int32_t> begin_think = t.SpecialTokenId("[THINK]");
+  const absl::StatusOr<std::int32_t> end_think = t.SpecialTokenId("[/THINK]");
+  std::vector<std::int32_t> eos;
+  for (std::int64_t id : config.eos_token_ids) eos.push_back(static_cast<std::int32_t>(id));
+  // The vocabulary is copied: the tokenizer goes when this returns.
+  return std::make_shared<const engine::structured::ConstraintVocabulary>(
+      bytes, std::span<const bool>(special.get(), static_cast<std::size_t>(vocab)),
+      begin_think.ok() ? *begin_think : -1, end_think.ok() ? *end_think : -1, std::move(eos));
 }
 
 int Fail(const absl::Status& status) {
@@ -203,8 +231,17 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
   engine_options.max_waiting = *max_waiting;
   engine_options.image_threads = static_cast<int>(*image_threads);
   engine_options.vision_layers_per_step = static_cast<int>(*vision_layers);
+  // --tokenizer: the model's tekken file, for response formats (structured
+  // output); default <model>/tekken.json.
+  absl::StatusOr<std::shared_ptr<const engine::structured::ConstraintVocabulary>> vocabulary =
+      LoadConstraintVocabulary(flags->Get("tokenizer", model_dir + "/tekken.json"), (*model)->config());
+  if (!vocabulary.ok()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--tokenizer: ", vocabulary.status().message())));
+  }
+  engine_options.constraint_vocabulary = *std::move(vocabulary);
   // Only a decode worker receives remote writes into reservations.
-  absl::StatusOr<std::int64_t> quarantine_ms = flags->GetInt("kv-quarantine-ms", *role == WorkerRole::kPrefill ? 0 : 1000);
+  absl::StatusOr<std::int64_t> quarantine_ms =
+      flags->GetInt("kv-quarantine-ms", *role == WorkerRole::kPrefill ? 0 : 1000);
   if (!quarantine_ms.ok()) return Fail(quarantine_ms.status());
   if (*quarantine_ms < 0) return Fail(absl::InvalidArgumentError("--kv-quarantine-ms: must be >= 0"));
   engine_options.reservation_quarantine = std::chrono::milliseconds(*quarantine_ms);
@@ -254,8 +291,8 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
     if (ucx.transports != transfer::UcxTransports::kDefault) {
       // A pool in GPU memory is written by UCX's CUDA-aware lanes (cuda_ipc,
       // GPUDirect RDMA), which only UCX's own transport choice includes.
-      return Fail(absl::InvalidArgumentError(
-          "--kernels cuda needs --ucx-transports default (the KV pool is GPU memory)"));
+      return Fail(
+          absl::InvalidArgumentError("--kernels cuda needs --ucx-transports default (the KV pool is GPU memory)"));
     }
     ucx.pool_in_device_memory = true;
   }
@@ -295,8 +332,7 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
 
   auto registry = std::make_shared<prometheus::Registry>();
   absl::StatusOr<services::ServingMetrics> metrics = services::RegisterServingMetrics(
-      *registry, services::MetricLabels{model_dir, WorkerRoleName(*role)},
-      (*model)->config().max_position_embeddings);
+      *registry, services::MetricLabels{model_dir, WorkerRoleName(*role)}, (*model)->config().max_position_embeddings);
   if (!metrics.ok()) return Fail(metrics.status());
   std::unique_ptr<services::MetricsServer> metrics_server;
   if (*metrics_port >= 0) {
@@ -323,13 +359,12 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
   // not possible (registration comes first), so derive it from the flag.
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
-  service_options.worker_id =
-      flags->Get("worker-id", absl::StrCat(WorkerRoleName(*role), "@", host, "/", getpid()));
+  service_options.worker_id = flags->Get("worker-id", absl::StrCat(WorkerRoleName(*role), "@", host, "/", getpid()));
   WorkerService service(service_options, model->get(), engine->get(), gate, &*metrics);
   service_ptr = &service;
   hook_target->store(&service, std::memory_order_release);
-  absl::StatusOr<std::unique_ptr<services::Server>> server = services::Server::Create(
-      server_options, {{&service, sirocco::worker::v1::Worker::service_full_name()}}, gate);
+  absl::StatusOr<std::unique_ptr<services::Server>> server =
+      services::Server::Create(server_options, {{&service, sirocco::worker::v1::Worker::service_full_name()}}, gate);
   if (!server.ok()) return Fail(server.status());
   std::cerr << "sirocco-worker: role " << WorkerRoleName(*role) << " serving on port " << (*server)->port()
             << " (model " << model_dir << ", " << *num_blocks << " blocks of " << *block_size << ")\n";

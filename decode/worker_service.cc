@@ -49,9 +49,12 @@ constexpr std::chrono::milliseconds kExpiryMargin{500};
 
 wv1::WorkerRole ToProtoRole(WorkerRole role) {
   switch (role) {
-    case WorkerRole::kPrefill: return wv1::WORKER_ROLE_PREFILL;
-    case WorkerRole::kDecode: return wv1::WORKER_ROLE_DECODE;
-    case WorkerRole::kBoth: return wv1::WORKER_ROLE_BOTH;
+    case WorkerRole::kPrefill:
+      return wv1::WORKER_ROLE_PREFILL;
+    case WorkerRole::kDecode:
+      return wv1::WORKER_ROLE_DECODE;
+    case WorkerRole::kBoth:
+      return wv1::WORKER_ROLE_BOTH;
   }
   return wv1::WORKER_ROLE_UNSPECIFIED;
 }
@@ -215,8 +218,8 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
     if (role == WorkerRole::kDecode) return RoleError(role, "Prefill");
     if (absl::Status s = CheckRequestId(request_->request_id()); !s.ok()) return s;
     const engine::ModelConfig& config = service_->model().config();
-    if (absl::Status s = CheckTokens(request_->token_ids(), "token_ids", config.vocab_size,
-                                     config.max_position_embeddings, false);
+    if (absl::Status s =
+            CheckTokens(request_->token_ids(), "token_ids", config.vocab_size, config.max_position_embeddings, false);
         !s.ok()) {
       return s;
     }
@@ -261,6 +264,10 @@ class PrefillReactor final : public grpc::ServerUnaryReactor, public Pumpable {
     spec.prompt.assign(request_->token_ids().begin(), request_->token_ids().end());
     spec.sampling = ToEngine(request_->sampling());
     if (request_->kv_only()) spec.sampling.logprobs = -1;
+    absl::StatusOr<engine::structured::ResponseConstraint> response =
+        service_->ResponseConstraint(request_->sampling());
+    if (!response.ok()) return response.status();
+    if (!request_->kv_only()) spec.response = *std::move(response);
     spec.stop.max_tokens = 1;
     spec.stop.ignore_eos = true;
     spec.deadline = deadline;
@@ -443,8 +450,8 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
     if (absl::Status s = CheckRequestId(request_->request_id()); !s.ok()) return s;
     const engine::ModelConfig& config = service_->model().config();
     const std::int64_t max_len = config.max_position_embeddings;
-    if (absl::Status s = CheckTokens(request_->prompt_token_ids(), "prompt_token_ids", config.vocab_size, max_len,
-                                     false);
+    if (absl::Status s =
+            CheckTokens(request_->prompt_token_ids(), "prompt_token_ids", config.vocab_size, max_len, false);
         !s.ok()) {
       return s;
     }
@@ -469,6 +476,10 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
         ToEngineImages(request_->images(), request_->prompt_token_ids(), service_->model().vision(), "images");
     if (!images.ok()) return images.status();
     images_ = *std::move(images);
+    absl::StatusOr<engine::structured::ResponseConstraint> response =
+        service_->ResponseConstraint(request_->sampling());
+    if (!response.ok()) return response.status();
+    response_ = *std::move(response);
     std::optional<engine::RequestId> reserved;  // the id Reserve acquired, if a reservation is dropped
     if (!request_->reservation_id().empty()) {
       if (!request_->local_prefill()) return StartFromReservation(context);
@@ -480,8 +491,8 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
       reserved = r->request;
       service_->engine().Cancel(r->request);
     } else if (role != WorkerRole::kBoth && !request_->local_prefill()) {
-      return absl::NotFoundError(absl::StrCat("request ", request_->request_id(),
-                                              ": no reservation and no local KV on this decode worker"));
+      return absl::NotFoundError(
+          absl::StrCat("request ", request_->request_id(), ": no reservation and no local KV on this decode worker"));
     }
     // Compute the KV of the prompt and every token already generated here,
     // then sample the next token from the last position (colocated, a failed
@@ -506,6 +517,7 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
     spec.deadline = EngineDeadline(*context);
     spec.replayed = request_->output_token_ids_size();
     spec.images = std::move(images_);
+    spec.response = response_;
     if (reserved.has_value()) {
       id_ = *reserved;  // acquired by Reserve; released when this call ends
     } else {
@@ -558,6 +570,7 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
     spec.stop.ignore_eos = request_->stop().ignore_eos();
     spec.deadline = EngineDeadline(*context);
     spec.images = std::move(images_);
+    spec.response = response_;
     absl::StatusOr<std::shared_ptr<engine::RequestStream>> stream =
         service_->engine().Decode(r->id, *id_, request_->output_token_ids(0), std::move(spec), OnReady(link_));
     if (!stream.ok()) {
@@ -606,7 +619,8 @@ class DecodeReactor final : public grpc::ServerWriteReactor<wv1::DecodeResponse>
   const wv1::DecodeRequest* const request_;
   const std::shared_ptr<Link> link_;
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
-  std::vector<engine::ImageInput> images_;  // from Start to the engine
+  std::vector<engine::ImageInput> images_;           // from Start to the engine
+  engine::structured::ResponseConstraint response_;  // from Start to the engine
   std::optional<engine::RequestId> id_;
   std::optional<StreamEvent> end_;
   wv1::DecodeResponse pending_;  // tokens not yet written
@@ -631,8 +645,8 @@ class WatchLoadReactor final : public grpc::ServerWriteReactor<wv1::Load> {
       return;
     }
     std::uint32_t min_ms = request->min_interval_ms() == 0 ? 100 : request->min_interval_ms();
-    std::uint32_t max_ms = request->max_interval_ms() == 0 ? std::max<std::uint32_t>(1000, min_ms)
-                                                           : request->max_interval_ms();
+    std::uint32_t max_ms =
+        request->max_interval_ms() == 0 ? std::max<std::uint32_t>(1000, min_ms) : request->max_interval_ms();
     if (min_ms < 10 || min_ms > 60000) {
       Finish(services::ToGrpcStatus(services::InvalidFieldError("min_interval_ms", "must be in [10, 60000]")));
       return;
@@ -703,9 +717,12 @@ class WatchLoadReactor final : public grpc::ServerWriteReactor<wv1::Load> {
 
 const char* WorkerRoleName(WorkerRole role) {
   switch (role) {
-    case WorkerRole::kPrefill: return "prefill";
-    case WorkerRole::kDecode: return "decode";
-    case WorkerRole::kBoth: return "both";
+    case WorkerRole::kPrefill:
+      return "prefill";
+    case WorkerRole::kDecode:
+      return "decode";
+    case WorkerRole::kBoth:
+      return "both";
   }
   return "?";
 }
@@ -717,7 +734,6 @@ absl::StatusOr<std::string> ModelFingerprint(const std::string& model_dir) {
   text << in.rdbuf();
   return absl::StrCat(absl::Hex(transfer::Fingerprint64(text.str() + "|kv=f32"), absl::kZeroPad16));
 }
-
 
 void WorkerService::AddJob(engine::RequestId id, std::shared_ptr<TransferJob> job) {
   std::lock_guard<std::mutex> lock(jobs_mu_);
@@ -854,8 +870,8 @@ void WorkerService::OnLayerKvWritten(const engine::LayerKvWritten& w) {
     }
     CountSent(bytes, seconds, st.ok());
     if (absl::IsUnavailable(st)) ForgetPeer(job->peer);  // lost: reconnect next time
-    (void)engine_->TransferDone(request, st.ok() ? absl::OkStatus()
-                                                 : absl::AbortedError(absl::StrCat("KV transfer failed: ", st.message())));
+    (void)engine_->TransferDone(
+        request, st.ok() ? absl::OkStatus() : absl::AbortedError(absl::StrCat("KV transfer failed: ", st.message())));
   }).detach();
 }
 
@@ -929,6 +945,20 @@ WorkerService::WorkerService(WorkerServiceOptions options, const engine::Mistral
 
 WorkerService::~WorkerService() = default;
 
+absl::StatusOr<engine::structured::ResponseConstraint> WorkerService::ResponseConstraint(
+    const wv1::SamplingParams& sampling) {
+  engine::structured::ResponseConstraint out;
+  if (!sampling.has_response_format()) return out;
+  absl::StatusOr<std::shared_ptr<const engine::structured::JsonGrammar>> grammar =
+      grammars_.Get(sampling.response_format().json_schema());
+  if (!grammar.ok()) {
+    return services::InvalidFieldError("sampling.response_format.json_schema", std::string(grammar.status().message()));
+  }
+  out.grammar = *std::move(grammar);
+  out.allow_think = sampling.response_format().allow_think();
+  return out;
+}
+
 absl::StatusOr<engine::RequestId> WorkerService::AcquireId(const std::string& request_id) {
   std::lock_guard<std::mutex> lock(ids_mu_);
   if (ids_.contains(request_id)) {
@@ -980,7 +1010,7 @@ wv1::Load WorkerService::CurrentLoad() {
 }
 
 grpc::ServerUnaryReactor* WorkerService::Reserve(grpc::CallbackServerContext* context,
-                                                  const wv1::ReserveRequest* request, wv1::KvTarget* response) {
+                                                 const wv1::ReserveRequest* request, wv1::KvTarget* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto fail = [&](const absl::Status& st) {
     reactor->Finish(services::ToGrpcStatus(st, context));
@@ -998,8 +1028,8 @@ grpc::ServerUnaryReactor* WorkerService::Reserve(grpc::CallbackServerContext* co
     return fail(services::InvalidFieldError("max_output_tokens", "must be in [1, context length - prompt_tokens]"));
   }
   if (request->layout_version() != options_.layout.version) {
-    return fail(absl::FailedPreconditionError(absl::StrCat("layout_version: ", request->layout_version(),
-                                                           " asked, ", options_.layout.version, " here")));
+    return fail(absl::FailedPreconditionError(
+        absl::StrCat("layout_version: ", request->layout_version(), " asked, ", options_.layout.version, " here")));
   }
   if (request->model_fingerprint() != options_.model_fingerprint) {
     return fail(absl::FailedPreconditionError(absl::StrCat("model_fingerprint: ", request->model_fingerprint(),
@@ -1047,16 +1077,17 @@ grpc::ServerUnaryReactor* WorkerService::Reserve(grpc::CallbackServerContext* co
     spec.prompt_known = true;
   }
   spec.expected_output = request->max_output_tokens();
-  spec.ttl = request->ttl_ms() == 0 ? std::chrono::duration_cast<engine::SchedClock::duration>(
-                                          options_.default_reservation_ttl)
-                                    : std::chrono::milliseconds(request->ttl_ms());
+  spec.ttl = request->ttl_ms() == 0
+                 ? std::chrono::duration_cast<engine::SchedClock::duration>(options_.default_reservation_ttl)
+                 : std::chrono::milliseconds(request->ttl_ms());
   const std::string request_id = request->request_id();
   const std::int64_t prompt_blocks =
-      (static_cast<std::int64_t>(request->prompt_tokens()) + options_.layout.block_size - 1) / options_.layout.block_size;
+      (static_cast<std::int64_t>(request->prompt_tokens()) + options_.layout.block_size - 1) /
+      options_.layout.block_size;
   const engine::RequestId engine_id = *id;
-  absl::Status st = engine_->Reserve(
-      std::move(spec), [this, reactor, response, request_id, prompt_blocks, transport, engine_id,
-                        d = *std::move(descriptor)](absl::StatusOr<engine::Reservation> r) {
+  absl::Status st =
+      engine_->Reserve(std::move(spec), [this, reactor, response, request_id, prompt_blocks, transport, engine_id,
+                                         d = *std::move(descriptor)](absl::StatusOr<engine::Reservation> r) {
         if (!r.ok()) {
           ReleaseId(request_id);
           reactor->Finish(services::ToGrpcStatus(r.status()));
@@ -1087,8 +1118,8 @@ grpc::ServerUnaryReactor* WorkerService::Reserve(grpc::CallbackServerContext* co
                                              std::chrono::duration_cast<std::chrono::microseconds>(left).count());
         response->set_decode_worker_id(options_.worker_id);
         response->set_cached_tokens(static_cast<std::uint32_t>(r->cached_tokens));
-        AddReservation(reservation_id, PendingReservation{r->id, engine_id, request_id,
-                                                          std::chrono::steady_clock::now() + left});
+        AddReservation(reservation_id,
+                       PendingReservation{r->id, engine_id, request_id, std::chrono::steady_clock::now() + left});
         reactor->Finish(grpc::Status::OK);
       });
   if (!st.ok()) {
@@ -1099,7 +1130,7 @@ grpc::ServerUnaryReactor* WorkerService::Reserve(grpc::CallbackServerContext* co
 }
 
 grpc::ServerUnaryReactor* WorkerService::Prefill(grpc::CallbackServerContext* context,
-                                                  const wv1::PrefillRequest* request, wv1::PrefillResponse* response) {
+                                                 const wv1::PrefillRequest* request, wv1::PrefillResponse* response) {
   return new PrefillReactor(this, context, request, response);
 }
 
@@ -1108,8 +1139,8 @@ grpc::ServerWriteReactor<wv1::DecodeResponse>* WorkerService::Decode(grpc::Callb
   return new DecodeReactor(this, context, request);
 }
 
-grpc::ServerUnaryReactor* WorkerService::Cancel(grpc::CallbackServerContext* context,
-                                                 const wv1::CancelRequest* request, wv1::CancelResponse* response) {
+grpc::ServerUnaryReactor* WorkerService::Cancel(grpc::CallbackServerContext* context, const wv1::CancelRequest* request,
+                                                wv1::CancelResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   // Allowed while draining (UNAVAILABLE from the gate): it only frees work.
   if (absl::Status s = gate_->AdmitWorker(*context); !s.ok() && s.code() != absl::StatusCode::kUnavailable) {
@@ -1146,7 +1177,7 @@ grpc::ServerUnaryReactor* WorkerService::Cancel(grpc::CallbackServerContext* con
 }
 
 grpc::ServerUnaryReactor* WorkerService::GetLoad(grpc::CallbackServerContext* context,
-                                                  const wv1::GetLoadRequest* /*request*/, wv1::Load* response) {
+                                                 const wv1::GetLoadRequest* /*request*/, wv1::Load* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   // Load is readable while draining (it says so).
   if (absl::Status s = gate_->AdmitWorker(*context); !s.ok() && s.code() != absl::StatusCode::kUnavailable) {
@@ -1159,12 +1190,12 @@ grpc::ServerUnaryReactor* WorkerService::GetLoad(grpc::CallbackServerContext* co
 }
 
 grpc::ServerWriteReactor<wv1::Load>* WorkerService::WatchLoad(grpc::CallbackServerContext* context,
-                                                             const wv1::WatchLoadRequest* request) {
+                                                              const wv1::WatchLoadRequest* request) {
   return new WatchLoadReactor(this, context, request);
 }
 
 grpc::ServerUnaryReactor* WorkerService::Drain(grpc::CallbackServerContext* context,
-                                                const wv1::DrainRequest* /*request*/, wv1::DrainResponse* response) {
+                                               const wv1::DrainRequest* /*request*/, wv1::DrainResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (absl::Status s = gate_->AdmitWorker(*context); !s.ok() && s.code() != absl::StatusCode::kUnavailable) {
     reactor->Finish(services::ToGrpcStatus(s, context));

@@ -22,16 +22,17 @@
 
 #include <atomic>
 #include <chrono>
-#include <optional>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
 #include "absl/status/statusor.h"
 #include "engine/engine_loop.h"
 #include "engine/mistral4.h"
+#include "engine/structured/grammar_cache.h"
 #include "services/call_gate.h"
 #include "services/metrics.h"
 #include "sirocco/worker/v1/worker.grpc.pb.h"
@@ -49,8 +50,8 @@ absl::StatusOr<std::string> ModelFingerprint(const std::string& model_dir);
 
 struct WorkerServiceOptions {
   WorkerRole role = WorkerRole::kBoth;
-  std::string worker_id;           // as reported in Load and responses
-  std::string model_fingerprint;   // compared with Reserve's and KvTarget's
+  std::string worker_id;          // as reported in Load and responses
+  std::string model_fingerprint;  // compared with Reserve's and KvTarget's
   // KV transfer (disaggregated roles): the agent and the engine's pool,
   // registered with it as `pool` laid out as `layout`. Null agent: Reserve
   // and Prefill with a target fail with UNIMPLEMENTED.
@@ -99,6 +100,11 @@ class WorkerService final : public sirocco::worker::v1::Worker::CallbackService 
   absl::StatusOr<engine::RequestId> AcquireId(const std::string& request_id);
   void ReleaseId(const std::string& request_id);
   engine::EngineLoop& engine() { return *engine_; }
+  // The constraint of a request's SamplingParams.response_format (inactive
+  // when unset); INVALID_ARGUMENT naming the field for a schema that does
+  // not compile.
+  absl::StatusOr<engine::structured::ResponseConstraint> ResponseConstraint(
+      const sirocco::worker::v1::SamplingParams& sampling);
   const engine::Mistral4Model& model() const { return *model_; }
   const WorkerServiceOptions& options() const { return options_; }
   const services::ServingMetrics* metrics() const { return metrics_; }
@@ -138,6 +144,7 @@ class WorkerService final : public sirocco::worker::v1::Worker::CallbackService 
  private:
   const WorkerServiceOptions options_;
   const engine::Mistral4Model* model_;
+  engine::structured::GrammarCache grammars_;
   engine::EngineLoop* engine_;
   const std::shared_ptr<services::CallGate> gate_;
   const services::ServingMetrics* metrics_;

@@ -103,6 +103,9 @@ struct RowSample {
   const SamplerState* state = nullptr;
   std::optional<double> u;
   std::int64_t row = 0;  // which row of the logits
+  // Tokens the row may choose (a response format's mask; SamplerState::
+  // SampleWithDraw). Empty: any.
+  std::span<const std::uint32_t> allowed;
 };
 
 class Device {

@@ -149,6 +149,7 @@ absl::Status EngineLoop::Enqueue(Command cmd, bool new_work) {
 absl::StatusOr<std::shared_ptr<RequestStream>> EngineLoop::Submit(RequestId id, RequestSpec spec,
                                                                   std::function<void()> on_ready) {
   SIROCCO_RETURN_IF_ERROR(scheduler_->ValidateRequest(spec));  // immutable state only
+  SIROCCO_RETURN_IF_ERROR(CheckResponse(spec.response));
   auto stream = std::make_shared<RequestStream>(id, std::move(on_ready));
   SIROCCO_RETURN_IF_ERROR(Enqueue(AddCmd{id, std::move(spec), stream}, /*new_work=*/true));
   return stream;
@@ -308,7 +309,10 @@ void EngineLoop::Apply(Command& command) {
           if (st.ok() && !staged.images.empty() && c.spec.prompt.empty()) {
             st = absl::InvalidArgumentError("images: a decode with images needs the prompt's ids");
           }
+          if (st.ok()) st = CheckResponse(c.spec.response);
           if (st.ok()) st = PrepareImages(staged, c.spec.prompt);
+          const std::int32_t first[] = {c.first_token};
+          if (st.ok()) st = StartConstraint(staged, c.spec.response, first, "first_token");
           if (st.ok() && c.spec.cache_key_prompt.empty()) {
             c.spec.cache_key_prompt = CacheKeyPrompt(staged.images, c.spec.prompt);
           }
@@ -327,6 +331,8 @@ void EngineLoop::Apply(Command& command) {
             live.image_at = std::move(staged.image_at);
             live.sampler.emplace(s->sampling, s->prompt());
             live.sampler->Replay(c.first_token);  // sampled by the prefill worker, same seed
+            live.constraint = std::move(staged.constraint);
+            live.allowed = std::move(staged.allowed);
           }
         } else if constexpr (std::is_same_v<T, TransferDoneCmd>) {
           (void)scheduler_->OnTransferDone(c.id, c.result);  // a cancelled request may be gone
@@ -400,6 +406,12 @@ void EngineLoop::ApplyImagesReady(ImagesReadyCmd& c, SchedTime now) {
 
 void EngineLoop::AddToScheduler(RequestId id, RequestSpec spec, Live staged, std::shared_ptr<RequestStream> stream,
                                 SchedTime now) {
+  const std::span<const std::int32_t> replayed =
+      std::span<const std::int32_t>(spec.prompt).last(static_cast<std::size_t>(spec.replayed));
+  if (absl::Status st = StartConstraint(staged, spec.response, replayed, "replayed"); !st.ok()) {
+    stream->Push(EndEvent(ExitReason::kFailed, std::move(st)));
+    return;
+  }
   if (absl::Status st = scheduler_->AddRequest(id, std::move(spec), now); !st.ok()) {
     stream->Push(EndEvent(ExitReason::kFailed, std::move(st)));
     return;
@@ -412,6 +424,32 @@ void EngineLoop::AddToScheduler(RequestId id, RequestSpec spec, Live staged, std
   const std::size_t fresh = prompt.size() - static_cast<std::size_t>(s->replayed);
   live.sampler.emplace(s->sampling, prompt.first(fresh));
   for (std::int32_t t : prompt.subspan(fresh)) live.sampler->Replay(t);
+}
+
+absl::Status EngineLoop::CheckResponse(const structured::ResponseConstraint& response) const {
+  if (!response.active()) return absl::OkStatus();
+  if (options_.constraint_vocabulary == nullptr) {
+    return absl::FailedPreconditionError("response_format: this worker has no tokenizer to constrain output with");
+  }
+  if (options_.constraint_vocabulary->vocab_size() != model_.config().vocab_size) {
+    return absl::FailedPreconditionError("response_format: the tokenizer's vocabulary does not match the model's");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EngineLoop::StartConstraint(Live& live, const structured::ResponseConstraint& response,
+                                         std::span<const std::int32_t> earlier, std::string_view field) const {
+  if (!response.active()) return absl::OkStatus();
+  live.constraint.emplace(options_.constraint_vocabulary, response);
+  live.allowed.assign(structured::MaskWords(options_.constraint_vocabulary->vocab_size()), 0u);
+  for (std::size_t i = 0; i < earlier.size(); ++i) {
+    if (!live.constraint->Accept(earlier[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(std::string(field), ": token ", static_cast<int>(earlier[i]),
+                                                     " (at ", static_cast<std::uint64_t>(i),
+                                                     ") does not match the response format"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 bool EngineLoop::NeedsPixels(const Live& staged, const RequestSpec& spec) const {
@@ -679,13 +717,22 @@ void EngineLoop::RunStep(StepPlan& plan) {
 RowSample EngineLoop::Draw(RequestId id, std::int64_t row) {
   auto it = live_.find(id);
   SIROCCO_CHECK(it != live_.end() && it->second.sampler.has_value(), "scheduled request without engine state");
-  SamplerState& sampler = *it->second.sampler;
-  return RowSample{&sampler, sampler.TakeDraw(), row};
+  Live& live = it->second;
+  SamplerState& sampler = *live.sampler;
+  RowSample sample{&sampler, sampler.TakeDraw(), row, {}};
+  if (live.constraint.has_value()) {
+    live.constraint->FillAllowed(live.allowed, &mask_cache_);
+    sample.allowed = live.allowed;
+  }
+  return sample;
 }
 
 void EngineLoop::Deliver(RequestId id, SampleResult r, std::int32_t* token) {
   Live& live = live_.find(id)->second;
   live.sampler->Observe(r.token);
+  if (live.constraint.has_value()) {
+    SIROCCO_CHECK(live.constraint->Accept(r.token), "sampled a token the response format's mask excludes");
+  }
   *token = r.token;
   ++tokens_sampled_;
   if (scheduler_->Find(id)->prefill_only) {

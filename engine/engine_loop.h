@@ -26,6 +26,7 @@
 #include <mutex>
 #include <optional>
 #include <span>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <variant>
@@ -38,6 +39,7 @@
 #include "engine/pixtral.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
+#include "engine/structured/constraint.h"
 #include "engine/task_pool.h"
 
 namespace sirocco::engine {
@@ -150,6 +152,10 @@ struct EngineOptions {
   // waits, and the other requests' items run. An image's patch embedding
   // and projector run with its first and last layer.
   int vision_layers_per_step = 4;
+  // The model's vocabulary as a response format needs it (token bytes,
+  // special and think tokens, EOS). Null: requests with a response format
+  // fail with FAILED_PRECONDITION.
+  std::shared_ptr<const structured::ConstraintVocabulary> constraint_vocabulary;
 };
 
 struct EngineStats {
@@ -257,6 +263,9 @@ class EngineLoop {
     std::shared_ptr<RequestStream> stream;
     std::optional<SamplerState> sampler;
     std::optional<SampleResult> held;  // prefill role: first token, sent after the transfer
+    // The response format's state and this step's mask of allowed tokens.
+    std::optional<structured::TokenConstraint> constraint;
+    std::vector<std::uint32_t> allowed;
     // The prompt's images and, once encoded, their features: one row of
     // hidden_size floats per [IMG] token, whose prompt positions are image_at.
     std::vector<ImageInput> images;
@@ -309,6 +318,13 @@ class EngineLoop {
   // prepared), at most *layers_left layers when > 0 (decremented); true once
   // every image's rows are in live.image_rows.
   absl::StatusOr<bool> AdvanceEncoding(Live& live, int* layers_left);
+  // FAILED_PRECONDITION when an active `response` has no (matching)
+  // vocabulary to work with.
+  absl::Status CheckResponse(const structured::ResponseConstraint& response) const;
+  // Starts `live`'s response format (when active) and moves it past tokens
+  // sampled earlier: INVALID_ARGUMENT naming `field` if one does not match.
+  absl::Status StartConstraint(Live& live, const structured::ResponseConstraint& response,
+                               std::span<const std::int32_t> earlier, std::string_view field) const;
   // The row to sample for request `id` (taking its RNG draw for this step).
   RowSample Draw(RequestId id, std::int64_t row);
   // Applies a sampled token: the request's history, the plan, its stream.
@@ -323,6 +339,9 @@ class EngineLoop {
   std::unique_ptr<Scheduler> scheduler_;
   std::unordered_map<RequestId, Live, RequestIdHash> live_;
   std::unordered_map<RequestId, Preparing, RequestIdHash> preparing_;
+  // Response formats' token masks by JSON state, shared by every request
+  // (about 16 KB each for a 131k vocabulary).
+  structured::MaskCache mask_cache_{256};
   std::uint64_t next_ticket_ = 1;
   std::int64_t steps_ = 0;
   std::int64_t tokens_sampled_ = 0;

@@ -163,7 +163,7 @@ class HostDevice final : public Device {
     out->reserve(rows.size());
     for (std::size_t i = 0; i < rows.size(); ++i) {
       const std::span<const float> row(logits + rows[i].row * ld, static_cast<std::size_t>(vocab));
-      out->push_back(rows[i].state->SampleWithDraw(row, rows[i].u, sampler_scratch_));
+      out->push_back(rows[i].state->SampleWithDraw(row, rows[i].u, sampler_scratch_, rows[i].allowed));
     }
     return absl::OkStatus();
   }

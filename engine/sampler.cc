@@ -232,10 +232,29 @@ SampleResult SamplerState::Sample(std::span<const float> logits, SamplerScratch&
 }
 
 SampleResult SamplerState::SampleWithDraw(std::span<const float> logits, std::optional<double> u,
-                                          SamplerScratch& scratch) const {
+                                          SamplerScratch& scratch, std::span<const std::uint32_t> allowed) const {
   SIROCCO_CHECK(!logits.empty(), "empty logits row");
   SampleResult result;
-  result.token = u.has_value() ? Draw(logits, *u, scratch) : Argmax(logits);
+  if (allowed.empty()) {
+    result.token = u.has_value() ? Draw(logits, *u, scratch) : Argmax(logits);
+  } else {
+    SIROCCO_CHECK(allowed.size() * 32 >= logits.size(), "token mask smaller than the vocabulary");
+    auto is_allowed = [&](std::size_t id) { return ((allowed[id / 32] >> (id % 32)) & 1u) != 0; };
+    scratch.masked.assign(logits.begin(), logits.end());
+    std::size_t first_allowed = logits.size();
+    for (std::size_t id = 0; id < logits.size(); ++id) {
+      if (!is_allowed(id)) {
+        scratch.masked[id] = kNegInf;
+      } else if (first_allowed == logits.size()) {
+        first_allowed = id;
+      }
+    }
+    SIROCCO_CHECK(first_allowed < logits.size(), "a token mask that allows nothing");
+    const std::span<const float> masked(scratch.masked);
+    result.token = u.has_value() ? Draw(masked, *u, scratch) : Argmax(masked);
+    // Every allowed logit -inf (or NaN): the draw fell back to id 0.
+    if (!is_allowed(static_cast<std::size_t>(result.token))) result.token = static_cast<std::int32_t>(first_allowed);
+  }
   if (params_.logprobs >= 0) FillLogprobs(logits, result);
   return result;
 }

@@ -66,6 +66,7 @@ struct SampleResult {
 struct SamplerScratch {
   std::vector<float> weights;       // [vocab] unnormalised probabilities
   std::vector<std::int32_t> order;  // [vocab] candidate token ids
+  std::vector<float> masked;        // [vocab] logits with disallowed tokens at -inf (a response format)
 };
 
 // A token seen in the prompt or the output; output_count 0 means the prompt
@@ -109,8 +110,15 @@ class SamplerState {
   // consumes what Sample would from the RNG (the uniform double, or nothing
   // for a greedy request), and SampleWithDraw is the rest of Sample for that
   // draw. Sample(l, s) == SampleWithDraw(l, TakeDraw(), s).
+  //
+  // `allowed`, when not empty, is a token mask (structured/token_trie.h:
+  // bit id set = allowed; vocabulary-sized): the draw is the same as for a
+  // row whose disallowed logits are -inf, so the result is always an allowed
+  // token (the lowest allowed id when no allowed logit is finite). Logprobs
+  // still describe the unmasked row, like the other sampling knobs.
   std::optional<double> TakeDraw();
-  SampleResult SampleWithDraw(std::span<const float> logits, std::optional<double> u, SamplerScratch& scratch) const;
+  SampleResult SampleWithDraw(std::span<const float> logits, std::optional<double> u, SamplerScratch& scratch,
+                              std::span<const std::uint32_t> allowed = {}) const;
   // The penalties' view of the history, sorted by token (empty when no
   // penalty is on).
   std::span<const SeenToken> seen() const { return seen_; }

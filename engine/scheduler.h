@@ -57,6 +57,7 @@
 #include "engine/image_input.h"
 #include "engine/kv_cache.h"
 #include "engine/sampler.h"
+#include "engine/structured/constraint.h"
 
 namespace sirocco::engine {
 
@@ -89,7 +90,7 @@ enum class ExitReason : std::uint8_t {
   kPrefillDone,  // prefill role: first token sampled and the KV transfer completed
   kCancelled,
   kDeadlineExceeded,
-  kFailed,       // the step or the transfer failed; Exit::status says why
+  kFailed,  // the step or the transfer failed; Exit::status says why
 };
 const char* ExitReasonName(ExitReason reason);
 
@@ -99,7 +100,7 @@ struct SchedulerOptions {
   std::int64_t max_model_len = 0;          // context length: prompt + max_tokens <= this
   std::int64_t vocab_size = 0;
   std::vector<std::int64_t> eos_token_ids;
-  std::int64_t max_waiting = 0;            // queued requests before AddRequest refuses; 0: no limit
+  std::int64_t max_waiting = 0;  // queued requests before AddRequest refuses; 0: no limit
   // A reservation dropped before a Decode claimed it (cancelled, expired)
   // keeps its blocks this long, neither free nor reserved: a prefill
   // worker's writes already issued into them may still land (RMA bypasses
@@ -137,13 +138,16 @@ struct RequestSpec {
   // blocks with the same image are shared. Empty: `prompt`, and nothing from
   // the first image placeholder on is cached.
   std::vector<std::int32_t> cache_key_prompt;
+  // What the output must match (a response format); the engine loop masks
+  // each draw. The `replayed` tokens must match it too.
+  structured::ResponseConstraint response;
 };
 
 // Blocks held for a request whose prompt KV a prefill worker will write.
 struct ReserveSpec {
   RequestId request;
-  std::vector<std::int32_t> prompt;    // token ids the KV is for
-  std::int64_t expected_output = 0;    // extra tokens of capacity to hold now
+  std::vector<std::int32_t> prompt;  // token ids the KV is for
+  std::int64_t expected_output = 0;  // extra tokens of capacity to hold now
   SchedClock::duration ttl = std::chrono::seconds(30);
   // `prompt` holds the real ids (not placeholders for a length): the leading
   // blocks found in the prefix cache are shared instead of reserved, and
@@ -178,6 +182,8 @@ struct DecodeSpec {
   std::vector<ImageInput> images;
   // As RequestSpec::cache_key_prompt (with `prompt`, or the reservation's).
   std::vector<std::int32_t> cache_key_prompt;
+  // As RequestSpec::response; the first token must match it.
+  structured::ResponseConstraint response;
 };
 
 // One sequence's share of a step. The runner fills `token` with the token it
@@ -192,7 +198,7 @@ struct PrefillChunk {
   RequestId id;
   std::int64_t start = 0;  // tokens [start, start + len) of the sequence
   std::int64_t len = 0;
-  bool samples = false;    // ends the sequence: its last logits give the next token
+  bool samples = false;  // ends the sequence: its last logits give the next token
   std::int32_t token = -1;
 };
 struct StepPlan {
@@ -213,7 +219,7 @@ struct Exit {
 struct SchedulerStats {
   std::int64_t total_blocks = 0;
   std::int64_t free_blocks = 0;
-  std::int64_t waiting = 0;       // queued (new or preempted)
+  std::int64_t waiting = 0;  // queued (new or preempted)
   std::int64_t prefilling = 0;
   std::int64_t decoding = 0;
   std::int64_t transferring = 0;
@@ -223,8 +229,8 @@ struct SchedulerStats {
   // Tokens queued or prefilling whose KV is not computed yet (what a prefill
   // worker still has to do).
   std::int64_t prefill_tokens_pending = 0;
-  std::int64_t preemptions = 0;            // cumulative
-  std::int64_t reservations_expired = 0;   // cumulative
+  std::int64_t preemptions = 0;           // cumulative
+  std::int64_t reservations_expired = 0;  // cumulative
   // Prefix cache: published blocks (held or evictable; evictable ones count
   // as free), and, cumulative over admissions, tokens looked up and tokens
   // found (vLLM's prefix_cache_queries and prefix_cache_hits).
@@ -243,7 +249,7 @@ class Scheduler {
     RequestState state = RequestState::kQueued;
     std::vector<std::int32_t> tokens;  // prompt, then generated tokens
     std::int64_t prompt_len = 0;
-    std::int64_t num_computed = 0;     // leading tokens whose KV is in `blocks`
+    std::int64_t num_computed = 0;  // leading tokens whose KV is in `blocks`
     // Of those, how many the last admission found in the prefix cache; its
     // first prefill chunk starts there.
     std::int64_t num_cached = 0;
@@ -257,8 +263,8 @@ class Scheduler {
     SchedTime deadline;
     std::int32_t priority = 0;
     bool prefill_only = false;
-    std::int32_t replayed = 0;         // RequestSpec::replayed
-    std::uint64_t arrival = 0;         // order of arrival; ties of priority break on it
+    std::int32_t replayed = 0;  // RequestSpec::replayed
+    std::uint64_t arrival = 0;  // order of arrival; ties of priority break on it
     std::int64_t num_preemptions = 0;
 
     // RequestSpec::cache_key_prompt (empty: the prompt itself).

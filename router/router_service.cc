@@ -19,9 +19,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/mix64.h"
+#include "engine/structured/grammar_cache.h"
 #include "engine/text/chat_request.h"
 #include "engine/text/detokenizer.h"
 #include "engine/text/instruct_json.h"
+#include "engine/text/instruct_schema.h"
 #include "services/server.h"
 #include "services/status_mapping.h"
 
@@ -249,6 +251,74 @@ absl::Status ValidateImage(const v1::Image& image, const v1::Limits& limits, con
   return absl::OkStatus();
 }
 
+// A response format's fields, checked; nullopt for free text. The schema
+// is parsed and checked as draft 7, as mistral-common does.
+absl::StatusOr<std::optional<text::ResponseFormat>> CheckResponseFormat(const v1::ResponseFormat& format,
+                                                                        const v1::Limits& limits) {
+  text::ResponseFormat out;
+  switch (format.type()) {
+    case v1::ResponseFormat::TYPE_UNSPECIFIED:
+    case v1::ResponseFormat::TYPE_TEXT:
+      if (format.has_json_schema())
+        return InvalidFieldError("response_format.json_schema", "is set but the type is not TYPE_JSON_SCHEMA");
+      return std::nullopt;
+    case v1::ResponseFormat::TYPE_JSON_OBJECT:
+      if (format.has_json_schema())
+        return InvalidFieldError("response_format.json_schema", "is set but the type is not TYPE_JSON_SCHEMA");
+      out.type = text::ResponseFormatType::kJsonObject;
+      return out;
+    case v1::ResponseFormat::TYPE_JSON_SCHEMA:
+      break;
+    default:
+      return InvalidFieldError("response_format.type", "unknown type");
+  }
+  if (!format.has_json_schema())
+    return InvalidFieldError("response_format.json_schema", "is required with TYPE_JSON_SCHEMA");
+  const v1::JsonSchema& js = format.json_schema();
+  if (js.name().empty() || js.name().size() > 256)
+    return InvalidFieldError("response_format.json_schema.name", "must be 1 to 256 bytes");
+  if (static_cast<std::int64_t>(js.schema().size()) > limits.max_response_schema_bytes())
+    return InvalidFieldError(
+        "response_format.json_schema.schema",
+        absl::StrCat("longer than limits.max_response_schema_bytes (", limits.max_response_schema_bytes(), ")"));
+  if (js.schema().empty()) return InvalidFieldError("response_format.json_schema.schema", "is required");
+  absl::StatusOr<text::PyValue> schema = text::ParsePyJson(js.schema());
+  if (!schema.ok())
+    return InvalidFieldError("response_format.json_schema.schema", std::string(schema.status().message()));
+  if (!schema->is_object()) return InvalidFieldError("response_format.json_schema.schema", "must be a JSON object");
+  if (std::optional<std::string> error = text::Draft7SchemaError(*schema))
+    return InvalidFieldError("response_format.json_schema.schema", absl::StrCat("not a valid JSON schema: ", *error));
+  out.type = text::ResponseFormatType::kJsonSchema;
+  text::JsonSchemaFormat& f = out.json_schema.emplace();
+  f.name = js.name();
+  if (!js.description().empty()) f.description = js.description();
+  f.schema = *std::move(schema);
+  f.strict = js.strict();
+  return out;
+}
+
+// What the workers constrain the output to, for a checked response format;
+// nullopt for free text. A strict schema is compiled here (and cached) so
+// that an unsupported one fails before any work starts.
+absl::StatusOr<std::optional<wk::ResponseFormat>> WorkerResponseFormat(const v1::ResponseFormat& format,
+                                                                       const v1::StopParams& stop, bool allow_think,
+                                                                       engine::structured::GrammarCache& grammars) {
+  if (format.type() != v1::ResponseFormat::TYPE_JSON_OBJECT && format.type() != v1::ResponseFormat::TYPE_JSON_SCHEMA)
+    return std::nullopt;
+  if (stop.ignore_eos())
+    return InvalidFieldError("stop.ignore_eos", "cannot be combined with a JSON response_format, which ends at EOS");
+  wk::ResponseFormat out;
+  out.set_allow_think(allow_think);
+  if (format.type() == v1::ResponseFormat::TYPE_JSON_SCHEMA && format.json_schema().strict()) {
+    absl::StatusOr<std::shared_ptr<const engine::structured::JsonGrammar>> grammar =
+        grammars.Get(format.json_schema().schema());
+    if (!grammar.ok())
+      return InvalidFieldError("response_format.json_schema.schema", std::string(grammar.status().message()));
+    out.set_json_schema(format.json_schema().schema());
+  }
+  return out;
+}
+
 // `num_images` counts the image parts converted.
 absl::StatusOr<text::ChatRequest> ToTextRequest(const v1::ChatRequest& request, const v1::Limits& limits,
                                                 int* num_images) {
@@ -410,6 +480,14 @@ absl::StatusOr<text::ChatRequest> ToTextRequest(const v1::ChatRequest& request, 
       request.tool_choice().mode() != v1::ToolChoice::MODE_NONE && request.tools_size() == 0)
     return InvalidFieldError("tool_choice.mode", "requires a non-empty tools");
   out.parallel_tool_calls = !request.has_parallel_tool_calls() || request.parallel_tool_calls();
+  absl::StatusOr<std::optional<text::ResponseFormat>> format = CheckResponseFormat(request.response_format(), limits);
+  if (!format.ok()) return format.status();
+  if (format->has_value()) {
+    if (out.tool_choice.mode != text::ToolChoiceMode::kNone)
+      return InvalidFieldError("response_format",
+                               "a JSON answer cannot be combined with tool calls: set tool_choice to MODE_NONE");
+    out.response_format = **std::move(format);
+  }
   return out;
 }
 
@@ -453,6 +531,10 @@ struct RouterService::Shared {
   // [IMG], when requests may carry images (RouterOptions::images and a
   // tokenizer with an image section); else -1.
   std::int32_t image_token_id = -1;
+  // A chat's JSON answer may follow a [THINK] section (v15 tokenizers with
+  // think tokens, as mistral-common's grammar has it).
+  bool think_before_json = false;
+  engine::structured::GrammarCache grammars;
   std::atomic<std::uint64_t> next_id{0};
   // Requests whose reactor still exists (it may outlive its server stream
   // while worker calls wind down); ~RouterService waits for zero.
@@ -856,8 +938,8 @@ class StreamCall final : public grpc::ServerWriteReactor<Response> {
     shared_->directory->MarkUnhealthy(decode_id_);
     if (decode_picked_) shared_->directory->DoneDecode(decode_id_, blocks_);
     decode_picked_ = false;
-    blocks_ = (prompt_tokens_ + static_cast<std::int64_t>(all_ids_.size()) + kAssumedBlockSize - 1) /
-                  kAssumedBlockSize + 1;
+    blocks_ =
+        (prompt_tokens_ + static_cast<std::int64_t>(all_ids_.size()) + kAssumedBlockSize - 1) / kAssumedBlockSize + 1;
     auto decode = shared_->directory->PickDecode(blocks_);
     if (!decode.ok()) return false;
     decode_id_ = decode->id;
@@ -1230,6 +1312,7 @@ v1::Limits DefaultLimits(std::int32_t context_length) {
   l.set_max_tool_schema_bytes(64 << 10);
   l.set_max_top_logprobs(20);
   l.set_max_request_id_bytes(128);
+  l.set_max_response_schema_bytes(64 << 10);
   l.set_max_request_bytes(services::kMaxPublicMessageBytes);
   return l;
 }
@@ -1254,6 +1337,8 @@ absl::StatusOr<std::unique_ptr<RouterService>> RouterService::Create(RouterOptio
   }
   shared->options = std::move(options);
   shared->tokenizer = tokenizer;
+  shared->think_before_json = tokenizer->version() >= text::TokenizerVersion::kV15 &&
+                              tokenizer->SpecialTokenId("[THINK]").ok() && tokenizer->SpecialTokenId("[/THINK]").ok();
   auto format = text::InstructFormat::Create(*tokenizer);
   if (!format.ok()) return format.status();
   shared->format = *std::move(format);
@@ -1352,6 +1437,10 @@ grpc::ServerWriteReactor<v1::ChatResponse>* RouterService::Chat(grpc::CallbackSe
         ResolveJob(request->sampling(), request->stop(), request->output(), std::move(rendered->ids), shared_->limits,
                    EffectiveContextLength(*shared_), shared_->tokenizer->vocab_size(), "messages");
     if (resolved.ok()) {
+      auto format = WorkerResponseFormat(request->response_format(), request->stop(), shared_->think_before_json,
+                                         shared_->grammars);
+      if (!format.ok()) return format.status();
+      if (format->has_value()) *resolved->sampling.mutable_response_format() = **std::move(format);
       resolved->request_id = request->request_id();
       resolved->chat = true;
       resolved->images = std::move(rendered->images);
@@ -1391,6 +1480,11 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* RouterService::Generate(grpc::Ca
     auto resolved = ResolveJob(request->sampling(), request->stop(), request->output(), std::move(ids), shared_->limits,
                                EffectiveContextLength(*shared_), shared_->tokenizer->vocab_size(), field);
     if (resolved.ok()) {
+      if (auto checked = CheckResponseFormat(request->response_format(), shared_->limits); !checked.ok())
+        return checked.status();
+      auto format = WorkerResponseFormat(request->response_format(), request->stop(), false, shared_->grammars);
+      if (!format.ok()) return format.status();
+      if (format->has_value()) *resolved->sampling.mutable_response_format() = **std::move(format);
       resolved->request_id = request->request_id();
       resolved->chat = false;
       resolved->keep_special = request->keep_special_tokens();

@@ -222,6 +222,34 @@ class CudaDevice final : public Device {
 
   absl::Status SampleRows(std::span<const RowSample> rows, const float* logits, int vocab, int ld,
                           std::vector<SampleResult>* out) override {
+    // Rows with a token mask (a response format) are sampled on the host:
+    // one row of logits comes back, and the mask never goes to the device.
+    std::vector<RowSample> on_device;
+    std::vector<std::size_t> device_at, host_at;
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      if (rows[i].allowed.empty()) {
+        on_device.push_back(rows[i]);
+        device_at.push_back(i);
+      } else {
+        host_at.push_back(i);
+      }
+    }
+    if (host_at.empty()) return SampleRowsOnDevice(rows, logits, vocab, ld, out);
+    std::vector<SampleResult> device_out;
+    SIROCCO_RETURN_IF_ERROR(SampleRowsOnDevice(on_device, logits, vocab, ld, &device_out));
+    out->assign(rows.size(), SampleResult{});
+    for (std::size_t j = 0; j < device_at.size(); ++j) (*out)[device_at[j]] = std::move(device_out[j]);
+    host_row_.resize(static_cast<std::size_t>(vocab));
+    for (std::size_t i : host_at) {
+      const RowSample& r = rows[i];
+      SIROCCO_RETURN_IF_ERROR(CopyToHost(host_row_.data(), logits + r.row * ld, host_row_.size() * sizeof(float)));
+      (*out)[i] = r.state->SampleWithDraw(host_row_, r.u, host_scratch_, r.allowed);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status SampleRowsOnDevice(std::span<const RowSample> rows, const float* logits, int vocab, int ld,
+                                  std::vector<SampleResult>* out) {
     out->clear();
     const int n = static_cast<int>(rows.size());
     if (n == 0) return absl::OkStatus();
@@ -439,6 +467,9 @@ class CudaDevice final : public Device {
   std::unique_ptr<DeviceMemory> mla_workspace_;
   std::unique_ptr<DeviceMemory> bf16_scratch_;  // activations rounded for products on bf16 weights
   std::unique_ptr<DeviceMemory> sample_in_, sample_out_, sample_work_, sample_rows_;
+  // Host sampling of masked rows (SampleRows).
+  std::vector<float> host_row_;
+  SamplerScratch host_scratch_;
 };
 
 }  // namespace

@@ -398,8 +398,10 @@ TEST_F(DeviceOpsTest, SampleRowsMatchesTheCpuSampler) {
     }
     std::vector<RowSample> batch;
     for (int i = 0; i < rows; ++i) {
-      batch.push_back(RowSample{&states[static_cast<std::size_t>(i)], states[static_cast<std::size_t>(i)].TakeDraw(),
-                                static_cast<std::int64_t>(rows + 2 - i)});  // reversed, skipping rows 0-2
+      batch.push_back(RowSample{&states[static_cast<std::size_t>(i)],
+                                states[static_cast<std::size_t>(i)].TakeDraw(),
+                                static_cast<std::int64_t>(rows + 2 - i),
+                                {}});  // reversed, skipping rows 0-2
     }
     auto dl = Put(*devices[d], logits);
     SIROCCO_ASSERT_OK(

@@ -5,6 +5,8 @@ time. It starts `sirocco up` (router + prefill + decode on loopback), then
 
   * streams a Chat and checks the stream's shape: text deltas, then exactly
     one Final with finish reason LENGTH, the usage and the timing breakdown;
+  * asks for structured output with a strict JSON schema and validates each
+    answer with jsonschema;
   * checks that a malformed request is INVALID_ARGUMENT naming the field;
   * reads grpc.health.v1 (SERVING) and lists the services through server
     reflection (v1alpha, what gRPC C++ 1.51 serves), then fetches the file
@@ -194,6 +196,42 @@ def main():
                 assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (e.code(), e.details())
                 assert e.details().startswith("messages[0].content[1].image"), e.details()
                 print("broken image:", e.details())
+
+            # Structured output: a strict schema, sampled; each answer must be
+            # JSON that jsonschema (an independent validator) accepts.
+            import jsonschema
+            schema = {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "maxLength": 8},
+                    "population": {"type": "integer", "minimum": 1, "maximum": 99999},
+                    "coastal": {"type": "boolean"},
+                    "rivers": {"type": "array", "items": {"type": "string", "maxLength": 4}, "maxItems": 2},
+                    "kind": {"enum": ["town", "city", "village"]},
+                },
+                "required": ["city", "population", "kind"],
+                "additionalProperties": False,
+            }
+            for seed in range(4):
+                structured = pb.ChatRequest()
+                structured.CopyFrom(req)
+                structured.ClearField("stop")
+                structured.stop.max_tokens = 300
+                structured.sampling.temperature = 1.0
+                structured.sampling.seed = seed
+                structured.response_format.type = pb.ResponseFormat.TYPE_JSON_SCHEMA
+                structured.response_format.json_schema.name = "place"
+                structured.response_format.json_schema.schema = json.dumps(schema)
+                structured.response_format.json_schema.strict = True
+                text, finals = "", []
+                for r in chat(structured, timeout=120):
+                    if r.WhichOneof("kind") == "delta":
+                        text += r.delta.text
+                    else:
+                        finals.append(r.final)
+                assert len(finals) == 1 and finals[0].finish_reason == pb.FINISH_REASON_STOP, (finals, text)
+                jsonschema.validate(json.loads(text), schema)
+                print(f"structured output (seed {seed}): {text}")
 
             # A malformed field: INVALID_ARGUMENT naming it.
             bad = pb.ChatRequest()

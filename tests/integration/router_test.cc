@@ -25,6 +25,7 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "decode/worker_service.h"
 #include "engine/generator.h"
@@ -102,8 +103,8 @@ class RouterClusterTest : public ::testing::Test {
     for (const auto& role : roles) {
       std::vector<std::string> args = WorkerArgs(role);
       if (auto it = extra.find(role); it != extra.end()) args.insert(args.end(), it->second.begin(), it->second.end());
-      auto w = std::make_unique<WorkerProcess>(role == "prefill" ? SIROCCO_PREFILL_BINARY : SIROCCO_DECODE_BINARY,
-                                               args);
+      auto w =
+          std::make_unique<WorkerProcess>(role == "prefill" ? SIROCCO_PREFILL_BINARY : SIROCCO_DECODE_BINARY, args);
       ASSERT_TRUE(w->ok()) << role << " worker did not start";
       const std::string flag = role == "both" ? "--colocated=" : role == "prefill" ? "--prefill=" : "--decode=";
       router_args.push_back(flag + "127.0.0.1:" + std::to_string(w->port()));
@@ -117,7 +118,8 @@ class RouterClusterTest : public ::testing::Test {
 
   static std::vector<std::int32_t> Reference(const std::vector<std::int32_t>& prompt, int max_tokens,
                                              const engine::SamplingParams* sampling = nullptr) {
-    auto model = engine::Mistral4Model::Load(*model_dir_, engine::ModelOptions{.backend = kernels::Backend::kRef, .device = nullptr});
+    auto model = engine::Mistral4Model::Load(
+        *model_dir_, engine::ModelOptions{.backend = kernels::Backend::kRef, .device = nullptr});
     EXPECT_TRUE(model.ok()) << model.status();
     if (!model.ok()) return {};
     const std::int64_t blocks = (static_cast<std::int64_t>(prompt.size()) + max_tokens) / 8 + 2;
@@ -475,6 +477,141 @@ TEST_F(RouterClusterTest, BadRequestIsInvalidArgumentNamingTheField) {
   ExpectWorkersIdle();
 }
 
+// A strict schema all of whose documents are short (bounded strings,
+// integers, arrays and enums), so that a random model always completes one.
+constexpr char kBoundedSchema[] = R"({
+  "type": "object",
+  "properties": {
+    "name": {"type": "string", "maxLength": 6},
+    "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "maxItems": 2},
+    "ok": {"type": "boolean"}
+  },
+  "required": ["name", "age", "ok"],
+  "additionalProperties": false
+})";
+
+v1::ChatRequest StructuredChat(std::uint64_t seed) {
+  v1::ChatRequest r;
+  auto* m = r.add_messages();
+  m->set_role(v1::ROLE_USER);
+  m->add_content()->set_text("Describe a person as JSON.");
+  r.set_reasoning_effort(v1::REASONING_EFFORT_NONE);
+  r.mutable_sampling()->set_temperature(1.0f);
+  r.mutable_sampling()->set_seed(seed);
+  r.mutable_stop()->set_max_tokens(200);
+  r.mutable_output()->set_return_token_ids(true);
+  auto* format = r.mutable_response_format();
+  format->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
+  format->mutable_json_schema()->set_name("person");
+  format->mutable_json_schema()->set_schema(kBoundedSchema);
+  format->mutable_json_schema()->set_strict(true);
+  return r;
+}
+
+// Sampled structured output through a colocated and a disaggregated cluster:
+// the same seeded tokens on both (the prefill worker constrains the first
+// token, the decode worker the rest), every answer a complete document
+// (finish STOP) that an independent parser reads with the schema's fields.
+TEST_F(RouterClusterTest, StructuredOutputIsTheSameColocatedAndDisaggregated) {
+  struct Answer {
+    std::vector<std::int32_t> ids;
+    std::string text;
+  };
+  auto run_all = [&](const char* shape) {
+    std::vector<Answer> answers;
+    for (std::uint64_t seed = 1; seed <= 3; ++seed) {
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+      auto reader = stub_->Chat(&context, StructuredChat(seed));
+      v1::ChatResponse response;
+      Answer a;
+      v1::Final final;
+      while (reader->Read(&response)) {
+        if (response.has_delta()) {
+          a.ids.insert(a.ids.end(), response.delta().token_ids().begin(), response.delta().token_ids().end());
+          a.text += response.delta().text();
+          EXPECT_TRUE(response.delta().reasoning().empty()) << shape;
+        } else if (response.has_final()) {
+          final = response.final();
+        }
+      }
+      const grpc::Status status = reader->Finish();
+      EXPECT_TRUE(status.ok()) << shape << ": " << status.error_message();
+      EXPECT_EQ(final.finish_reason(), v1::FINISH_REASON_STOP) << shape << " seed " << seed << ": " << a.text;
+      const nlohmann::json doc = nlohmann::json::parse(a.text, nullptr, /*allow_exceptions=*/false);
+      EXPECT_TRUE(doc.is_object()) << shape << " seed " << seed << ": " << a.text;
+      if (doc.is_object()) {
+        EXPECT_TRUE(doc.contains("name") && doc["name"].is_string() && doc["name"].get<std::string>().size() <= 24)
+            << a.text;
+        EXPECT_TRUE(doc.contains("age") && doc["age"].is_number_integer() && doc["age"].get<int>() >= 0 &&
+                    doc["age"].get<int>() <= 120)
+            << a.text;
+        EXPECT_TRUE(doc.contains("ok") && doc["ok"].is_boolean()) << a.text;
+        for (const auto& [key, value] : doc.items()) {
+          EXPECT_TRUE(key == "name" || key == "age" || key == "tags" || key == "ok") << key;
+        }
+      }
+      answers.push_back(std::move(a));
+    }
+    ExpectWorkersIdle();
+    return answers;
+  };
+  StartCluster({"both"});
+  const std::vector<Answer> colocated = run_all("colocated");
+  TearDown();
+  StartCluster({"prefill", "decode"});
+  const std::vector<Answer> disaggregated = run_all("disaggregated");
+  ASSERT_EQ(colocated.size(), disaggregated.size());
+  for (std::size_t i = 0; i < colocated.size(); ++i) {
+    EXPECT_EQ(colocated[i].ids, disaggregated[i].ids) << "seed " << i + 1;
+  }
+  // Different seeds sample different documents: the sampler was not bypassed.
+  EXPECT_NE(colocated[0].text, colocated[1].text);
+}
+
+// Response formats the router refuses before any work, naming the field.
+TEST_F(RouterClusterTest, BadResponseFormatsAreInvalidArgument) {
+  StartCluster({"both"});
+  struct Case {
+    const char* what;
+    std::function<void(v1::ChatRequest&)> edit;
+    const char* field;
+  };
+  const std::vector<Case> cases = {
+      {"unsupported keyword",
+       [](v1::ChatRequest& r) {
+         r.mutable_response_format()->mutable_json_schema()->set_schema(R"({"type": "string", "pattern": "^a+$"})");
+       },
+       "response_format.json_schema.schema"},
+      {"not JSON", [](v1::ChatRequest& r) { r.mutable_response_format()->mutable_json_schema()->set_schema("{"); },
+       "response_format.json_schema.schema"},
+      {"not a draft 7 schema",
+       [](v1::ChatRequest& r) { r.mutable_response_format()->mutable_json_schema()->set_schema(R"({"type": 5})"); },
+       "response_format.json_schema.schema"},
+      {"no name", [](v1::ChatRequest& r) { r.mutable_response_format()->mutable_json_schema()->clear_name(); },
+       "response_format.json_schema.name"},
+      {"no schema", [](v1::ChatRequest& r) { r.mutable_response_format()->clear_json_schema(); },
+       "response_format.json_schema"},
+      {"ignore_eos", [](v1::ChatRequest& r) { r.mutable_stop()->set_ignore_eos(true); }, "stop.ignore_eos"},
+      {"tools",
+       [](v1::ChatRequest& r) {
+         auto* tool = r.add_tools();
+         tool->set_name("get_weather");
+         tool->set_parameters_json_schema(R"({"type": "object"})");
+       },
+       "response_format"},
+  };
+  for (const Case& c : cases) {
+    v1::ChatRequest req = StructuredChat(1);
+    c.edit(req);
+    const Result r = RunChat(req);
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.what;
+    EXPECT_EQ(r.status.error_message().rfind(c.field, 0), 0u) << c.what << ": " << r.status.error_message();
+  }
+  ExpectWorkersIdle();
+}
+
 TEST_F(RouterClusterTest, DisaggregatedGreedyMatchesEngineGenerate) {
   StartCluster({"prefill", "decode"});
   GreedyMatchesReference();
@@ -632,8 +769,7 @@ TEST_F(RouterClusterTest, FailedTransferFallsBackToLocalPrefill) {
 
 // Every KV write stalls past the prefill worker's transfer timeout.
 TEST_F(RouterClusterTest, TimedOutTransferFallsBackToLocalPrefill) {
-  StartCluster({"prefill", "decode"},
-               {{"prefill", {"--test-kv-fault=delay-ms:5000", "--kv-transfer-timeout-ms=300"}}});
+  StartCluster({"prefill", "decode"}, {{"prefill", {"--test-kv-fault=delay-ms:5000", "--kv-transfer-timeout-ms=300"}}});
   for (int n : {10, 300}) {
     const std::vector<std::int32_t> prompt = RandomPrompt(n, 11);
     Result r = RunGenerate(prompt, 5);
@@ -670,7 +806,8 @@ TEST_F(RouterClusterTest, SeededSamplingIsTheSameDisaggregatedAsInOneEngine) {
   v1::GenerateResponse response;
   std::vector<std::int32_t> ids;
   while (reader->Read(&response)) {
-    if (response.has_delta()) ids.insert(ids.end(), response.delta().token_ids().begin(), response.delta().token_ids().end());
+    if (response.has_delta())
+      ids.insert(ids.end(), response.delta().token_ids().begin(), response.delta().token_ids().end());
   }
   ASSERT_TRUE(reader->Finish().ok());
   EXPECT_EQ(ids, expected);

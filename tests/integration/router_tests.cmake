@@ -15,7 +15,8 @@ if(NOT TARGET router_cluster_test AND TARGET sirocco-decode AND TARGET sirocco-p
   add_executable(router_cluster_test ${CMAKE_CURRENT_LIST_DIR}/router_test.cc)
   sirocco_target(router_cluster_test)
   target_link_libraries(router_cluster_test
-    PRIVATE sirocco::worker sirocco::engine sirocco::text sirocco::image sirocco::protos GTest::gtest_main)
+    PRIVATE sirocco::worker sirocco::engine sirocco::text sirocco::image sirocco::protos nlohmann_json::nlohmann_json
+    GTest::gtest_main)
   target_compile_definitions(router_cluster_test PRIVATE
     SIROCCO_ROUTER_BINARY="$<TARGET_FILE:sirocco-router>"
     SIROCCO_DECODE_BINARY="$<TARGET_FILE:sirocco-decode>"

@@ -216,9 +216,8 @@ class WorkerCall final : public grpc::ClientReadReactor<wk::DecodeResponse> {
       if (response_.has_finish()) {
         record_.end_s = t;
         got_finish_ = true;
-        record_.finish_reason = response_.finish().reason() == wk::DecodeFinish::REASON_STOP
-                                    ? "FINISH_REASON_STOP"
-                                    : "FINISH_REASON_LENGTH";
+        record_.finish_reason = response_.finish().reason() == wk::DecodeFinish::REASON_STOP ? "FINISH_REASON_STOP"
+                                                                                             : "FINISH_REASON_LENGTH";
       } else {
         this->StartRead(&response_);
       }
@@ -260,11 +259,18 @@ sirocco::v1::ReasoningEffort ToProto(Effort e) {
 }
 
 template <typename Request>
-void SetCommon(const RequestSpec& spec, Request& request) {
+void SetCommon(const RequestSpec& spec, const std::string& response_schema, Request& request) {
   request.mutable_stop()->set_max_tokens(spec.max_tokens);
   request.mutable_stop()->set_ignore_eos(spec.ignore_eos);
   request.mutable_output()->set_return_token_ids(true);
   request.set_request_id(absl::StrCat("bench-", spec.index));
+  if (!response_schema.empty()) {
+    auto* format = request.mutable_response_format();
+    format->set_type(sirocco::v1::ResponseFormat::TYPE_JSON_SCHEMA);
+    format->mutable_json_schema()->set_name("bench");
+    format->mutable_json_schema()->set_schema(response_schema);
+    format->mutable_json_schema()->set_strict(true);
+  }
 }
 
 }  // namespace
@@ -315,7 +321,7 @@ struct Runner::Impl {
     if (spec.api == Api::kGenerate) {
       sirocco::v1::GenerateRequest request;
       request.mutable_token_ids()->mutable_ids()->Add(spec.prompt_ids.begin(), spec.prompt_ids.end());
-      SetCommon(spec, request);
+      SetCommon(spec, options.response_schema, request);
       auto* call = new StreamCall<sirocco::v1::GenerateResponse>(&state, std::move(record), options.timeout_s);
       stub->async()->Generate(call->context(), &request, call);  // serializes the request before returning
       call->Start();
@@ -335,7 +341,7 @@ struct Runner::Impl {
         }
       }
       request.set_reasoning_effort(ToProto(spec.effort));
-      SetCommon(spec, request);
+      SetCommon(spec, options.response_schema, request);
       auto* call = new StreamCall<sirocco::v1::ChatResponse>(&state, std::move(record), options.timeout_s);
       stub->async()->Chat(call->context(), &request, call);
       call->Start();
@@ -484,8 +490,8 @@ absl::StatusOr<ModelSummary> Runner::GetModelInfo(double timeout_s) {
       return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                           absl::StrCat("GetLoad on worker ", impl_->options.target, ": ", status.error_message()));
     if (load.role() != wk::WORKER_ROLE_BOTH)
-      return absl::FailedPreconditionError(absl::StrCat("--direct-worker: ", impl_->options.target,
-                                                        " is not a colocated worker (role both)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("--direct-worker: ", impl_->options.target, " is not a colocated worker (role both)"));
     ModelSummary m;
     m.model_name = absl::StrCat("worker ", load.worker_id());
     m.vocab_size = load.vocab_size();

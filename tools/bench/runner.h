@@ -63,6 +63,9 @@ struct RunnerOptions {
   // TestPng(32, 32).
   std::string image_data;
   std::string image_mime_type = "image/png";
+  // A JSON schema every request asks its answer to follow (a strict
+  // response_format); empty: free text.
+  std::string response_schema;
   int images_per_request = 1;  // image parts of an image request (>= 1)
 };
 

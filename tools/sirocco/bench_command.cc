@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,8 @@ Workload
                            input-len new tokens (Generate only; default 0: single turns)
   --sharegpt FILE.jsonl    prompts: the first human turn of each ShareGPT conversation (Chat)
   --reasoning-mix MIX      Chat only: e.g. none:0.5,high:0.5 (default: unspecified for all)
+  --json-schema FILE       every request asks for structured output: a strict response_format with the
+                           JSON schema in FILE (default: free text; implies --ignore-eos false)
   --image-share F          share of requests sent as Chat with an image part (default 0)
   --image-size WxH         the image part: a W x H gradient PNG, stored uncompressed (default 32x32)
   --image-file FILE        the image part: this PNG, JPEG, WebP or GIF file instead
@@ -247,7 +250,16 @@ absl::Status RunBench(int argc, char** argv) {
     return absl::InvalidArgumentError(absl::StrCat("--output-len: ", output_len.status().message()));
   wl.input_len = *input_len;
   wl.output_len = *output_len;
-  wl.ignore_eos = read.Bool("ignore-eos", true);
+  const std::string schema_file = read.Str("json-schema", "");
+  if (!schema_file.empty()) {
+    std::ifstream in(schema_file, std::ios::binary);
+    if (!in) return absl::NotFoundError(absl::StrCat("--json-schema: cannot read ", schema_file));
+    std::ostringstream text;
+    text << in.rdbuf();
+    runner_options.response_schema = text.str();
+  }
+  // A JSON answer ends at EOS, so structured output never ignores it.
+  wl.ignore_eos = read.Bool("ignore-eos", schema_file.empty());
   wl.min_token_id = read.Num<int>("min-token-id", 1000);
   wl.prefix_groups = read.Num<int>("prefix-groups", 0);
   wl.prefix_len = read.Num<int>("prefix-len", 0);
@@ -287,10 +299,10 @@ absl::Status RunBench(int argc, char** argv) {
   wl.cancel_max_chunks = read.Num<int>("cancel-max-chunks", 0);
   if (runner_options.direct_worker &&
       (wl.api != bench::Api::kGenerate || !wl.sharegpt_path.empty() || wl.image_share > 0 || wl.cancel_share > 0 ||
-       !wl.effort_mix.empty())) {
+       !wl.effort_mix.empty() || !runner_options.response_schema.empty())) {
     return absl::InvalidArgumentError(
         "--direct-worker: random token-id prompts only (--api generate; no --sharegpt, --image-share, "
-        "--cancel-share or --reasoning-mix)");
+        "--cancel-share, --reasoning-mix or --json-schema)");
   }
 
   bench::Slo slo;

@@ -11,6 +11,7 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -257,10 +258,9 @@ absl::Status RunUp(int argc, char** argv) {
     c.name = absl::StrCat(role, "-", index);
     c.port_file = (run_dir / (c.name + ".port")).string();
     const std::string& bin = role == "prefill" ? prefill_bin : *decode_bin;
-    std::vector<std::string> worker_args = {"--role",         role,           "--model",      model,
-                                            "--listen",       host + ":0",    "--port-file",  c.port_file,
-                                            "--metrics-port", "-1",           "--auth-token", token,
-                                            "--worker-id",    c.name};
+    std::vector<std::string> worker_args = {
+        "--role",         role, "--model",      model, "--listen",    host + ":0", "--port-file", c.port_file,
+        "--metrics-port", "-1", "--auth-token", token, "--worker-id", c.name};
     if (!kernels.empty()) worker_args.insert(worker_args.end(), {"--kernels", kernels});
     // A KV pool in GPU memory needs UCX's own (CUDA-aware) transport choice.
     if (kernels == "cuda") worker_args.insert(worker_args.end(), {"--ucx-transports", "default"});
@@ -356,8 +356,18 @@ absl::Status RunChat(int argc, char** argv) {
   const std::string seed = args->Take("seed", "");
   const std::string system = args->Take("system", "");
   const std::string image_path = args->Take("image", "");
+  // Structured output: --format json (any JSON object or array), or
+  // --json-schema FILE, enforced token by token unless --strict off.
+  const std::string format_name = args->Take("format", "text");
+  const std::string schema_path = args->Take("json-schema", "");
+  const std::string strict = args->Take("strict", "on");
   if (absl::Status s = args->CheckAllUsed(); !s.ok()) return s;
   if (args->positional.size() != 1) return absl::InvalidArgumentError("give exactly one prompt");
+  if (format_name != "text" && format_name != "json") return absl::InvalidArgumentError("--format: text or json");
+  if (strict != "on" && strict != "off") return absl::InvalidArgumentError("--strict: on or off");
+  if (format_name == "json" && !schema_path.empty()) {
+    return absl::InvalidArgumentError("--format json and --json-schema exclude each other");
+  }
 
   sirocco::v1::ChatRequest request;
   if (!system.empty()) {
@@ -383,6 +393,18 @@ absl::Status RunChat(int argc, char** argv) {
     request.set_reasoning_effort(sirocco::v1::REASONING_EFFORT_HIGH);
   } else if (!effort.empty()) {
     return absl::InvalidArgumentError("--reasoning-effort: none or high");
+  }
+  if (format_name == "json") request.mutable_response_format()->set_type(sirocco::v1::ResponseFormat::TYPE_JSON_OBJECT);
+  if (!schema_path.empty()) {
+    std::ifstream in(schema_path, std::ios::binary);
+    if (!in) return absl::NotFoundError(absl::StrCat("--json-schema: cannot read ", schema_path));
+    std::ostringstream text;
+    text << in.rdbuf();
+    auto* format = request.mutable_response_format();
+    format->set_type(sirocco::v1::ResponseFormat::TYPE_JSON_SCHEMA);
+    format->mutable_json_schema()->set_name(std::filesystem::path(schema_path).stem().string());
+    format->mutable_json_schema()->set_schema(text.str());
+    format->mutable_json_schema()->set_strict(strict == "on");
   }
   if (*max_tokens > 0) request.mutable_stop()->set_max_tokens(static_cast<std::int32_t>(*max_tokens));
   if (!temperature.empty()) {

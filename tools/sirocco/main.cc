@@ -18,8 +18,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "tools/sirocco/bench_command.h"
-#include "tools/sirocco/commands.h"
 #include "tools/sirocco/cluster_commands.h"
+#include "tools/sirocco/commands.h"
 #include "tools/sirocco/text_commands.h"
 
 namespace sirocco::tools {
@@ -34,8 +34,12 @@ Usage:
              [--vision-layers-per-step N]
       Starts a local cluster (router + workers as separate processes) on loopback with the
       embedded default model (made on first run if absent), prints the endpoint; Ctrl-C stops it.
-  sirocco chat [--target HOST:PORT] [--reasoning-effort none|high] [--max-tokens N] [--image FILE] "prompt"
+  sirocco chat [--target HOST:PORT] [--reasoning-effort none|high] [--max-tokens N] [--image FILE]
+               [--format json | --json-schema FILE [--strict on|off]] "prompt"
       Streams a chat answer from a running router, reasoning and answer printed apart.
+      --format json constrains the answer to a JSON object or array; --json-schema to JSON
+      for the schema in FILE, enforced token by token unless --strict off
+      (docs/structured-output.md).
   sirocco bench [--target HOST:PORT] [load and workload options] [--out FILE.json] [--html FILE.html]
   sirocco bench compare A.json B.json
       Load generator: closed or open loop (Poisson, gamma, constant, rate sweeps) over Generate
@@ -67,8 +71,7 @@ Usage:
 
 }  // namespace
 
-absl::StatusOr<Flags> Flags::Parse(int argc, char** argv, int first,
-                                   const std::vector<std::string>& boolean_flags) {
+absl::StatusOr<Flags> Flags::Parse(int argc, char** argv, int first, const std::vector<std::string>& boolean_flags) {
   Flags f;
   for (int i = first; i < argc; ++i) {
     std::string arg = argv[i];
@@ -109,8 +112,7 @@ absl::Status Flags::CheckAllUsed() const {
 
 int main(int argc, char** argv) {
   using namespace sirocco::tools;
-  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
-      std::string(argv[1]) == "help") {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }

@@ -9,8 +9,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <filesystem>
+#include <memory>
 #include <random>
 #include <span>
 #include <string>
@@ -20,8 +20,8 @@
 #include "engine/kv_cache.h"
 #include "engine/mistral4.h"
 #include "engine/model_maker.h"
-#include "engine/sampler.h"
 #include "engine/safetensors.h"
+#include "engine/sampler.h"
 #include "engine/status_macros.h"
 #include "tests/unit/engine/test_models.h"
 
@@ -266,7 +266,7 @@ TEST(HostDeviceTest, SampleRowsIsTheSamplerSplitAtItsDraw) {
     for (float& v : logits) v = normal(rng);
     std::vector<RowSample> rows;
     for (std::size_t i = 0; i < split.size(); ++i) {
-      rows.push_back(RowSample{&split[i], split[i].TakeDraw(), static_cast<std::int64_t>(4 - i)});  // reversed rows
+      rows.push_back(RowSample{&split[i], split[i].TakeDraw(), static_cast<std::int64_t>(4 - i), {}});  // reversed rows
     }
     std::vector<SampleResult> got;
     ASSERT_TRUE(dev->SampleRows(rows, logits.data(), vocab, vocab, &got).ok());
@@ -414,7 +414,8 @@ TEST(SeparateMemoryDeviceTest, StreamedLoadComputesWhatTheHostModelComputes) {
   const std::vector<std::int32_t> prompt = {3, 141, 59, 26, 5, 358, 97, 9, 32, 38};
   const std::vector<std::int32_t> next = {46};
   for (WeightType type : {WeightType::kF32, WeightType::kBF16, WeightType::kFP8}) {
-    auto host = Mistral4Model::Load(dir, ModelOptions{.backend = kernels::Backend::kRef, .device = nullptr, .weight_type = type});
+    auto host = Mistral4Model::Load(
+        dir, ModelOptions{.backend = kernels::Backend::kRef, .device = nullptr, .weight_type = type});
     ASSERT_TRUE(host.ok()) << host.status();
     auto device = std::make_shared<SeparateMemoryDevice>();
     auto separate = Mistral4Model::Load(

@@ -12,6 +12,7 @@
 #include <limits>
 #include <new>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -623,6 +624,75 @@ TEST(SamplerLogprobs, ZeroGivesSampledTokenOnlyAndTiesKeepIdOrder) {
 TEST(SamplerLogprobs, NoneRequestedLeavesTopEmpty) {
   const SampleResult r = SamplerState(Seeded(1), {}).Sample(LogOf({0.5, 0.5}));
   EXPECT_TRUE(r.top.empty());
+}
+
+// ------------------------------------------------------ token masks
+
+// A mask over `vocab` ids with bit id set when keep(id).
+template <typename Keep>
+std::vector<std::uint32_t> MaskOf(std::size_t vocab, Keep keep) {
+  std::vector<std::uint32_t> mask((vocab + 31) / 32, 0u);
+  for (std::size_t id = 0; id < vocab; ++id) {
+    if (keep(id)) mask[id / 32] |= 1u << (id % 32);
+  }
+  return mask;
+}
+
+// A masked draw is the draw of the row whose disallowed logits are -inf: the
+// same uniform lands on the same token, for greedy and for every filter.
+TEST(SamplerMask, DrawEqualsTheDrawOfTheRowWithDisallowedLogitsAtMinusInfinity) {
+  const auto logits = RandomLogits(kVocab, 2.0, 77);
+  const auto mask = MaskOf(kVocab, [](std::size_t id) { return id % 3 == 1 || id == 5; });
+  std::vector<float> cut = logits;
+  for (std::size_t id = 0; id < kVocab; ++id) {
+    if (!(id % 3 == 1 || id == 5)) cut[id] = -kInf;
+  }
+  for (const bool greedy : {true, false}) {
+    for (const int top_k : {0, 7}) {
+      SamplingParams p = Seeded(5);
+      p.temperature = greedy ? 0.0f : 1.1f;
+      p.top_k = top_k;
+      p.top_p = top_k == 0 ? 0.9f : 1.0f;
+      SamplerState masked(p, {}), reference(p, {});
+      SamplerScratch a, b;
+      for (int i = 0; i < 200; ++i) {
+        const std::optional<double> u = masked.TakeDraw();
+        ASSERT_EQ(u, reference.TakeDraw());
+        const SampleResult r = masked.SampleWithDraw(logits, u, a, mask);
+        const SampleResult e = reference.SampleWithDraw(cut, u, b);
+        ASSERT_EQ(r.token, e.token) << "draw " << i << " greedy " << greedy << " top_k " << top_k;
+        ASSERT_TRUE(r.token % 3 == 1 || r.token == 5) << r.token;
+      }
+    }
+  }
+}
+
+TEST(SamplerMask, LogprobsDescribeTheUnmaskedRow) {
+  const std::vector<float> logits = {3.0f, 1.0f, 2.0f, 0.0f};
+  SamplingParams p;
+  p.temperature = 0.0f;
+  p.logprobs = 2;
+  const auto mask = MaskOf(4, [](std::size_t id) { return id == 3; });
+  SamplerScratch scratch;
+  const SampleResult r = SamplerState(p, {}).SampleWithDraw(logits, std::nullopt, scratch, mask);
+  EXPECT_EQ(r.token, 3);
+  const auto expected = LogSoftmax(ToDouble(logits));
+  EXPECT_NEAR(r.logprob, expected[3], 1e-5);
+  ASSERT_EQ(r.top.size(), 2u);
+  EXPECT_EQ(r.top[0].token, 0);
+  EXPECT_EQ(r.top[1].token, 2);
+}
+
+TEST(SamplerMask, NoFiniteAllowedLogitFallsBackToTheLowestAllowedId) {
+  const std::vector<float> logits = {1.0f, -kInf, std::numeric_limits<float>::quiet_NaN(), -kInf, 0.5f};
+  const auto mask = MaskOf(5, [](std::size_t id) { return id == 2 || id == 3; });
+  SamplerScratch scratch;
+  for (const float temperature : {0.0f, 1.0f}) {
+    SamplingParams p = Seeded(3);
+    p.temperature = temperature;
+    SamplerState state(p, {});
+    EXPECT_EQ(state.SampleWithDraw(logits, state.TakeDraw(), scratch, mask).token, 2) << temperature;
+  }
 }
 
 // ----------------------------------------------------------- validation

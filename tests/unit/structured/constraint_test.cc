@@ -1,0 +1,138 @@
+// TokenConstraint over a small hand-made vocabulary: the token language of
+// constraint.h (think section, JSON, EOS), checked against expectations
+// written out by hand, and FillAllowed against Allows for every token.
+#include "engine/structured/constraint.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace sirocco::engine::structured {
+namespace {
+
+constexpr std::int32_t kEos = 2;
+constexpr std::int32_t kBeginThink = 3;
+constexpr std::int32_t kEndThink = 4;
+constexpr std::int32_t kNumSpecial = 5;
+
+// Ordinary tokens after the specials, by their text.
+const std::vector<std::string> kOrdinary = {"{", "}", "\"", "a", "\"a\"", ":", " ", "{\"", "true", "x", "}}", ""};
+
+std::int32_t Id(std::string_view text) {
+  for (std::size_t i = 0; i < kOrdinary.size(); ++i) {
+    if (kOrdinary[i] == text) return kNumSpecial + static_cast<std::int32_t>(i);
+  }
+  ADD_FAILURE() << "no token " << text;
+  return -1;
+}
+
+std::shared_ptr<const ConstraintVocabulary> Vocabulary() {
+  std::vector<std::string_view> bytes(kNumSpecial, std::string_view());
+  for (const std::string& t : kOrdinary) bytes.push_back(t);
+  std::unique_ptr<bool[]> special(new bool[bytes.size()]);
+  for (std::size_t i = 0; i < bytes.size(); ++i) special[i] = i < kNumSpecial;
+  return std::make_shared<const ConstraintVocabulary>(bytes, std::span<const bool>(special.get(), bytes.size()),
+                                                      kBeginThink, kEndThink, std::vector<std::int32_t>{kEos});
+}
+
+ResponseConstraint Schema(bool allow_think) {
+  auto grammar = JsonGrammar::Compile(
+      R"({"type": "object", "properties": {"a": {"type": "boolean"}}, "required": ["a"],
+          "additionalProperties": false})");
+  EXPECT_TRUE(grammar.ok()) << grammar.status();
+  return ResponseConstraint{grammar.ok() ? *grammar : nullptr, allow_think};
+}
+
+// The allowed ids, from FillAllowed, after checking it agrees with Allows.
+std::vector<std::int32_t> Allowed(const TokenConstraint& c, std::int32_t vocab) {
+  std::vector<std::uint32_t> mask(MaskWords(vocab), 0xffffffffu);
+  c.FillAllowed(mask);
+  std::vector<std::int32_t> out;
+  for (std::int32_t id = 0; id < vocab; ++id) {
+    EXPECT_EQ(MaskBit(mask, id), c.Allows(id)) << "token " << id;
+    if (MaskBit(mask, id)) out.push_back(id);
+  }
+  return out;
+}
+
+TEST(TokenConstraint, JsonThenOnlyEos) {
+  auto vocab = Vocabulary();
+  TokenConstraint c(vocab, Schema(/*allow_think=*/false));
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), (std::vector<std::int32_t>{Id("{"), Id(" "), Id("{\"")}));
+  EXPECT_FALSE(c.Accept(Id("}")));
+  EXPECT_FALSE(c.Accept(kEos));
+  EXPECT_FALSE(c.Accept(kBeginThink));
+  for (const char* t : {"{\"", "a", "\"", ":", " ", "true"}) ASSERT_TRUE(c.Accept(Id(t))) << t;
+  // `}` closes the document; `}}` would close one object too many.
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), (std::vector<std::int32_t>{Id("}"), Id(" ")}));
+  ASSERT_TRUE(c.Accept(Id("}")));
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), (std::vector<std::int32_t>{kEos}));
+  EXPECT_FALSE(c.done());
+  ASSERT_TRUE(c.Accept(kEos));
+  EXPECT_TRUE(c.done());
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), (std::vector<std::int32_t>{kEos}));
+}
+
+TEST(TokenConstraint, ThinkSectionHoldsAtLeastOneOrdinaryToken) {
+  auto vocab = Vocabulary();
+  TokenConstraint c(vocab, Schema(/*allow_think=*/true));
+  EXPECT_TRUE(c.Allows(kBeginThink));
+  ASSERT_TRUE(c.Accept(kBeginThink));
+  // Reasoning: any ordinary token with bytes; [/THINK] only after one.
+  std::vector<std::int32_t> ordinary;
+  for (std::int32_t id = kNumSpecial; id < vocab->vocab_size(); ++id) {
+    if (!vocab->bytes(id).empty()) ordinary.push_back(id);
+  }
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), ordinary);
+  ASSERT_TRUE(c.Accept(Id("x")));
+  EXPECT_TRUE(c.Allows(kEndThink));
+  EXPECT_FALSE(c.Allows(kEos));
+  EXPECT_FALSE(c.Allows(kBeginThink));
+  ASSERT_TRUE(c.Accept(Id("}")));  // free text inside the think section
+  ASSERT_TRUE(c.Accept(kEndThink));
+  // Then the JSON document, with no second think section.
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), (std::vector<std::int32_t>{Id("{"), Id(" "), Id("{\"")}));
+  for (const char* t : {"{", "\"a\"", ":", "true", "}"}) ASSERT_TRUE(c.Accept(Id(t))) << t;
+  ASSERT_TRUE(c.Accept(kEos));
+  EXPECT_TRUE(c.done());
+}
+
+TEST(TokenConstraint, NoThinkWithoutThinkTokens) {
+  std::vector<std::string_view> bytes = {"", "", "", "{", "}"};
+  const bool special[] = {true, true, true, false, false};
+  auto vocab = std::make_shared<const ConstraintVocabulary>(bytes, special, -1, -1, std::vector<std::int32_t>{2});
+  TokenConstraint c(vocab, ResponseConstraint{JsonGrammar::AnyObjectOrArray(), true});
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), (std::vector<std::int32_t>{3}));
+  ASSERT_TRUE(c.Accept(3));
+  ASSERT_TRUE(c.Accept(4));
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), (std::vector<std::int32_t>{2}));
+}
+
+// Masks from a cache equal masks computed afresh, along a walk that revisits
+// states (the same document twice) and across two constraints sharing it.
+TEST(TokenConstraint, CachedMasksEqualFreshOnes) {
+  auto vocab = Vocabulary();
+  MaskCache cache(16);
+  const ResponseConstraint schema = Schema(/*allow_think=*/false);  // one grammar: states compare equal
+  for (int round = 0; round < 2; ++round) {
+    TokenConstraint cached(vocab, schema);
+    TokenConstraint fresh(vocab, schema);
+    for (const char* t : {"{", " ", "\"a\"", ":", "true", "}"}) {
+      std::vector<std::uint32_t> a(MaskWords(vocab->vocab_size())), b(a.size());
+      cached.FillAllowed(a, &cache);
+      fresh.FillAllowed(b);
+      EXPECT_EQ(a, b) << "before " << t << " in round " << round;
+      ASSERT_TRUE(cached.Accept(Id(t)));
+      ASSERT_TRUE(fresh.Accept(Id(t)));
+    }
+  }
+  EXPECT_GT(cache.hits(), 0);
+  EXPECT_GT(cache.misses(), 0);
+}
+
+}  // namespace
+}  // namespace sirocco::engine::structured
