@@ -37,25 +37,44 @@ prometheus::Counter* AddCounter(prometheus::Registry& registry, const prometheus
   return &prometheus::BuildCounter().Name(name).Help(help).Labels(labels).Register(registry).Add({});
 }
 
-prometheus::Histogram* AddHistogram(prometheus::Registry& registry, const prometheus::Labels& labels,
-                                    const char* name, const char* help, const std::vector<double>& buckets) {
+prometheus::Histogram* AddHistogram(prometheus::Registry& registry, const prometheus::Labels& labels, const char* name,
+                                    const char* help, const std::vector<double>& buckets) {
   return &prometheus::BuildHistogram().Name(name).Help(help).Labels(labels).Register(registry).Add({}, buckets);
 }
 
+const char* ReasonPhrase(int status) {
+  switch (status) {
+    case 200:
+      return "OK";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 500:
+      return "Internal Server Error";
+    case 503:
+      return "Service Unavailable";
+    default:
+      return "Unknown";
+  }
+}
+
 // Writes one complete response; returns the status code, as civetweb wants
-// from a handler that handled the request.
+// from a handler that handled the request. The head is built here and sent
+// with mg_write rather than civetweb's printf-based header functions: a
+// civetweb thread's stack is 100 KB, of which a worker's static TLS
+// (OpenBLAS's buffers) takes most, and glibc's printf machinery overflowed
+// what was left.
 int Respond(mg_connection* conn, int status, const char* content_type, std::string_view body,
             const char* allow = nullptr) {
   const mg_request_info* request = mg_get_request_info(conn);
   const bool head = request != nullptr && std::strcmp(request->request_method, "HEAD") == 0;
-  const std::string length = std::to_string(body.size());
-  mg_response_header_start(conn, status);
-  mg_response_header_add(conn, "Content-Type", content_type, -1);
-  mg_response_header_add(conn, "Content-Length", length.c_str(), -1);
-  mg_response_header_add(conn, "Cache-Control", "no-store", -1);
-  if (allow != nullptr) mg_response_header_add(conn, "Allow", allow, -1);
-  mg_response_header_send(conn);
-  if (!head && !body.empty()) mg_write(conn, body.data(), body.size());
+  std::string out = absl::StrCat("HTTP/1.1 ", status, " ", ReasonPhrase(status), "\r\nContent-Type: ", content_type,
+                                 "\r\nContent-Length: ", body.size(), "\r\nCache-Control: no-store\r\n");
+  if (allow != nullptr) absl::StrAppend(&out, "Allow: ", allow, "\r\n");
+  absl::StrAppend(&out, "Connection: close\r\n\r\n");
+  if (!head) out.append(body);
+  mg_write(conn, out.data(), out.size());
   return status;
 }
 
@@ -135,11 +154,16 @@ std::vector<double> KvTransferBuckets() {
 
 const char* RequestFinishLabel(RequestFinish finish) {
   switch (finish) {
-    case RequestFinish::kStop: return "stop";
-    case RequestFinish::kLength: return "length";
-    case RequestFinish::kToolCalls: return "tool_calls";
-    case RequestFinish::kCancelled: return "cancelled";
-    case RequestFinish::kError: return "error";
+    case RequestFinish::kStop:
+      return "stop";
+    case RequestFinish::kLength:
+      return "length";
+    case RequestFinish::kToolCalls:
+      return "tool_calls";
+    case RequestFinish::kCancelled:
+      return "cancelled";
+    case RequestFinish::kError:
+      return "error";
   }
   return "error";
 }
@@ -152,17 +176,17 @@ absl::StatusOr<ServingMetrics> RegisterServingMetrics(prometheus::Registry& regi
   // prometheus-cpp reports bad names and clashing label sets by throwing;
   // nothing escapes this module.
   try {
-    m.num_requests_running = AddGauge(registry, l, "sirocco:num_requests_running",
-                                      "Number of requests in model execution batches.");
-    m.num_requests_waiting = AddGauge(registry, l, "sirocco:num_requests_waiting",
-                                      "Number of requests waiting to be processed.");
-    m.kv_cache_usage_perc = AddGauge(registry, l, "sirocco:kv_cache_usage_perc",
-                                     "KV-cache usage. 1 means 100 percent usage.");
+    m.num_requests_running =
+        AddGauge(registry, l, "sirocco:num_requests_running", "Number of requests in model execution batches.");
+    m.num_requests_waiting =
+        AddGauge(registry, l, "sirocco:num_requests_waiting", "Number of requests waiting to be processed.");
+    m.kv_cache_usage_perc =
+        AddGauge(registry, l, "sirocco:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.");
     m.prompt_tokens = AddCounter(registry, l, "sirocco:prompt_tokens_total", "Number of prefill tokens processed.");
-    m.generation_tokens = AddCounter(registry, l, "sirocco:generation_tokens_total",
-                                     "Number of generation tokens processed.");
-    m.num_preemptions = AddCounter(registry, l, "sirocco:num_preemptions_total",
-                                   "Cumulative number of preemption from the engine.");
+    m.generation_tokens =
+        AddCounter(registry, l, "sirocco:generation_tokens_total", "Number of generation tokens processed.");
+    m.num_preemptions =
+        AddCounter(registry, l, "sirocco:num_preemptions_total", "Cumulative number of preemption from the engine.");
     m.prefix_cache_queries = AddCounter(registry, l, "sirocco:prefix_cache_queries_total",
                                         "Prefix cache queries, in terms of number of queried tokens.");
     m.prefix_cache_hits = AddCounter(registry, l, "sirocco:prefix_cache_hits_total",
@@ -192,23 +216,23 @@ absl::StatusOr<ServingMetrics> RegisterServingMetrics(prometheus::Registry& regi
                                          "Histogram of inter-token latency in seconds.", InterTokenLatencyBuckets());
     m.e2e_request_latency = AddHistogram(registry, l, "sirocco:e2e_request_latency_seconds",
                                          "Histogram of e2e request latency in seconds.", RequestLatencyBuckets());
-    m.request_queue_time = AddHistogram(registry, l, "sirocco:request_queue_time_seconds",
-                                        "Histogram of time spent in WAITING phase for request.",
-                                        RequestLatencyBuckets());
-    m.request_prefill_time = AddHistogram(registry, l, "sirocco:request_prefill_time_seconds",
-                                          "Histogram of time spent in PREFILL phase for request.",
-                                          RequestLatencyBuckets());
-    m.request_decode_time = AddHistogram(registry, l, "sirocco:request_decode_time_seconds",
-                                         "Histogram of time spent in DECODE phase for request.",
-                                         RequestLatencyBuckets());
+    m.request_queue_time =
+        AddHistogram(registry, l, "sirocco:request_queue_time_seconds",
+                     "Histogram of time spent in WAITING phase for request.", RequestLatencyBuckets());
+    m.request_prefill_time =
+        AddHistogram(registry, l, "sirocco:request_prefill_time_seconds",
+                     "Histogram of time spent in PREFILL phase for request.", RequestLatencyBuckets());
+    m.request_decode_time =
+        AddHistogram(registry, l, "sirocco:request_decode_time_seconds",
+                     "Histogram of time spent in DECODE phase for request.", RequestLatencyBuckets());
     m.request_prompt_tokens = AddHistogram(registry, l, "sirocco:request_prompt_tokens",
                                            "Number of prefill tokens processed.", OneTwoFiveBuckets(max_model_len));
-    m.request_generation_tokens = AddHistogram(registry, l, "sirocco:request_generation_tokens",
-                                               "Number of generation tokens processed.",
-                                               OneTwoFiveBuckets(max_model_len));
-    m.kv_transfer_seconds = AddHistogram(registry, l, "sirocco:kv_transfer_seconds",
-                                         "Histogram of one request's KV-cache transfer time in seconds.",
-                                         KvTransferBuckets());
+    m.request_generation_tokens =
+        AddHistogram(registry, l, "sirocco:request_generation_tokens", "Number of generation tokens processed.",
+                     OneTwoFiveBuckets(max_model_len));
+    m.kv_transfer_seconds =
+        AddHistogram(registry, l, "sirocco:kv_transfer_seconds",
+                     "Histogram of one request's KV-cache transfer time in seconds.", KvTransferBuckets());
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("cannot register the serving metrics: ", e.what()));
   }
@@ -236,12 +260,15 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const Metric
 
   std::unique_ptr<MetricsServer> server(new MetricsServer(std::move(metrics), std::move(gate)));
   const std::string threads = std::to_string(options.num_threads);
-  // No document_root: civetweb serves no files, only the handlers below,
-  // and answers 404 for any other path.
-  const char* config[] = {"listening_ports", options.listen_address.c_str(),
-                          "num_threads",     threads.c_str(),
-                          "request_timeout_ms", "10000",
-                          "enable_keep_alive",  "no",
+  // No document_root: civetweb serves no files, only the handlers below.
+  const char* config[] = {"listening_ports",
+                          options.listen_address.c_str(),
+                          "num_threads",
+                          threads.c_str(),
+                          "request_timeout_ms",
+                          "10000",
+                          "enable_keep_alive",
+                          "no",
                           nullptr};
   mg_callbacks callbacks{};
   mg_init_data init{};
@@ -254,8 +281,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const Metric
   error.text_buffer_size = sizeof(error_text);
   server->context_ = mg_start2(&init, &error);
   if (server->context_ == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", options.listen_address, ": ", error_text));
+    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", options.listen_address, ": ", error_text));
   }
   mg_server_port port{};
   if (mg_get_server_ports(server->context_, 1, &port) != 1 || port.port <= 0) {
@@ -267,6 +293,9 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const Metric
   mg_set_request_handler(server->context_, "/metrics$", &MetricsServer::HandleMetrics, server.get());
   mg_set_request_handler(server->context_, "/healthz$", &MetricsServer::HandleHealthz, server.get());
   mg_set_request_handler(server->context_, "/readyz$", &MetricsServer::HandleReadyz, server.get());
+  // Every other path: a 404 written here (civetweb's own error pages are
+  // printf-formatted; see Respond).
+  mg_set_request_handler(server->context_, "**", &MetricsServer::HandleNotFound, server.get());
   return server;
 }
 
@@ -302,6 +331,10 @@ int MetricsServer::HandleMetrics(mg_connection* conn, void* self) {
 int MetricsServer::HandleHealthz(mg_connection* conn, void* /*self*/) {
   if (RejectMethod(conn)) return 405;
   return Respond(conn, 200, kTextPlain, "ok\n");
+}
+
+int MetricsServer::HandleNotFound(mg_connection* conn, void* /*self*/) {
+  return Respond(conn, 404, kTextPlain, "not found\n");
 }
 
 int MetricsServer::HandleReadyz(mg_connection* conn, void* self) {

@@ -133,6 +133,7 @@ class MetricsServer {
   static int HandleMetrics(mg_connection* conn, void* self);
   static int HandleHealthz(mg_connection* conn, void* self);
   static int HandleReadyz(mg_connection* conn, void* self);
+  static int HandleNotFound(mg_connection* conn, void* self);
 
   const std::shared_ptr<prometheus::Collectable> metrics_;
   const std::shared_ptr<const CallGate> gate_;

@@ -47,8 +47,8 @@ class WorkerTest : public ::testing::Test {
   void SetUp() override { ASSERT_TRUE(worker_->ok()) << "the worker did not start"; }
 
   static std::vector<std::string> Args(const std::string& role) {
-    return {"--role=" + role, "--model=" + *model_dir_, "--kernels=ref", "--num-blocks=256", "--block-size=8",
-            std::string("--auth-token=") + kTestToken};
+    return {"--role=" + role,   "--model=" + *model_dir_, "--kernels=ref",
+            "--num-blocks=256", "--block-size=8",         std::string("--auth-token=") + kTestToken};
   }
 
   static std::vector<std::int32_t> Reference(const std::vector<std::int32_t>& prompt, int max_tokens) {
@@ -213,7 +213,7 @@ TEST_F(WorkerTest, CancelFreesBlocks) {
   auto reader = worker_->stub().Decode(dctx.get(), DecodeReq("cancel-1", prompt, 5, 2000));
   wv1::DecodeResponse r;
   ASSERT_TRUE(reader->Read(&r));  // decoding has started
-  bool holds_blocks = false;  // stats are published once per engine iteration
+  bool holds_blocks = false;      // stats are published once per engine iteration
   for (int i = 0; i < 200 && !holds_blocks; ++i) {
     const wv1::Load l = GetLoad(*worker_);
     holds_blocks = l.free_blocks() < l.total_blocks();
@@ -265,8 +265,8 @@ TEST_F(WorkerTest, WatchLoadReportsAtOnce) {
 }
 
 TEST_F(WorkerTest, MetricsEndpointServesCountersAndReadiness) {
-  const std::string port_file = (std::filesystem::temp_directory_path() /
-                                 ("sirocco_it_metrics_" + std::to_string(::getpid()))).string();
+  const std::string port_file =
+      (std::filesystem::temp_directory_path() / ("sirocco_it_metrics_" + std::to_string(::getpid()))).string();
   std::vector<std::string> args = Args("both");
   args.push_back("--metrics-port=0");
   args.push_back("--metrics-port-file=" + port_file);
@@ -287,6 +287,10 @@ TEST_F(WorkerTest, MetricsEndpointServesCountersAndReadiness) {
   EXPECT_NE(metrics.find("sirocco:prompt_tokens_total"), std::string::npos) << metrics.substr(0, 300);
   EXPECT_NE(metrics.find("role=\"both\""), std::string::npos);
   EXPECT_NE(HttpGet(metrics_port, "/readyz").find("200"), std::string::npos);
+  // Another path is a 404, and the worker keeps serving: its HTTP threads'
+  // small stacks once overflowed writing a response.
+  EXPECT_EQ(HttpGet(metrics_port, "/nope").rfind("HTTP/1.1 404", 0), 0u);
+  EXPECT_FALSE(GetLoad(w).draining());
   wv1::DrainResponse dr;
   auto dctx = WorkerContext();
   ASSERT_TRUE(w.stub().Drain(dctx.get(), wv1::DrainRequest(), &dr).ok());
