@@ -27,6 +27,7 @@
 #include <filesystem>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -425,6 +426,54 @@ TEST_F(DeviceOpsTest, SampleRowsMatchesTheCpuSampler) {
     }
   }
   EXPECT_LE(differing, 1);
+}
+
+TEST_F(DeviceOpsTest, SampleRowsWithTokenMasksMatchTheCpuSampler) {
+  // Rows with a response format's mask are sampled on the host from the
+  // row's logits copied back; the other rows of the batch stay on the
+  // device. Masked rows must equal the CPU device's exactly (the same host
+  // code samples both) and only ever pick allowed tokens.
+  const int vocab = 131072, rows = 6;
+  std::vector<float> logits(static_cast<std::size_t>(rows) * vocab);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (float& v : logits) v = normal(rng_);
+  std::vector<std::uint32_t> mask((vocab + 31) / 32, 0u);
+  for (int id = 0; id < vocab; id += 7) mask[static_cast<std::size_t>(id) / 32] |= 1u << (id % 32);
+  std::vector<std::vector<SampleResult>> results(2);
+  Device* devices[2] = {gpu_.get(), cpu_.get()};
+  for (int d = 0; d < 2; ++d) {
+    std::vector<SamplerState> states;
+    states.reserve(rows);
+    for (int i = 0; i < rows; ++i) {
+      SamplingParams p;
+      p.temperature = i % 2 == 0 ? 0.0f : 0.8f;
+      p.logprobs = 2;
+      p.seed = 7 + i;
+      states.emplace_back(p, std::vector<std::int32_t>{1});
+    }
+    std::vector<RowSample> batch;
+    for (int i = 0; i < rows; ++i) {
+      std::span<const std::uint32_t> allowed;
+      if (i % 3 != 2) allowed = mask;  // rows 2 and 5 unmasked
+      batch.push_back(RowSample{&states[static_cast<std::size_t>(i)], states[static_cast<std::size_t>(i)].TakeDraw(),
+                                static_cast<std::int64_t>(rows - 1 - i), allowed});
+    }
+    auto dl = Put(*devices[d], logits);
+    SIROCCO_ASSERT_OK(
+        devices[d]->SampleRows(batch, dl->as<float>(), vocab, vocab, &results[static_cast<std::size_t>(d)]));
+  }
+  ASSERT_EQ(results[0].size(), static_cast<std::size_t>(rows));
+  for (int i = 0; i < rows; ++i) {
+    const SampleResult& g = results[0][static_cast<std::size_t>(i)];
+    const SampleResult& c = results[1][static_cast<std::size_t>(i)];
+    if (i % 3 != 2) {
+      EXPECT_EQ(g.token, c.token) << "masked row " << i;
+      EXPECT_EQ(g.token % 7, 0) << "masked row " << i;
+      EXPECT_FLOAT_EQ(g.logprob, c.logprob) << "masked row " << i;
+    } else if (i % 2 == 0) {
+      EXPECT_EQ(g.token, c.token) << "greedy row " << i;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------

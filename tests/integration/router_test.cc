@@ -767,6 +767,23 @@ TEST_F(RouterClusterTest, FailedTransferFallsBackToLocalPrefill) {
   ExpectWorkersIdle();
 }
 
+// Structured output through a failed transfer: the decode worker prefills
+// and samples the first token under the same constraint, so the seeded answer
+// is the one the next, normally transferred, request gets.
+TEST_F(RouterClusterTest, StructuredOutputIsTheSameAfterAFailedTransfer) {
+  StartCluster({"prefill", "decode"}, {{"prefill", {"--test-kv-fault=fail-first"}}});
+  const v1::ChatRequest request = StructuredChat(5);
+  const Result fallback = RunChat(request);
+  ASSERT_TRUE(fallback.status.ok()) << fallback.status.error_message();
+  EXPECT_EQ(fallback.final.prefill_worker(), fallback.final.decode_worker()) << "the decode worker prefilled";
+  EXPECT_EQ(fallback.final.finish_reason(), v1::FINISH_REASON_STOP);
+  const Result normal = RunChat(request);
+  ASSERT_TRUE(normal.status.ok()) << normal.status.error_message();
+  EXPECT_NE(normal.final.prefill_worker(), normal.final.decode_worker());
+  EXPECT_EQ(normal.ids, fallback.ids);
+  ExpectWorkersIdle();
+}
+
 // Every KV write stalls past the prefill worker's transfer timeout.
 TEST_F(RouterClusterTest, TimedOutTransferFallsBackToLocalPrefill) {
   StartCluster({"prefill", "decode"}, {{"prefill", {"--test-kv-fault=delay-ms:5000", "--kv-transfer-timeout-ms=300"}}});
