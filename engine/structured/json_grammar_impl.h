@@ -93,7 +93,7 @@ inline int StepStringTopInline(const JsonGrammar::Impl& grammar, const GrammarNo
   if (top->pos == kStringBodyPos && byte >= 0x20 && byte < 0x80 && byte != '"' && byte != '\\' &&
       string_node.excluded_trie < 0) {
     if (top->a >= string_node.max_length) return 0;
-    ++top->a;
+    if (string_node.max_length != UINT32_MAX || top->a < string_node.min_length) ++top->a;  // as StringByte
     return 1;
   }
   return StepStringTop(grammar, top, byte);

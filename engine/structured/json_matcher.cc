@@ -166,7 +166,10 @@ ByteOutcome StringByte(const JsonGrammar::Impl& g, const GrammarNode& n, Frame& 
       } else {
         Exclude(g, n, top, c);
       }
-      ++top.a;
+      // Counted only as far as a bound needs: without maxLength the count
+      // stops at minLength, so the state of a long free string stops
+      // changing (equal states share cached masks).
+      if (n.max_length != UINT32_MAX || top.a < n.min_length) ++top.a;
       return ByteOutcome::kStay;
     case kStrUtf8:
       if (c < (top.small & 0xFF) || c > (top.small >> 8)) return ByteOutcome::kReject;

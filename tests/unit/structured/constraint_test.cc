@@ -134,5 +134,27 @@ TEST(TokenConstraint, CachedMasksEqualFreshOnes) {
   EXPECT_GT(cache.misses(), 0);
 }
 
+// Inside a string without maxLength the state stops changing once minLength
+// is reached, so a long free string hits the mask cache at every step; with
+// maxLength it must not (the count decides when the string may go on).
+TEST(TokenConstraint, FreeStringStatesRepeatSoTheirMasksAreCached) {
+  auto free = JsonGrammar::Compile(R"({"type": "string", "minLength": 2})");
+  ASSERT_TRUE(free.ok()) << free.status();
+  JsonMatcher a(*free), b(*free);
+  ASSERT_TRUE(a.Consume("\"xy"));
+  ASSERT_TRUE(b.Consume("\"xyzzy"));
+  EXPECT_TRUE(a == b);
+  EXPECT_EQ(a.Hash(), b.Hash());
+  JsonMatcher short_one(*free);
+  ASSERT_TRUE(short_one.Consume("\"x"));
+  EXPECT_FALSE(short_one == a) << "below minLength the count still matters";
+  auto bounded = JsonGrammar::Compile(R"({"type": "string", "maxLength": 8})");
+  ASSERT_TRUE(bounded.ok()) << bounded.status();
+  JsonMatcher c(*bounded), d(*bounded);
+  ASSERT_TRUE(c.Consume("\"xy"));
+  ASSERT_TRUE(d.Consume("\"xyzzy"));
+  EXPECT_FALSE(c == d);
+}
+
 }  // namespace
 }  // namespace sirocco::engine::structured
