@@ -15,7 +15,8 @@
 # embedded tiny model in models/tiny (`sirocco up` or `tools/dev.sh run` make
 # it). Knobs: ROUNDS (default 3), NUM_REQUESTS per run (default 48),
 # CONCURRENCY (default 8), OUTPUT_LEN (default 64), KERNELS (default avx2),
-# OUT_DIR (default BUILD_DIR/structured_overhead).
+# SCHEMA (a schema file instead of the default), OUT_DIR (default
+# BUILD_DIR/structured_overhead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,12 +38,16 @@ done
   { echo "structured_overhead: no model in $MODEL; run 'tools/dev.sh run' (or sirocco up) once" >&2; exit 1; }
 mkdir -p "$OUT_DIR"
 rm -f "$OUT_DIR"/*.port
-cat >"$OUT_DIR/schema.json" <<'EOF'
+if [[ -n "${SCHEMA:-}" ]]; then
+  cp "$SCHEMA" "$OUT_DIR/schema.json"
+else
+  cat >"$OUT_DIR/schema.json" <<'EOF'
 {"type": "object",
  "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
                 "notes": {"type": "array", "items": {"type": "string"}}},
  "required": ["name", "age", "notes"], "additionalProperties": false}
 EOF
+fi
 
 PIDS=()
 cleanup() {

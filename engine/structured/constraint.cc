@@ -65,11 +65,16 @@ void TokenConstraint::FillAllowed(std::span<std::uint32_t> mask, MaskCache* cach
   switch (phase_) {
     case Phase::kStart:
     case Phase::kJson:
-      if (const std::vector<std::uint32_t>* hit = cache != nullptr ? cache->Find(matcher_) : nullptr) {
-        std::copy(hit->begin(), hit->end(), mask.begin());
-      } else {
+      if (cache == nullptr) {
         vocab_->trie().FillAllowed(matcher_, mask);
-        if (cache != nullptr) cache->Insert(matcher_, mask);
+      } else {
+        const JsonMatcher key = matcher_.MaskKey(vocab_->trie().max_token_bytes());
+        if (const std::vector<std::uint32_t>* hit = cache->Find(key)) {
+          std::copy(hit->begin(), hit->end(), mask.begin());
+        } else {
+          vocab_->trie().FillAllowed(matcher_, mask);
+          cache->Insert(key, mask);
+        }
       }
       if (phase_ == Phase::kStart && allow_think_) SetBit(mask, vocab_->begin_think());
       if (matcher_.CanEnd()) {

@@ -135,6 +135,14 @@ class JsonMatcher {
   bool operator==(const JsonMatcher& other) const;
   std::size_t Hash() const;
 
+  // A state with exactly this state's token masks, for a vocabulary whose
+  // tokens are at most `max_token_bytes` long, that equal states share more
+  // often: a string's character count is replaced by a canonical one
+  // wherever no token could reach a length bound from it (a 200-character
+  // maxLength string then has a handful of mask states instead of 200).
+  // Not a state to continue from: use it as a mask-cache key.
+  JsonMatcher MaskKey(int max_token_bytes) const;
+
   const JsonGrammar& grammar() const { return *grammar_; }
   const internal::State& state() const { return state_; }
 

@@ -742,6 +742,53 @@ bool JsonMatcher::MustEnd() const {
   return true;
 }
 
+JsonMatcher JsonMatcher::MaskKey(int max_token_bytes) const {
+  JsonMatcher key = *this;
+  const auto k = static_cast<std::uint64_t>(std::max(max_token_bytes, 0));
+  bool changed = false;
+  for (Frame& f : key.state_.frames) {
+    const GrammarNode& n = grammar_->impl().nodes[f.node];
+    if (n.kind != NodeKind::kString || f.pos == kStrOpen) continue;
+    const std::uint64_t a = f.a, min = n.min_length, max = n.max_length;
+    // One token adds at most k characters: a token's fate depends on the
+    // count only where it may reach maxLength, or cross minLength, within k.
+    if (max != UINT32_MAX && max - a <= k) continue;
+    std::uint64_t canonical = a;
+    if (a >= min) {
+      canonical = min;  // every closing quote allowed, maxLength out of reach (max - min >= max - a > k)
+    } else if (min - a > k) {
+      canonical = min - k - 1;  // no closing quote within a token, maxLength out of reach
+    }
+    if (canonical != a) {
+      f.a = static_cast<std::uint32_t>(canonical);
+      changed = true;
+    }
+  }
+  if (!changed) return key;
+  // Stacks may have become equal: keep each once (the state is a set).
+  State unique;
+  std::uint32_t begin = 0;
+  for (const std::uint32_t end : key.state_.ends) {
+    bool seen = false;
+    std::uint32_t ub = 0;
+    for (const std::uint32_t ue : unique.ends) {
+      if (ue - ub == end - begin &&
+          std::equal(key.state_.frames.begin() + begin, key.state_.frames.begin() + end, unique.frames.begin() + ub)) {
+        seen = true;
+        break;
+      }
+      ub = ue;
+    }
+    if (!seen) {
+      unique.frames.insert(unique.frames.end(), key.state_.frames.begin() + begin, key.state_.frames.begin() + end);
+      unique.ends.push_back(static_cast<std::uint32_t>(unique.frames.size()));
+    }
+    begin = end;
+  }
+  key.state_ = std::move(unique);
+  return key;
+}
+
 bool JsonMatcher::operator==(const JsonMatcher& other) const {
   if (grammar_ != other.grammar_ || state_.ends.size() != other.state_.ends.size()) return false;
   std::uint32_t begin = 0;

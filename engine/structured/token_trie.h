@@ -32,6 +32,8 @@ class TokenTrie {
   TokenTrie& operator=(const TokenTrie&) = delete;
 
   std::int32_t vocab_size() const { return vocab_size_; }
+  // The longest token's byte count.
+  int max_token_bytes() const { return max_depth_; }
 
   // Clears `allowed` (MaskWords(vocab_size()) words), then sets the bit of
   // every token whose whole byte string `matcher` would Consume from its

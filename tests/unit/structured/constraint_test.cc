@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -154,6 +155,56 @@ TEST(TokenConstraint, FreeStringStatesRepeatSoTheirMasksAreCached) {
   ASSERT_TRUE(c.Consume("\"xy"));
   ASSERT_TRUE(d.Consume("\"xyzzy"));
   EXPECT_FALSE(c == d);
+}
+
+// MaskKey keeps masks: along random walks through schemas with string
+// length bounds, the mask of the key state equals the mask of the state
+// itself, on a vocabulary of short random tokens (quotes, escapes, a
+// two-byte character, structure) whose longest token sets how far a bound
+// can be seen.
+TEST(TokenConstraint, MaskKeysHaveTheStatesMasks) {
+  std::mt19937 rng(11);
+  const std::vector<std::string> pieces = {"a", "b", "\xc3\xa9", "\"", "\\", "n", " ", "{", "}", ",", ":", "1", "s"};
+  std::vector<std::string> tokens;
+  std::uniform_int_distribution<int> len(1, 5), piece(0, static_cast<int>(pieces.size()) - 1);
+  for (int i = 0; i < 400; ++i) {
+    std::string t;
+    for (int n = len(rng); n > 0; --n) t += pieces[static_cast<std::size_t>(piece(rng))];
+    tokens.push_back(t);
+  }
+  std::vector<std::string_view> bytes(tokens.begin(), tokens.end());
+  std::unique_ptr<bool[]> excluded(new bool[bytes.size()]());
+  const TokenTrie trie(bytes, std::span<const bool>(excluded.get(), bytes.size()));
+  const std::int32_t vocab = trie.vocab_size();
+  for (const char* schema :
+       {R"({"type": "string", "maxLength": 40})", R"({"type": "string", "minLength": 12, "maxLength": 30})",
+        R"({"type": "string", "minLength": 25})",
+        R"({"type": "object", "properties": {"s": {"type": "string", "minLength": 3, "maxLength": 50}},
+            "required": ["s"], "additionalProperties": false})",
+        R"({"anyOf": [{"type": "string", "maxLength": 20}, {"type": "string", "minLength": 9}]})"}) {
+    auto grammar = JsonGrammar::Compile(schema);
+    ASSERT_TRUE(grammar.ok()) << grammar.status();
+    int keyed = 0;
+    for (int walk = 0; walk < 20; ++walk) {
+      JsonMatcher m(*grammar);
+      for (int step = 0; step < 60 && !m.MustEnd(); ++step) {
+        std::vector<std::uint32_t> real(MaskWords(vocab)), by_key(real.size());
+        trie.FillAllowed(m, real);
+        const JsonMatcher key = m.MaskKey(trie.max_token_bytes());
+        keyed += key == m ? 0 : 1;
+        trie.FillAllowed(key, by_key);
+        ASSERT_EQ(real, by_key) << schema << " walk " << walk << " step " << step;
+        std::vector<std::int32_t> allowed;
+        for (std::int32_t id = 0; id < vocab; ++id) {
+          if (MaskBit(real, id)) allowed.push_back(id);
+        }
+        if (allowed.empty()) break;
+        const std::int32_t pick = allowed[std::uniform_int_distribution<std::size_t>(0, allowed.size() - 1)(rng)];
+        ASSERT_TRUE(m.Consume(tokens[static_cast<std::size_t>(pick)]));
+      }
+    }
+    EXPECT_GT(keyed, 0) << schema << ": no state was ever canonicalised";
+  }
 }
 
 }  // namespace
