@@ -125,14 +125,19 @@ absl::StatusOr<std::shared_ptr<const engine::structured::ConstraintVocabulary>> 
     special[static_cast<std::size_t>(id)] = t.IsSpecial(id);
     if (!t.IsSpecial(id)) bytes[static_cast<std::size_t>(id)] = t.TokenBytes(id);
   }
-  const absl::StatusOr<std::int32_t> begin_think = t.SpecialTokenId("[THINK]");
-  const absl::StatusOr<std::int32_t> end_think = t.SpecialTokenId("[/THINK]");
-  std::vector<std::int32_t> eos;
-  for (std::int64_t id : config.eos_token_ids) eos.push_back(static_cast<std::int32_t>(id));
+  engine::structured::ControlTokens control;
+  auto id_of = [&](std::string_view name) {
+    const absl::StatusOr<std::int32_t> id = t.SpecialTokenId(name);
+    return id.ok() ? *id : -1;
+  };
+  control.begin_think = id_of("[THINK]");
+  control.end_think = id_of("[/THINK]");
+  control.tool_calls = id_of("[TOOL_CALLS]");
+  control.args = id_of("[ARGS]");
+  for (std::int64_t id : config.eos_token_ids) control.eos.push_back(static_cast<std::int32_t>(id));
   // The vocabulary is copied: the tokenizer goes when this returns.
   return std::make_shared<const engine::structured::ConstraintVocabulary>(
-      bytes, std::span<const bool>(special.get(), static_cast<std::size_t>(vocab)),
-      begin_think.ok() ? *begin_think : -1, end_think.ok() ? *end_think : -1, std::move(eos));
+      bytes, std::span<const bool>(special.get(), static_cast<std::size_t>(vocab)), std::move(control));
 }
 
 int Fail(const absl::Status& status) {

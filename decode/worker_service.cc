@@ -949,13 +949,33 @@ absl::StatusOr<engine::structured::ResponseConstraint> WorkerService::ResponseCo
     const wv1::SamplingParams& sampling) {
   engine::structured::ResponseConstraint out;
   if (!sampling.has_response_format()) return out;
-  absl::StatusOr<std::shared_ptr<const engine::structured::JsonGrammar>> grammar =
-      grammars_.Get(sampling.response_format().json_schema());
+  const wv1::ResponseFormat& format = sampling.response_format();
+  out.allow_think = format.allow_think();
+  if (format.tools_size() > 0) {
+    std::vector<engine::structured::ToolCallSpec::Tool> tools;
+    for (int i = 0; i < format.tools_size(); ++i) {
+      const std::string field = absl::StrCat("sampling.response_format.tools[", i, "]");
+      if (format.tools(i).args_json_schema().empty()) {
+        return services::InvalidFieldError(field + ".args_json_schema", "is required");
+      }
+      absl::StatusOr<std::shared_ptr<const engine::structured::JsonGrammar>> args =
+          grammars_.Get(format.tools(i).args_json_schema());
+      if (!args.ok())
+        return services::InvalidFieldError(field + ".args_json_schema", std::string(args.status().message()));
+      tools.push_back({format.tools(i).name(), *std::move(args)});
+    }
+    absl::StatusOr<std::shared_ptr<const engine::structured::ToolCallSpec>> spec =
+        engine::structured::MakeToolCallSpec(std::move(tools), format.parallel_tool_calls());
+    if (!spec.ok())
+      return services::InvalidFieldError("sampling.response_format", std::string(spec.status().message()));
+    out.tool_calls = *std::move(spec);
+    return out;
+  }
+  absl::StatusOr<std::shared_ptr<const engine::structured::JsonGrammar>> grammar = grammars_.Get(format.json_schema());
   if (!grammar.ok()) {
     return services::InvalidFieldError("sampling.response_format.json_schema", std::string(grammar.status().message()));
   }
   out.grammar = *std::move(grammar);
-  out.allow_think = sampling.response_format().allow_think();
   return out;
 }
 

@@ -434,6 +434,9 @@ absl::Status EngineLoop::CheckResponse(const structured::ResponseConstraint& res
   if (options_.constraint_vocabulary->vocab_size() != model_.config().vocab_size) {
     return absl::FailedPreconditionError("response_format: the tokenizer's vocabulary does not match the model's");
   }
+  if (response.tool_calls != nullptr && !options_.constraint_vocabulary->has_tool_calls()) {
+    return absl::FailedPreconditionError("response_format: the tokenizer has no [TOOL_CALLS] and [ARGS] tokens");
+  }
   return absl::OkStatus();
 }
 

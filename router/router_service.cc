@@ -14,6 +14,7 @@
 #include <grpcpp/support/channel_arguments.h>
 
 #include "absl/hash/hash.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -319,6 +320,39 @@ absl::StatusOr<std::optional<wk::ResponseFormat>> WorkerResponseFormat(const v1:
   return out;
 }
 
+// The tool calls a chat must make (tool_choice MODE_ANY or MODE_NAMED), as
+// mistral-common's grammar has them: each tool's arguments follow its schema
+// when the tool is strict, else any JSON object; only the named tool with
+// MODE_NAMED. nullopt when the choice forces nothing. Strict schemas are
+// compiled here (cached) so that an unsupported one fails before any work.
+absl::StatusOr<std::optional<wk::ResponseFormat>> ForcedToolCalls(const v1::ChatRequest& request, bool allow_think,
+                                                                  engine::structured::GrammarCache& grammars) {
+  const v1::ToolChoice::Mode mode = request.tool_choice().mode();
+  if (mode != v1::ToolChoice::MODE_ANY && mode != v1::ToolChoice::MODE_NAMED) return std::nullopt;
+  wk::ResponseFormat out;
+  out.set_allow_think(allow_think);
+  out.set_parallel_tool_calls(!request.has_parallel_tool_calls() || request.parallel_tool_calls());
+  for (int i = 0; i < request.tools_size(); ++i) {
+    const v1::Tool& tool = request.tools(i);
+    if (mode == v1::ToolChoice::MODE_NAMED && tool.name() != request.tool_choice().name()) continue;
+    wk::ToolFormat* f = out.add_tools();
+    f->set_name(tool.name());
+    if (!tool.strict()) {
+      f->set_args_json_schema(R"({"type": "object"})");
+      continue;
+    }
+    const std::string& schema = tool.parameters_json_schema();
+    const bool empty = schema.empty() || absl::StripAsciiWhitespace(schema) == "{}";
+    f->set_args_json_schema(empty ? R"({"type": "object", "properties": {}, "additionalProperties": false})" : schema);
+    absl::StatusOr<std::shared_ptr<const engine::structured::JsonGrammar>> grammar =
+        grammars.Get(f->args_json_schema());
+    if (!grammar.ok())
+      return InvalidFieldError(absl::StrCat("tools[", i, "].parameters_json_schema"),
+                               std::string(grammar.status().message()));
+  }
+  return out;
+}
+
 // `num_images` counts the image parts converted.
 absl::StatusOr<text::ChatRequest> ToTextRequest(const v1::ChatRequest& request, const v1::Limits& limits,
                                                 int* num_images) {
@@ -449,6 +483,7 @@ absl::StatusOr<text::ChatRequest> ToTextRequest(const v1::ChatRequest& request, 
       tool.function.name = t.name();
       tool.function.description = t.description();
       tool.function.parameters = *std::move(schema);
+      tool.function.strict = t.strict();
       tools.push_back(std::move(tool));
     }
     out.tools = std::move(tools);
@@ -534,6 +569,11 @@ struct RouterService::Shared {
   // A chat's JSON answer may follow a [THINK] section (v15 tokenizers with
   // think tokens, as mistral-common's grammar has it).
   bool think_before_json = false;
+  // Forced tool calls are constrained (tekken v11+, whose calls are
+  // [TOOL_CALLS] name [ARGS] arguments); before them a think section may
+  // come with v13+ tokenizers that have think tokens.
+  bool constrains_tool_calls = false;
+  bool think_before_calls = false;
   engine::structured::GrammarCache grammars;
   std::atomic<std::uint64_t> next_id{0};
   // Requests whose reactor still exists (it may outlive its server stream
@@ -1337,8 +1377,12 @@ absl::StatusOr<std::unique_ptr<RouterService>> RouterService::Create(RouterOptio
   }
   shared->options = std::move(options);
   shared->tokenizer = tokenizer;
-  shared->think_before_json = tokenizer->version() >= text::TokenizerVersion::kV15 &&
-                              tokenizer->SpecialTokenId("[THINK]").ok() && tokenizer->SpecialTokenId("[/THINK]").ok();
+  const bool think_tokens = tokenizer->SpecialTokenId("[THINK]").ok() && tokenizer->SpecialTokenId("[/THINK]").ok();
+  shared->think_before_json = tokenizer->version() >= text::TokenizerVersion::kV15 && think_tokens;
+  shared->constrains_tool_calls = tokenizer->version() >= text::TokenizerVersion::kV11 &&
+                                  tokenizer->SpecialTokenId("[TOOL_CALLS]").ok() &&
+                                  tokenizer->SpecialTokenId("[ARGS]").ok();
+  shared->think_before_calls = tokenizer->version() >= text::TokenizerVersion::kV13 && think_tokens;
   auto format = text::InstructFormat::Create(*tokenizer);
   if (!format.ok()) return format.status();
   shared->format = *std::move(format);
@@ -1437,10 +1481,20 @@ grpc::ServerWriteReactor<v1::ChatResponse>* RouterService::Chat(grpc::CallbackSe
         ResolveJob(request->sampling(), request->stop(), request->output(), std::move(rendered->ids), shared_->limits,
                    EffectiveContextLength(*shared_), shared_->tokenizer->vocab_size(), "messages");
     if (resolved.ok()) {
-      auto format = WorkerResponseFormat(request->response_format(), request->stop(), shared_->think_before_json,
-                                         shared_->grammars);
+      // A think section may open a constrained answer only when the request
+      // reasons.
+      const bool reasons = request->reasoning_effort() == v1::REASONING_EFFORT_HIGH ||
+                           (request->reasoning_effort() == v1::REASONING_EFFORT_UNSPECIFIED &&
+                            shared_->options.default_reasoning_effort == v1::REASONING_EFFORT_HIGH);
+      auto format = WorkerResponseFormat(request->response_format(), request->stop(),
+                                         reasons && shared_->think_before_json, shared_->grammars);
       if (!format.ok()) return format.status();
       if (format->has_value()) *resolved->sampling.mutable_response_format() = **std::move(format);
+      if (shared_->constrains_tool_calls) {
+        auto calls = ForcedToolCalls(*request, reasons && shared_->think_before_calls, shared_->grammars);
+        if (!calls.ok()) return calls.status();
+        if (calls->has_value()) *resolved->sampling.mutable_response_format() = **std::move(calls);
+      }
       resolved->request_id = request->request_id();
       resolved->chat = true;
       resolved->images = std::move(rendered->images);

@@ -1,17 +1,21 @@
 // A request's response format, applied token by token: which tokens may come
 // next, and the state after each sampled one.
 //
-// The token language is mistral-common's grammar for a JSON answer
-// (`json_grammar` of its think template):
+// The token languages are mistral-common's grammars (its think template):
 //
-//   answer := ([THINK] ordinary-token+ [/THINK])?  json  EOS
+//   JSON answer:   ([THINK] ordinary+ [/THINK])?  json  EOS
+//   forced calls:  ([THINK] ordinary+ [/THINK])?  call+  EOS
+//                  call := [TOOL_CALLS] name [ARGS] json(the tool's arguments)
 //
-// where the think section exists only when the format allows it (v15
-// tokenizers with think tokens: ResponseConstraint::allow_think), the
-// reasoning inside it is free (any ordinary, non-special token), and `json`
-// is a JsonGrammar's language read from the tokens' bytes (JsonMatcher). EOS
-// may be sampled exactly when the JSON document is complete, and is the only
-// choice once nothing can extend it.
+// where the think section exists only when the format allows it
+// (ResponseConstraint::allow_think), reasoning is free (any ordinary,
+// non-special token), `json` is a JsonGrammar's
+// language read from the tokens' bytes (JsonMatcher), `name` is one of the
+// tools' names, and `call+` is a single call when parallel calls are off.
+// (mistral-common's grammar also lets free text come before the calls; a
+// forced call here is the answer itself, so it always comes.) EOS
+// may be sampled exactly when the JSON document (the last call's arguments)
+// is complete, and is the only choice once nothing can extend it.
 //
 // Thread-safety: ConstraintVocabulary is immutable and shared; a
 // TokenConstraint belongs to the engine thread that owns its request.
@@ -28,48 +32,79 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "engine/structured/json_grammar.h"
 #include "engine/structured/token_trie.h"
 
 namespace sirocco::engine::structured {
 
-// What one request's answer must match. `grammar` null: anything (no
-// constraint).
+// Tool calls a request must make (tool_choice any/required, or named).
+struct ToolCallSpec {
+  struct Tool {
+    std::string name;                         // non-empty; no '"', '\\' or control bytes
+    std::shared_ptr<const JsonGrammar> args;  // what its arguments may be
+  };
+  std::vector<Tool> tools;  // at least one; names unique
+  // The names as a JSON string's contents: {"enum": [names...]} (MakeToolCallSpec).
+  std::shared_ptr<const JsonGrammar> names;
+  bool parallel = true;  // several calls in one turn
+};
+
+// A ToolCallSpec for `tools`, with its names grammar; INVALID_ARGUMENT for an
+// empty list, a duplicate name or a name with bytes a name cannot hold.
+[[nodiscard]] absl::StatusOr<std::shared_ptr<const ToolCallSpec>> MakeToolCallSpec(
+    std::vector<ToolCallSpec::Tool> tools, bool parallel);
+
+// What one request's output must match: a JSON answer (`grammar`), forced
+// tool calls (`tool_calls`), or anything when neither is set.
 struct ResponseConstraint {
   std::shared_ptr<const JsonGrammar> grammar;
+  std::shared_ptr<const ToolCallSpec> tool_calls;
   bool allow_think = false;  // a [THINK] ... [/THINK] section may come first
 
-  bool active() const { return grammar != nullptr; }
+  bool active() const { return grammar != nullptr || tool_calls != nullptr; }
+};
+
+// The control tokens a constraint uses; -1 where the vocabulary has none.
+struct ControlTokens {
+  std::int32_t begin_think = -1;
+  std::int32_t end_think = -1;
+  std::int32_t tool_calls = -1;
+  std::int32_t args = -1;
+  std::vector<std::int32_t> eos;  // the tokens that end a turn
 };
 
 // The vocabulary facts a constraint needs, built once per model.
 class ConstraintVocabulary {
  public:
   // token_bytes[id]: the token's raw bytes; special[id]: a control token
-  // (never part of the text). begin_think/end_think: -1 when the vocabulary
-  // has none. eos_ids: the tokens that end a turn.
+  // (never part of the text).
   ConstraintVocabulary(std::span<const std::string_view> token_bytes, std::span<const bool> special,
-                       std::int32_t begin_think, std::int32_t end_think, std::vector<std::int32_t> eos_ids);
+                       ControlTokens control);
 
   std::int32_t vocab_size() const { return trie_.vocab_size(); }
-  bool has_think() const { return begin_think_ >= 0 && end_think_ >= 0; }
-  std::int32_t begin_think() const { return begin_think_; }
-  std::int32_t end_think() const { return end_think_; }
-  std::span<const std::int32_t> eos_ids() const { return eos_ids_; }
+  bool has_think() const { return control_.begin_think >= 0 && control_.end_think >= 0; }
+  bool has_tool_calls() const { return control_.tool_calls >= 0 && control_.args >= 0; }
+  std::int32_t begin_think() const { return control_.begin_think; }
+  std::int32_t end_think() const { return control_.end_think; }
+  std::int32_t tool_calls() const { return control_.tool_calls; }
+  std::int32_t args() const { return control_.args; }
+  std::span<const std::int32_t> eos_ids() const { return control_.eos; }
   std::string_view bytes(std::int32_t id) const { return bytes_[static_cast<std::size_t>(id)]; }
   bool special(std::int32_t id) const { return special_[static_cast<std::size_t>(id)]; }
   const TokenTrie& trie() const { return trie_; }
-  // Every ordinary token with at least one byte: what a think section may hold.
+  // Every ordinary token with at least one byte: what free text may hold.
   std::span<const std::uint32_t> ordinary_mask() const { return ordinary_; }
+  // The ordinary tokens without a '"' byte (a tool name's pieces).
+  std::span<const std::uint32_t> unquoted_mask() const { return unquoted_; }
 
  private:
   std::vector<std::string> bytes_;
   std::vector<bool> special_;
-  std::int32_t begin_think_;
-  std::int32_t end_think_;
-  std::vector<std::int32_t> eos_ids_;
+  ControlTokens control_;
   TokenTrie trie_;
   std::vector<std::uint32_t> ordinary_;
+  std::vector<std::uint32_t> unquoted_;
 };
 
 // Token masks of JSON matcher states, least recently used out: requests
@@ -112,23 +147,35 @@ class TokenConstraint {
   bool Allows(std::int32_t token) const;
   // Moves past `token`: false (and no change) when it is not allowed.
   bool Accept(std::int32_t token);
-  // The answer is complete: the JSON document ended and EOS came.
+  // The answer is complete: the JSON document (or the last call) ended and
+  // EOS came.
   bool done() const { return phase_ == Phase::kDone; }
 
  private:
   enum class Phase : std::uint8_t {
-    kStart,       // before anything: [THINK] (when allowed) or the JSON
+    kStart,       // before anything: [THINK] (when allowed), then the JSON or the text before calls
     kThinkFirst,  // after [THINK]: at least one ordinary token
     kThinking,    // ordinary tokens or [/THINK]
     kJson,        // inside the JSON document (or its leading whitespace)
+    kText,        // forced calls, after the think section: [TOOL_CALLS]
+    kName,        // after [TOOL_CALLS]: a tool's name, then [ARGS]
+    kArgs,        // after [ARGS]: the tool's arguments; then EOS, or [TOOL_CALLS] when parallel
     kDone,        // EOS came
   };
   bool IsEos(std::int32_t token) const;
+  // The trie's mask for `m` (from the cache when it has it).
+  void MatcherMask(const JsonMatcher& m, std::span<std::uint32_t> mask, MaskCache* cache) const;
+  // The name so far is a whole tool name.
+  bool NameComplete() const;
 
   std::shared_ptr<const ConstraintVocabulary> vocab_;
+  std::shared_ptr<const ToolCallSpec> tools_;
   bool allow_think_;
   Phase phase_ = Phase::kStart;
+  // kJson: the answer; kName: the name (after a virtual opening quote);
+  // kArgs: the arguments.
   JsonMatcher matcher_;
+  std::string name_;  // kName: the name's bytes so far
 };
 
 }  // namespace sirocco::engine::structured

@@ -27,6 +27,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "decode/worker_service.h"
 #include "engine/generator.h"
 #include "engine/image/image.h"
@@ -570,6 +571,90 @@ TEST_F(RouterClusterTest, StructuredOutputIsTheSameColocatedAndDisaggregated) {
   EXPECT_NE(colocated[0].text, colocated[1].text);
 }
 
+// Forced tool calls (tool_choice MODE_NAMED, then MODE_ANY with two tools),
+// sampled from the random model through a disaggregated cluster: every
+// answer is calls of the allowed tools and nothing else, finishing with
+// TOOL_CALLS, and each call's arguments parse (nlohmann) with the strict
+// schema's fields.
+TEST_F(RouterClusterTest, ForcedToolCallsAreCallsOfTheGivenTools) {
+  StartCluster({"prefill", "decode"});
+  auto add_tool = [](v1::ChatRequest& r, const char* name, const char* schema) {
+    auto* tool = r.add_tools();
+    tool->set_name(name);
+    tool->set_parameters_json_schema(schema);
+    tool->set_strict(true);
+  };
+  for (const bool named : {true, false}) {
+    for (std::uint64_t seed = 1; seed <= 3; ++seed) {
+      v1::ChatRequest r;
+      auto* m = r.add_messages();
+      m->set_role(v1::ROLE_USER);
+      m->add_content()->set_text("What is the weather in Paris this week?");
+      r.set_reasoning_effort(v1::REASONING_EFFORT_NONE);
+      r.mutable_sampling()->set_temperature(1.0f);
+      r.mutable_sampling()->set_seed(seed);
+      r.mutable_stop()->set_max_tokens(300);
+      add_tool(r, "get_weather", R"({"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
+          "days": {"type": "integer", "minimum": 1, "maximum": 7}}, "required": ["city", "days"],
+          "additionalProperties": false})");
+      add_tool(r, "lookup", R"({"type": "object", "properties": {"q": {"enum": ["a", "b"]}}, "required": ["q"],
+          "additionalProperties": false})");
+      if (named) {
+        r.mutable_tool_choice()->set_mode(v1::ToolChoice::MODE_NAMED);
+        r.mutable_tool_choice()->set_name("get_weather");
+        r.set_parallel_tool_calls(false);
+      } else {
+        r.mutable_tool_choice()->set_mode(v1::ToolChoice::MODE_ANY);
+      }
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+      auto reader = stub_->Chat(&context, r);
+      v1::ChatResponse response;
+      std::map<int, std::pair<std::string, std::string>> calls;  // index -> name, arguments
+      std::string text;
+      v1::Final final;
+      while (reader->Read(&response)) {
+        if (response.has_final()) {
+          final = response.final();
+          continue;
+        }
+        text += response.delta().text();
+        for (const v1::ToolCallDelta& d : response.delta().tool_calls()) {
+          calls[d.index()].first += d.name();
+          calls[d.index()].second += d.arguments();
+        }
+      }
+      const grpc::Status status = reader->Finish();
+      const std::string what = absl::StrCat(named ? "named" : "any", " seed ", seed);
+      ASSERT_TRUE(status.ok()) << what << ": " << status.error_message();
+      EXPECT_EQ(final.finish_reason(), v1::FINISH_REASON_TOOL_CALLS) << what << ": " << final.error();
+      EXPECT_TRUE(text.empty()) << what << ": " << text;
+      ASSERT_FALSE(calls.empty()) << what;
+      if (named) {
+        EXPECT_EQ(calls.size(), 1u) << what;
+      }
+      for (const auto& [index, call] : calls) {
+        const nlohmann::json args = nlohmann::json::parse(call.second, nullptr, false);
+        ASSERT_TRUE(args.is_object()) << what << ": " << call.second;
+        if (call.first == "get_weather") {
+          EXPECT_TRUE(args.contains("city") && args["city"].is_string()) << call.second;
+          EXPECT_TRUE(args.contains("days") && args["days"].is_number_integer() && args["days"].get<int>() >= 1 &&
+                      args["days"].get<int>() <= 7)
+              << call.second;
+          EXPECT_EQ(args.size(), 2u) << call.second;
+        } else {
+          EXPECT_FALSE(named) << what << ": called " << call.first;
+          EXPECT_EQ(call.first, "lookup") << what;
+          const bool a_or_b =
+              args == nlohmann::json::parse(R"({"q": "a"})") || args == nlohmann::json::parse(R"({"q": "b"})");
+          EXPECT_TRUE(a_or_b) << call.second;
+        }
+      }
+    }
+  }
+  ExpectWorkersIdle();
+}
+
 // Response formats the router refuses before any work, naming the field.
 TEST_F(RouterClusterTest, BadResponseFormatsAreInvalidArgument) {
   StartCluster({"both"});
@@ -609,6 +694,18 @@ TEST_F(RouterClusterTest, BadResponseFormatsAreInvalidArgument) {
     EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.what;
     EXPECT_EQ(r.status.error_message().rfind(c.field, 0), 0u) << c.what << ": " << r.status.error_message();
   }
+  // A forced call to a strict tool whose schema uses an unsupported keyword.
+  v1::ChatRequest forced = StructuredChat(1);
+  forced.clear_response_format();
+  auto* tool = forced.add_tools();
+  tool->set_name("f");
+  tool->set_parameters_json_schema(R"({"type": "object", "properties": {"x": {"not": {"type": "null"}}}})");
+  tool->set_strict(true);
+  forced.mutable_tool_choice()->set_mode(v1::ToolChoice::MODE_ANY);
+  const Result r = RunChat(forced);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(r.status.error_message().rfind("tools[0].parameters_json_schema", 0), 0u) << r.status.error_message();
+  EXPECT_NE(r.status.error_message().find("/properties/x/not"), std::string::npos) << r.status.error_message();
   ExpectWorkersIdle();
 }
 

@@ -51,7 +51,7 @@ class EngineLoopStructuredTest : public ::testing::Test {
     std::unique_ptr<bool[]> special(new bool[views.size()]);
     for (std::size_t i = 0; i < views.size(); ++i) special[i] = i < static_cast<std::size_t>(kSpecial);
     return std::make_shared<const structured::ConstraintVocabulary>(
-        views, std::span<const bool>(special.get(), views.size()), 3, 4, std::vector<std::int32_t>{2});
+        views, std::span<const bool>(special.get(), views.size()), structured::ControlTokens{3, 4, 5, 6, {2}});
   }
 
   std::unique_ptr<EngineLoop> Loop(bool with_vocabulary) {
@@ -74,7 +74,7 @@ class EngineLoopStructuredTest : public ::testing::Test {
                        "ok": {"type": "boolean"}},
         "required": ["name", "age"], "additionalProperties": false})");
     EXPECT_TRUE(grammar.ok()) << grammar.status();
-    return structured::ResponseConstraint{*grammar, false};
+    return structured::ResponseConstraint{*grammar, nullptr, false};
   }
 
   static RequestSpec Spec(std::uint64_t seed) {

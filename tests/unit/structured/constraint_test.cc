@@ -3,7 +3,9 @@
 // written out by hand, and FillAllowed against Allows for every token.
 #include "engine/structured/constraint.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <random>
 #include <string>
@@ -18,10 +20,13 @@ namespace {
 constexpr std::int32_t kEos = 2;
 constexpr std::int32_t kBeginThink = 3;
 constexpr std::int32_t kEndThink = 4;
-constexpr std::int32_t kNumSpecial = 5;
+constexpr std::int32_t kToolCalls = 5;
+constexpr std::int32_t kArgs = 6;
+constexpr std::int32_t kNumSpecial = 7;
 
 // Ordinary tokens after the specials, by their text.
-const std::vector<std::string> kOrdinary = {"{", "}", "\"", "a", "\"a\"", ":", " ", "{\"", "true", "x", "}}", ""};
+const std::vector<std::string> kOrdinary = {"{", "}",  "\"", "a",   "\"a\"",    ":",           " ",      "{\"", "true",
+                                            "x", "}}", "",   "get", "_weather", "get_weather", "lookup", "\"x", "city"};
 
 std::int32_t Id(std::string_view text) {
   for (std::size_t i = 0; i < kOrdinary.size(); ++i) {
@@ -37,7 +42,7 @@ std::shared_ptr<const ConstraintVocabulary> Vocabulary() {
   std::unique_ptr<bool[]> special(new bool[bytes.size()]);
   for (std::size_t i = 0; i < bytes.size(); ++i) special[i] = i < kNumSpecial;
   return std::make_shared<const ConstraintVocabulary>(bytes, std::span<const bool>(special.get(), bytes.size()),
-                                                      kBeginThink, kEndThink, std::vector<std::int32_t>{kEos});
+                                                      ControlTokens{kBeginThink, kEndThink, kToolCalls, kArgs, {kEos}});
 }
 
 ResponseConstraint Schema(bool allow_think) {
@@ -45,7 +50,7 @@ ResponseConstraint Schema(bool allow_think) {
       R"({"type": "object", "properties": {"a": {"type": "boolean"}}, "required": ["a"],
           "additionalProperties": false})");
   EXPECT_TRUE(grammar.ok()) << grammar.status();
-  return ResponseConstraint{grammar.ok() ? *grammar : nullptr, allow_think};
+  return ResponseConstraint{grammar.ok() ? *grammar : nullptr, nullptr, allow_think};
 }
 
 // The allowed ids, from FillAllowed, after checking it agrees with Allows.
@@ -105,8 +110,8 @@ TEST(TokenConstraint, ThinkSectionHoldsAtLeastOneOrdinaryToken) {
 TEST(TokenConstraint, NoThinkWithoutThinkTokens) {
   std::vector<std::string_view> bytes = {"", "", "", "{", "}"};
   const bool special[] = {true, true, true, false, false};
-  auto vocab = std::make_shared<const ConstraintVocabulary>(bytes, special, -1, -1, std::vector<std::int32_t>{2});
-  TokenConstraint c(vocab, ResponseConstraint{JsonGrammar::AnyObjectOrArray(), true});
+  auto vocab = std::make_shared<const ConstraintVocabulary>(bytes, special, ControlTokens{-1, -1, -1, -1, {2}});
+  TokenConstraint c(vocab, ResponseConstraint{JsonGrammar::AnyObjectOrArray(), nullptr, true});
   EXPECT_EQ(Allowed(c, vocab->vocab_size()), (std::vector<std::int32_t>{3}));
   ASSERT_TRUE(c.Accept(3));
   ASSERT_TRUE(c.Accept(4));
@@ -205,6 +210,71 @@ TEST(TokenConstraint, MaskKeysHaveTheStatesMasks) {
     }
     EXPECT_GT(keyed, 0) << schema << ": no state was ever canonicalised";
   }
+}
+
+std::shared_ptr<const ToolCallSpec> Tools(bool parallel) {
+  auto city = JsonGrammar::Compile(R"({"type": "object", "properties": {"city": {"type": "string"}},
+                                       "required": ["city"], "additionalProperties": false})");
+  EXPECT_TRUE(city.ok()) << city.status();
+  auto spec = MakeToolCallSpec({{"get_weather", *city}, {"lookup", JsonGrammar::AnyObjectOrArray()}}, parallel);
+  EXPECT_TRUE(spec.ok()) << spec.status();
+  return *spec;
+}
+
+std::vector<std::int32_t> Ids(std::initializer_list<const char*> texts) {
+  std::vector<std::int32_t> out;
+  for (const char* t : texts) out.push_back(Id(t));
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+TEST(TokenConstraint, ForcedToolCallsNeedACallBeforeEos) {
+  auto vocab = Vocabulary();
+  TokenConstraint c(vocab, ResponseConstraint{nullptr, Tools(/*parallel=*/true), /*allow_think=*/true});
+  // A think section may come first, then the calls: no text, no EOS.
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), (std::vector<std::int32_t>{kBeginThink, kToolCalls}));
+  ASSERT_TRUE(c.Accept(kBeginThink));
+  ASSERT_TRUE(c.Accept(Id("x")));
+  ASSERT_TRUE(c.Accept(kEndThink));
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), (std::vector<std::int32_t>{kToolCalls}));
+  EXPECT_FALSE(c.Accept(Id("x")));
+  ASSERT_TRUE(c.Accept(kToolCalls));
+  // A name: pieces of the tools' names only, never a quote.
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), Ids({"get", "get_weather", "lookup"}));
+  ASSERT_TRUE(c.Accept(Id("get")));
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), Ids({"_weather"}));
+  ASSERT_TRUE(c.Accept(Id("_weather")));
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), (std::vector<std::int32_t>{kArgs}));
+  ASSERT_TRUE(c.Accept(kArgs));
+  // The arguments follow get_weather's schema.
+  EXPECT_FALSE(c.Allows(Id("}")));
+  for (const char* t : {"{\"", "city", "\"", ":", "\"a\"", "}"}) ASSERT_TRUE(c.Accept(Id(t))) << t;
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), (std::vector<std::int32_t>{kEos, kToolCalls}));
+  // A second call, to the other tool, with any object.
+  ASSERT_TRUE(c.Accept(kToolCalls));
+  ASSERT_TRUE(c.Accept(Id("lookup")));
+  ASSERT_TRUE(c.Accept(kArgs));
+  ASSERT_TRUE(c.Accept(Id("{")));
+  ASSERT_TRUE(c.Accept(Id("}")));
+  ASSERT_TRUE(c.Accept(kEos));
+  EXPECT_TRUE(c.done());
+}
+
+TEST(TokenConstraint, OneCallWhenParallelCallsAreOff) {
+  auto vocab = Vocabulary();
+  TokenConstraint c(vocab, ResponseConstraint{nullptr, Tools(/*parallel=*/false), false});
+  EXPECT_FALSE(c.Allows(kBeginThink));
+  for (std::int32_t t : {kToolCalls, Id("lookup"), kArgs, Id("{"), Id("}")}) ASSERT_TRUE(c.Accept(t)) << t;
+  EXPECT_EQ(Allowed(c, vocab->vocab_size()), (std::vector<std::int32_t>{kEos}));
+}
+
+TEST(TokenConstraint, ToolCallSpecsRefuseBadNames) {
+  auto any = JsonGrammar::AnyObjectOrArray();
+  EXPECT_EQ(MakeToolCallSpec({}, true).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeToolCallSpec({{"a", any}, {"a", any}}, true).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeToolCallSpec({{"a\"b", any}}, true).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeToolCallSpec({{"", any}}, true).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(MakeToolCallSpec({{"a-b_c", any}}, true).ok());
 }
 
 }  // namespace
