@@ -569,6 +569,28 @@ TEST_F(RouterClusterTest, StructuredOutputIsTheSameColocatedAndDisaggregated) {
   }
   // Different seeds sample different documents: the sampler was not bypassed.
   EXPECT_NE(colocated[0].text, colocated[1].text);
+  // Generate (no chat template) takes the same response format.
+  v1::GenerateRequest generate;
+  generate.set_text("A person as JSON:");
+  generate.mutable_sampling()->set_temperature(1.0f);
+  generate.mutable_sampling()->set_seed(9);
+  generate.mutable_stop()->set_max_tokens(200);
+  *generate.mutable_response_format() = StructuredChat(1).response_format();
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto reader = stub_->Generate(&context, generate);
+  v1::GenerateResponse response;
+  std::string text;
+  v1::Final final;
+  while (reader->Read(&response)) {
+    if (response.has_delta()) text += response.delta().text();
+    if (response.has_final()) final = response.final();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(final.finish_reason(), v1::FINISH_REASON_STOP) << text;
+  const nlohmann::json doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(doc.is_object()) << text;
+  EXPECT_TRUE(doc.contains("name") && doc.contains("age") && doc.contains("ok")) << text;
 }
 
 // Forced tool calls (tool_choice MODE_NAMED, then MODE_ANY with two tools),
