@@ -35,34 +35,10 @@ done
 [[ -f "$MODEL/config.json" && -f "$MODEL/tekken.json" ]] ||
   { echo "router_overhead: no model in $MODEL; run 'tools/dev.sh run' (or sirocco up) once" >&2; exit 1; }
 mkdir -p "$OUT_DIR"
-rm -f "$OUT_DIR"/*.port
 
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-wait_port() {  # FILE PID NAME
-  for _ in $(seq 1 600); do
-    [[ -s "$1" ]] && { cat "$1"; return; }
-    kill -0 "$2" 2>/dev/null || { echo "router_overhead: $3 exited (see $OUT_DIR/$3.log)" >&2; exit 1; }
-    sleep 0.2
-  done
-  echo "router_overhead: $3 did not start" >&2
-  exit 1
-}
-
-"$BUILD_DIR/decode/sirocco-decode" --role both --model "$MODEL" --kernels "$KERNELS" --listen 127.0.0.1:0 \
-  --port-file "$OUT_DIR/worker.port" --metrics-port -1 --auth-token "$TOKEN" >"$OUT_DIR/worker.log" 2>&1 &
-PIDS+=($!)
-WORKER_PORT=$(wait_port "$OUT_DIR/worker.port" "${PIDS[-1]}" worker)
-"$BUILD_DIR/router/sirocco-router" --tokenizer "$MODEL/tekken.json" --listen 127.0.0.1:0 \
-  --port-file "$OUT_DIR/router.port" --worker-token "$TOKEN" --colocated "127.0.0.1:$WORKER_PORT" \
-  >"$OUT_DIR/router.log" 2>&1 &
-PIDS+=($!)
-ROUTER_PORT=$(wait_port "$OUT_DIR/router.port" "${PIDS[-1]}" router)
+# shellcheck source=tools/colocated_pair.sh
+source tools/colocated_pair.sh
+start_colocated_pair router_overhead
 
 COMMON=(--num-requests "$NUM_REQUESTS" --concurrency 1 --warmup 5 --seed 1 --input-len "$INPUT_LEN" --no-progress)
 bench() {  # NAME OUTPUT_LEN [direct]

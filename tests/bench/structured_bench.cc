@@ -9,50 +9,20 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
-#include <fstream>
 #include <memory>
-#include <sstream>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "engine/structured/json_grammar.h"
 #include "engine/structured/token_trie.h"
-#include "nlohmann/json.hpp"
+#include "tests/unit/structured/tekken_tokens.h"
 
 namespace sirocco::engine::structured {
 namespace {
 
 std::string g_tokenizer = std::string(SIROCCO_TEKKEN_DIR) + "/tekken_240911.json";  // --tokenizer
-
-std::string Base64(const std::string& in) {
-  std::string out;
-  unsigned buf = 0;
-  int bits = 0;
-  for (const char ch : in) {
-    int v;
-    if (ch >= 'A' && ch <= 'Z') {
-      v = ch - 'A';
-    } else if (ch >= 'a' && ch <= 'z') {
-      v = ch - 'a' + 26;
-    } else if (ch >= '0' && ch <= '9') {
-      v = ch - '0' + 52;
-    } else if (ch == '+') {
-      v = 62;
-    } else if (ch == '/') {
-      v = 63;
-    } else {
-      continue;
-    }
-    buf = (buf << 6) | static_cast<unsigned>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out += static_cast<char>((buf >> bits) & 0xFF);
-    }
-  }
-  return out;
-}
 
 struct Vocab {
   std::vector<std::string> bytes;
@@ -64,22 +34,12 @@ struct Vocab {
 // Loaded once; null when the file is missing.
 const Vocab* GetVocab() {
   static const std::unique_ptr<Vocab> vocab = []() -> std::unique_ptr<Vocab> {
-    std::ifstream in(g_tokenizer, std::ios::binary);
-    if (!in) return nullptr;
-    std::stringstream s;
-    s << in.rdbuf();
-    const auto j = nlohmann::json::parse(s.str(), nullptr, false);
-    if (j.is_discarded()) return nullptr;
-    const int special = j["config"]["default_num_special_tokens"].get<int>();
-    const int size = j["config"]["default_vocab_size"].get<int>();
+    std::optional<testing::TekkenTokens> tokens = testing::LoadTekkenTokens(g_tokenizer);
+    if (!tokens.has_value()) return nullptr;
     auto v = std::make_unique<Vocab>();
-    v->bytes.assign(static_cast<std::size_t>(size), "");
-    v->excluded = std::make_unique<bool[]>(static_cast<std::size_t>(size));
-    for (int id = 0; id < size; ++id) v->excluded[id] = id < special;
-    for (const auto& entry : j["vocab"]) {
-      const int id = entry["rank"].get<int>() + special;
-      if (id < size) v->bytes[static_cast<std::size_t>(id)] = Base64(entry["token_bytes"].get<std::string>());
-    }
+    v->bytes = std::move(tokens->bytes);
+    v->excluded = std::make_unique<bool[]>(v->bytes.size());
+    for (std::size_t id = 0; id < v->bytes.size(); ++id) v->excluded[id] = tokens->special[id] != 0;
     for (const auto& b : v->bytes) v->views.push_back(b);
     v->trie = std::make_unique<TokenTrie>(v->views, std::span<const bool>(v->excluded.get(), v->bytes.size()));
     return v;

@@ -6,16 +6,14 @@
 
 #include <gtest/gtest.h>
 
-#include <filesystem>
-#include <fstream>
 #include <memory>
+#include <optional>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "engine/structured/json_grammar.h"
-#include "nlohmann/json.hpp"
+#include "tests/unit/structured/tekken_tokens.h"
 
 namespace sirocco::engine::structured {
 namespace {
@@ -120,60 +118,14 @@ std::string Printable(const std::string& s) {
   return out;
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-std::string Base64(const std::string& in) {
-  std::string out;
-  unsigned buf = 0;
-  int bits = 0;
-  for (const char ch : in) {
-    int v;
-    if (ch >= 'A' && ch <= 'Z') {
-      v = ch - 'A';
-    } else if (ch >= 'a' && ch <= 'z') {
-      v = ch - 'a' + 26;
-    } else if (ch >= '0' && ch <= '9') {
-      v = ch - '0' + 52;
-    } else if (ch == '+') {
-      v = 62;
-    } else if (ch == '/') {
-      v = 63;
-    } else {
-      continue;
-    }
-    buf = (buf << 6) | static_cast<unsigned>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out += static_cast<char>((buf >> bits) & 0xFF);
-    }
-  }
-  return out;
-}
-
-// token id = rank + num_special; ids below num_special are special.
+// The tekken vocabulary; null when the file is missing.
 std::unique_ptr<Vocab> TekkenVocab() {
-  const std::string path = std::string(SIROCCO_TEKKEN_DIR) + "/tekken_240911.json";
-  if (!std::filesystem::exists(path)) return nullptr;
-  const auto j = nlohmann::json::parse(ReadFile(path));
-  const int special = j["config"]["default_num_special_tokens"].get<int>();
-  const int size = j["config"]["default_vocab_size"].get<int>();
+  std::optional<testing::TekkenTokens> tokens =
+      testing::LoadTekkenTokens(std::string(SIROCCO_TEKKEN_DIR) + "/tekken_240911.json");
+  if (!tokens.has_value()) return nullptr;
   auto v = std::make_unique<Vocab>();
-  v->bytes.assign(static_cast<std::size_t>(size), "");
-  v->excluded.assign(static_cast<std::size_t>(size), 0);
-  for (int id = 0; id < special; ++id) {
-    v->bytes[static_cast<std::size_t>(id)] = "<special>";
-    v->excluded[static_cast<std::size_t>(id)] = 1;
-  }
-  for (const auto& entry : j["vocab"]) {
-    const int id = entry["rank"].get<int>() + special;
-    if (id < size) v->bytes[static_cast<std::size_t>(id)] = Base64(entry["token_bytes"].get<std::string>());
-  }
+  v->bytes = std::move(tokens->bytes);
+  v->excluded = std::move(tokens->special);
   return v;
 }
 
