@@ -397,6 +397,8 @@ int WorkerMain(int argc, char** argv, WorkerRole default_role) {
     advance(metrics->prefix_cache_queries, st.scheduler.prefix_cache_queries);
     advance(metrics->prefix_cache_hits, st.scheduler.prefix_cache_hits);
     advance(metrics->vision_encoder_layers, st.vision_layers);
+    advance(metrics->token_masks, st.token_masks);
+    advance(metrics->token_mask_cache_hits, st.token_mask_cache_hits);
   }
   // Drain: health NOT_SERVING, new calls UNAVAILABLE; in-flight calls finish.
   gate->StartDrain();

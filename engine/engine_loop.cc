@@ -725,6 +725,7 @@ RowSample EngineLoop::Draw(RequestId id, std::int64_t row) {
   RowSample sample{&sampler, sampler.TakeDraw(), row, {}};
   if (live.constraint.has_value()) {
     live.constraint->FillAllowed(live.allowed, &mask_cache_);
+    ++token_masks_;
     sample.allowed = live.allowed;
   }
   return sample;
@@ -768,6 +769,8 @@ void EngineLoop::PublishStats() {
   stats_.tokens_sampled = tokens_sampled_;
   stats_.vision_layers = vision_layers_;
   stats_.vision_steps = vision_steps_;
+  stats_.token_masks = token_masks_;
+  stats_.token_mask_cache_hits = mask_cache_.hits();
   stats_.preparing = static_cast<std::int64_t>(preparing_.size());
   stats_.preparing_tokens = preparing_tokens;
 }

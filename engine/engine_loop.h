@@ -169,6 +169,10 @@ struct EngineStats {
   // Vision encoder layers run, and the steps that ran any (cumulative).
   std::int64_t vision_layers = 0;
   std::int64_t vision_steps = 0;
+  // Token masks made for response formats, and those of them whose JSON part
+  // came from the mask cache (cumulative).
+  std::int64_t token_masks = 0;
+  std::int64_t token_mask_cache_hits = 0;
   bool running = false;  // the engine thread is alive
 };
 
@@ -347,6 +351,7 @@ class EngineLoop {
   std::int64_t tokens_sampled_ = 0;
   std::int64_t vision_layers_ = 0;
   std::int64_t vision_steps_ = 0;
+  std::int64_t token_masks_ = 0;
 
   // Shared with callers.
   std::mutex mu_;

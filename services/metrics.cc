@@ -202,6 +202,10 @@ absl::StatusOr<ServingMetrics> RegisterServingMetrics(prometheus::Registry& regi
                                       "Requests moved to another decode worker after theirs was lost mid-stream.");
     m.vision_encoder_layers = AddCounter(registry, l, "sirocco:vision_encoder_layers_total",
                                          "Vision encoder layers run (each image runs every layer once).");
+    m.token_masks = AddCounter(registry, l, "sirocco:token_masks_total",
+                               "Token masks computed for requests with a response format (one per sampled token).");
+    m.token_mask_cache_hits = AddCounter(registry, l, "sirocco:token_mask_cache_hits_total",
+                                         "Token masks whose JSON part came from the mask cache.");
     auto& success = prometheus::BuildCounter()
                         .Name("sirocco:request_success_total")
                         .Help("Count of successfully processed requests.")

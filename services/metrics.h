@@ -79,6 +79,8 @@ struct ServingMetrics {
   prometheus::Counter* local_prefill_fallbacks = nullptr;
   prometheus::Counter* request_migrations = nullptr;
   prometheus::Counter* vision_encoder_layers = nullptr;
+  prometheus::Counter* token_masks = nullptr;
+  prometheus::Counter* token_mask_cache_hits = nullptr;
   std::array<prometheus::Counter*, kNumRequestFinishes> request_success{};
   // Histograms, seconds unless named otherwise.
   prometheus::Histogram* time_to_first_token = nullptr;

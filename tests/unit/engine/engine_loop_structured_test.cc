@@ -67,8 +67,10 @@ class EngineLoopStructuredTest : public ::testing::Test {
     return loop.ok() ? *std::move(loop) : nullptr;
   }
 
+  // One grammar for every request, as a worker's GrammarCache gives them:
+  // equal states of different requests then share cached masks.
   static structured::ResponseConstraint Schema() {
-    auto grammar = structured::JsonGrammar::Compile(R"({"type": "object",
+    static const auto grammar = structured::JsonGrammar::Compile(R"({"type": "object",
         "properties": {"name": {"type": "string", "maxLength": 5},
                        "age": {"type": "integer", "minimum": 0, "maximum": 99},
                        "ok": {"type": "boolean"}},
@@ -140,6 +142,12 @@ TEST_F(EngineLoopStructuredTest, EverySampledAnswerIsADocumentOfTheSchema) {
     texts.push_back(text);
   }
   EXPECT_NE(texts[0], texts[1]) << "seeds sample different documents";
+  // One mask per sampled token; the start of the document, the same state in
+  // all six requests, came from the cache for five of them at least.
+  const EngineStats stats = loop->Stats();
+  EXPECT_EQ(stats.token_masks, stats.tokens_sampled);
+  EXPECT_GE(stats.token_mask_cache_hits, 5);
+  EXPECT_LE(stats.token_mask_cache_hits, stats.token_masks);
   loop->Stop();
   EXPECT_EQ(loop->Stats().scheduler.free_blocks, loop->Stats().scheduler.total_blocks);
 }
