@@ -275,6 +275,8 @@ TEST_F(MetricsTest, ServesValidExpositionWithVllmNamesAndBuckets) {
       {"sirocco:local_prefill_fallbacks_total", "counter"},
       {"sirocco:request_migrations_total", "counter"},
       {"sirocco:vision_encoder_layers_total", "counter"},
+      {"sirocco:token_masks_total", "counter"},
+      {"sirocco:token_mask_cache_hits_total", "counter"},
       {"sirocco:time_to_first_token_seconds", "histogram"},
       {"sirocco:inter_token_latency_seconds", "histogram"},
       {"sirocco:e2e_request_latency_seconds", "histogram"},
@@ -298,11 +300,11 @@ TEST_F(MetricsTest, ServesValidExpositionWithVllmNamesAndBuckets) {
 
   const auto bounds = CheckHistograms(e);
   // vLLM's boundaries, written out from vllm/v1/metrics/loggers.py.
-  const std::vector<double> ttft = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+  const std::vector<double> ttft = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,   0.25,  0.5,    0.75,    1.0,
                                     2.5,   5.0,   7.5,  10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0, INFINITY};
   const std::vector<double> itl = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,  0.4,  0.5,
                                    0.75, 1.0,   2.5,  5.0,   7.5, 10.0, 20.0, 40.0, 80.0, INFINITY};
-  const std::vector<double> latency = {0.3,  0.5,  0.8,  1.0,   1.5,   2.0,   2.5,   5.0,    10.0,   15.0,    20.0,
+  const std::vector<double> latency = {0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,   5.0,   10.0,   15.0,   20.0,
                                        30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0, INFINITY};
   EXPECT_EQ(bounds.at("sirocco:time_to_first_token_seconds"), ttft);
   EXPECT_EQ(bounds.at("sirocco:inter_token_latency_seconds"), itl);
