@@ -224,6 +224,9 @@ class CudaDevice final : public Device {
                           std::vector<SampleResult>* out) override {
     // Rows with a token mask (a response format) are sampled on the host:
     // one row of logits comes back, and the mask never goes to the device.
+    if (std::all_of(rows.begin(), rows.end(), [](const RowSample& r) { return r.allowed.empty(); })) {
+      return SampleRowsOnDevice(rows, logits, vocab, ld, out);
+    }
     std::vector<RowSample> on_device;
     std::vector<std::size_t> device_at, host_at;
     for (std::size_t i = 0; i < rows.size(); ++i) {
@@ -234,7 +237,6 @@ class CudaDevice final : public Device {
         host_at.push_back(i);
       }
     }
-    if (host_at.empty()) return SampleRowsOnDevice(rows, logits, vocab, ld, out);
     std::vector<SampleResult> device_out;
     SIROCCO_RETURN_IF_ERROR(SampleRowsOnDevice(on_device, logits, vocab, ld, &device_out));
     out->assign(rows.size(), SampleResult{});

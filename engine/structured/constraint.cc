@@ -189,6 +189,20 @@ bool TokenConstraint::Allows(std::int32_t token) const {
 }
 
 bool TokenConstraint::Accept(std::int32_t token) {
+  if (token < 0 || token >= vocab_->vocab_size()) return false;
+  // An ordinary token where the matcher reads text: Consume is the check
+  // (all or nothing), so the token's bytes are stepped once.
+  const bool reading = phase_ == Phase::kJson || phase_ == Phase::kArgs || phase_ == Phase::kName ||
+                       (phase_ == Phase::kStart && tools_ == nullptr);
+  const std::string_view bytes = vocab_->bytes(token);
+  if (reading && !vocab_->special(token) && !bytes.empty()) {
+    if (phase_ == Phase::kName && bytes.find('"') != std::string_view::npos) return false;
+    if (!matcher_.Consume(bytes)) return false;
+    if (phase_ == Phase::kName) name_ += bytes;
+    if (phase_ == Phase::kStart) phase_ = Phase::kJson;
+    return true;
+  }
+  // A control token (or an ordinary one where any is allowed).
   if (!Allows(token)) return false;
   if (phase_ == Phase::kStart && allow_think_ && token == vocab_->begin_think()) {
     phase_ = Phase::kThinkFirst;
@@ -203,32 +217,19 @@ bool TokenConstraint::Accept(std::int32_t token) {
   switch (phase_) {
     case Phase::kStart:
     case Phase::kText:
-      if (tools_ != nullptr) {
-        start_name();  // the only token Allows lets through here
-        return true;
-      }
-      [[fallthrough]];
     case Phase::kJson:
     case Phase::kArgs:
       if (IsEos(token)) {
         phase_ = Phase::kDone;
-      } else if (tools_ != nullptr && token == vocab_->tool_calls()) {
-        start_name();
       } else {
-        matcher_.Consume(vocab_->bytes(token));
-        if (phase_ == Phase::kStart) phase_ = Phase::kJson;
+        start_name();  // [TOOL_CALLS]: the only other control token Allows lets through here
       }
       return true;
-    case Phase::kName:
-      if (token == vocab_->args()) {
-        for (const ToolCallSpec::Tool& tool : tools_->tools) {
-          if (tool.name == name_) matcher_ = JsonMatcher(tool.args);
-        }
-        phase_ = Phase::kArgs;
-      } else {
-        matcher_.Consume(vocab_->bytes(token));
-        name_ += vocab_->bytes(token);
+    case Phase::kName:  // [ARGS]
+      for (const ToolCallSpec::Tool& tool : tools_->tools) {
+        if (tool.name == name_) matcher_ = JsonMatcher(tool.args);
       }
+      phase_ = Phase::kArgs;
       return true;
     case Phase::kThinkFirst:
       phase_ = Phase::kThinking;
