@@ -28,6 +28,16 @@ namespace {
 using internal::Frame;
 using internal::State;
 
+// Whether `state` holds the stack frames[0..size) as one of its stacks.
+bool HasStack(const State& state, const Frame* frames, std::uint32_t size) {
+  std::uint32_t begin = 0;
+  for (const std::uint32_t end : state.ends) {
+    if (end - begin == size && std::equal(frames, frames + size, state.frames.begin() + begin)) return true;
+    begin = end;
+  }
+  return false;
+}
+
 enum : std::uint8_t { kRootStart, kRootValue, kRootDone };
 enum : std::uint8_t {
   kObjOpen,
@@ -769,17 +779,7 @@ JsonMatcher JsonMatcher::MaskKey(int max_token_bytes) const {
   State unique;
   std::uint32_t begin = 0;
   for (const std::uint32_t end : key.state_.ends) {
-    bool seen = false;
-    std::uint32_t ub = 0;
-    for (const std::uint32_t ue : unique.ends) {
-      if (ue - ub == end - begin &&
-          std::equal(key.state_.frames.begin() + begin, key.state_.frames.begin() + end, unique.frames.begin() + ub)) {
-        seen = true;
-        break;
-      }
-      ub = ue;
-    }
-    if (!seen) {
+    if (!HasStack(unique, key.state_.frames.data() + begin, end - begin)) {
       unique.frames.insert(unique.frames.end(), key.state_.frames.begin() + begin, key.state_.frames.begin() + end);
       unique.ends.push_back(static_cast<std::uint32_t>(unique.frames.size()));
     }
@@ -793,17 +793,7 @@ bool JsonMatcher::operator==(const JsonMatcher& other) const {
   if (grammar_ != other.grammar_ || state_.ends.size() != other.state_.ends.size()) return false;
   std::uint32_t begin = 0;
   for (const std::uint32_t end : state_.ends) {
-    bool found = false;
-    std::uint32_t ob = 0;
-    for (const std::uint32_t oe : other.state_.ends) {
-      if (oe - ob == end - begin &&
-          std::equal(state_.frames.begin() + begin, state_.frames.begin() + end, other.state_.frames.begin() + ob)) {
-        found = true;
-        break;
-      }
-      ob = oe;
-    }
-    if (!found) return false;
+    if (!HasStack(other.state_, state_.frames.data() + begin, end - begin)) return false;
     begin = end;
   }
   return true;
