@@ -2,10 +2,21 @@
 # structured_overhead.sh): starts one colocated worker (role both) and a
 # router in front of it on loopback, and stops both when the script exits.
 #
+#   check_pair_inputs NAME      (uses SIROCCO, BUILD_DIR, MODEL): exits with a
+#                               message unless the binaries and the model exist
 #   start_colocated_pair NAME   (uses BUILD_DIR, MODEL, KERNELS, OUT_DIR, TOKEN)
 #
-# Sets WORKER_PORT and ROUTER_PORT; logs go to $OUT_DIR/worker.log and
-# $OUT_DIR/router.log. NAME prefixes the error messages.
+# start_colocated_pair sets WORKER_PORT and ROUTER_PORT; logs go to
+# $OUT_DIR/worker.log and $OUT_DIR/router.log. NAME prefixes the error
+# messages.
+
+check_pair_inputs() {  # NAME
+  for bin in "$SIROCCO" "$BUILD_DIR/router/sirocco-router" "$BUILD_DIR/decode/sirocco-decode"; do
+    [[ -x "$bin" ]] || { echo "$1: no $bin; build first" >&2; exit 1; }
+  done
+  [[ -f "$MODEL/config.json" && -f "$MODEL/tekken.json" ]] ||
+    { echo "$1: no model in $MODEL; run 'tools/dev.sh run' (or sirocco up) once" >&2; exit 1; }
+}
 
 PIDS=()
 cleanup_pair() {

@@ -29,15 +29,11 @@ KERNELS="${KERNELS:-avx2}"
 MODEL=models/tiny
 TOKEN="router-overhead-$$"
 
-for bin in "$SIROCCO" "$BUILD_DIR/router/sirocco-router" "$BUILD_DIR/decode/sirocco-decode"; do
-  [[ -x "$bin" ]] || { echo "router_overhead: no $bin; build first" >&2; exit 1; }
-done
-[[ -f "$MODEL/config.json" && -f "$MODEL/tekken.json" ]] ||
-  { echo "router_overhead: no model in $MODEL; run 'tools/dev.sh run' (or sirocco up) once" >&2; exit 1; }
-mkdir -p "$OUT_DIR"
-
 # shellcheck source=tools/colocated_pair.sh
 source tools/colocated_pair.sh
+check_pair_inputs router_overhead
+mkdir -p "$OUT_DIR"
+
 start_colocated_pair router_overhead
 
 COMMON=(--num-requests "$NUM_REQUESTS" --concurrency 1 --warmup 5 --seed 1 --input-len "$INPUT_LEN" --no-progress)

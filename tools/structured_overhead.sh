@@ -31,11 +31,9 @@ KERNELS="${KERNELS:-avx2}"
 MODEL=models/tiny
 TOKEN="structured-overhead-$$"
 
-for bin in "$SIROCCO" "$BUILD_DIR/router/sirocco-router" "$BUILD_DIR/decode/sirocco-decode"; do
-  [[ -x "$bin" ]] || { echo "structured_overhead: no $bin; build first" >&2; exit 1; }
-done
-[[ -f "$MODEL/config.json" && -f "$MODEL/tekken.json" ]] ||
-  { echo "structured_overhead: no model in $MODEL; run 'tools/dev.sh run' (or sirocco up) once" >&2; exit 1; }
+# shellcheck source=tools/colocated_pair.sh
+source tools/colocated_pair.sh
+check_pair_inputs structured_overhead
 mkdir -p "$OUT_DIR"
 if [[ -n "${SCHEMA:-}" ]]; then
   cp "$SCHEMA" "$OUT_DIR/schema.json"
@@ -48,8 +46,6 @@ else
 EOF
 fi
 
-# shellcheck source=tools/colocated_pair.sh
-source tools/colocated_pair.sh
 start_colocated_pair structured_overhead
 
 COMMON=(--target "127.0.0.1:$ROUTER_PORT" --api chat --num-requests "$NUM_REQUESTS" --concurrency "$CONCURRENCY"
